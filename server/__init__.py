@@ -1,0 +1,1 @@
+"""voxpipe server: config, session, HTTP routes, metrics, lifecycle and CLI."""

@@ -1,0 +1,1 @@
+"""voxpipe stages: VAD, ASR, LLM and TTS kinds, their backends (engines) and the registry."""

@@ -1,0 +1,147 @@
+"""ASR stage: collects one utterance's audio, sends partial transcripts while it grows, the final at its end.
+
+Partials re-decode the growing buffer at most every ``partial_interval_ms`` and never more than one
+at a time, in the background, so audio keeps flowing while a partial decodes; a slow backend simply
+yields fewer partials (it never falls behind real time). Backends implement ``AsrBackend``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from server.options import build, require
+from stages.base import BaseStage, Emitter, Engine, StageContext
+from stages.items import Item, SpeechAudio, Transcript
+
+
+class AsrBackend(Protocol):
+    kind: ClassVar[str]  # "asr"
+    rate_hz: int | None  # rate it needs, or None for any
+
+    async def transcribe(self, pcm: bytes, *, rate_hz: int, final: bool, ctx: StageContext) -> str:
+        """Text of the whole utterance so far. Runs heavy work off the event loop; cancellable."""
+        ...
+
+    def load(self, log: Callable[[str], None]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    partial_interval_ms: float = 700.0  # 0 turns partial transcripts off
+    min_partial_audio_ms: float = 300.0
+    max_utterance_ms: float = 30000.0  # older audio of a longer utterance is dropped
+
+    def validate(self) -> None:
+        require(self.partial_interval_ms >= 0, "partial_interval_ms", "must be >= 0")
+        require(self.max_utterance_ms >= 1000, "max_utterance_ms", "must be >= 1000")
+
+
+class AsrEngine:
+    input_type: ClassVar[str] = "speech"
+    output_type: ClassVar[str] = "text"
+
+    def __init__(self, options: Options, backend: AsrBackend) -> None:
+        self.options = options
+        self.backend = backend
+
+    def load(self, log: Callable[[str], None]) -> None:
+        self.backend.load(log)
+
+    def new_stage(self, ctx: StageContext) -> AsrStage:
+        return AsrStage(self.options, self.backend, ctx)
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
+def make_engine(options: dict[str, Any], backend: AsrBackend, path: str) -> Engine:
+    return AsrEngine(build(Options, options, path), backend)
+
+
+class AsrStage(BaseStage):
+    interruptible: ClassVar[bool] = True
+
+    def __init__(self, options: Options, backend: AsrBackend, ctx: StageContext) -> None:
+        self.options = options
+        self.backend = backend
+        self.ctx = ctx
+        self.turn: int | None = None
+        self.buffer = bytearray()
+        self.rate_hz = 16000
+        self.resampler: Any = None
+        self.partial_task: asyncio.Task[None] | None = None
+        self.decoded_bytes = 0  # buffer length at the last partial
+        self.last_partial = ""
+
+    def _reset(self, turn: int, rate_hz: int) -> None:
+        self._cancel_partial()
+        self.turn = turn
+        self.buffer.clear()
+        self.decoded_bytes = 0
+        self.last_partial = ""
+        self.resampler = None
+        target = self.backend.rate_hz
+        self.rate_hz = target or rate_hz
+        if target and target != rate_hz:
+            from stages.resample import Resampler
+
+            self.resampler = Resampler(rate_hz, target)
+
+    def _cancel_partial(self) -> None:
+        if self.partial_task is not None and not self.partial_task.done():
+            self.partial_task.cancel()
+        self.partial_task = None
+
+    async def process(self, item: Item, out: Emitter) -> None:
+        if not isinstance(item, SpeechAudio):
+            return
+        if item.turn != self.turn:
+            self._reset(item.turn, item.rate_hz)
+        pcm = item.pcm if self.resampler is None else self.resampler.process(item.pcm)
+        self.buffer += pcm
+        max_bytes = int(self.options.max_utterance_ms * self.rate_hz / 1000) * 2
+        if len(self.buffer) > max_bytes:
+            del self.buffer[: len(self.buffer) - max_bytes]
+        self._maybe_partial(out)
+
+    def _maybe_partial(self, out: Emitter) -> None:
+        interval = self.options.partial_interval_ms
+        if interval <= 0 or (self.partial_task is not None and not self.partial_task.done()):
+            return
+        bytes_per_ms = self.rate_hz * 2 / 1000
+        if len(self.buffer) < self.options.min_partial_audio_ms * bytes_per_ms:
+            return
+        if len(self.buffer) - self.decoded_bytes < interval * bytes_per_ms:
+            return
+        self.decoded_bytes = len(self.buffer)
+        self.partial_task = self.ctx.spawn(self._partial(self.turn or 0, bytes(self.buffer), out))
+
+    async def _partial(self, turn: int, pcm: bytes, out: Emitter) -> None:
+        text = await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=False, ctx=self.ctx)
+        text = text.strip()
+        if text and text != self.last_partial and self.turn == turn and self.ctx.is_live(turn):
+            self.last_partial = text
+            await out.emit(Transcript(turn, text, final=False))
+
+    async def finish(self, turn: int, out: Emitter) -> None:
+        if turn != self.turn:
+            await out.emit(Transcript(turn, "", final=True))
+            return
+        self._cancel_partial()
+        if self.resampler is not None:
+            self.buffer += self.resampler.flush()
+        pcm = bytes(self.buffer)
+        self.buffer.clear()
+        self.turn = None
+        text = ""
+        if pcm:
+            text = (await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=True, ctx=self.ctx)).strip()
+        await out.emit(Transcript(turn, text, final=True))
+
+    async def close(self) -> None:
+        self._cancel_partial()

@@ -1,0 +1,109 @@
+"""What a stage is: a per-process ``Engine`` (loads models once) that makes one ``Stage`` per session.
+
+A stage handles one item at a time (``process``) and is told when a turn's input is complete
+(``finish``); the runner forwards ``TurnDone`` itself, so a stage cannot forget to end a turn.
+Interruptible stages run each item in a child task that the session cancels on barge-in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from stages.items import Item
+
+
+class Emitter(Protocol):
+    """Where a stage puts its outputs: downstream (next stage or outbox) and, tagged, to the client."""
+
+    async def emit(self, item: Item) -> None:
+        """Cancellation-safe: an item is either fully handed over or not at all."""
+        ...
+
+
+@dataclass(slots=True)
+class StageContext:
+    """Per-session facts and shared state a stage may read (and the few calls it may make)."""
+
+    session_id: str
+    in_rate_hz: int
+    out_rate_hz: int
+    system_prompt: str
+    voice: str | None
+    language: str | None
+    # Conversation so far as chat messages ({"role", "content"}); the LLM stage appends the
+    # user's message, the session appends the agent's (cut to what was spoken on interruption).
+    history: list[dict[str, str]]
+    new_turn: Callable[[], int]
+    is_live: Callable[[int], bool]
+    # Start a background task inside the session's task group (it ends with the session).
+    spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage(Protocol):
+    """One stage of one session's graph."""
+
+    # True: each item runs in a child task that interruption cancels (LLM, TTS, ASR).
+    # False: items are handled inline (cheap stages such as VAD).
+    interruptible: ClassVar[bool]
+
+    async def process(self, item: Item, out: Emitter) -> None:
+        """Handle one item of the stage's input type (plus ``Commit``/``AudioIn`` for audio stages)."""
+        ...
+
+    async def finish(self, turn: int, out: Emitter) -> None:
+        """The input of ``turn`` is complete: flush what is pending for it (final transcript, last clause)."""
+        ...
+
+    async def close(self) -> None:
+        """The session is over; release per-session resources."""
+        ...
+
+
+class Engine(Protocol):
+    """A stage kind bound to one backend and its options; created once per process from config.
+
+    ``input_type``/``output_type`` are edge types (``audio``, ``speech``, ``text``) used to type-check
+    the graph at start-up. ``load`` does the slow work (model files, connection pools) and prints
+    progress; ``new_stage`` must be cheap: it runs on every new connection.
+    """
+
+    input_type: ClassVar[str]
+    output_type: ClassVar[str]
+
+    def load(self, log: Callable[[str], None]) -> None: ...
+
+    def new_stage(self, ctx: StageContext) -> Stage: ...
+
+    async def aclose(self) -> None: ...
+
+
+class BaseStage:
+    """Convenience base with no-op ``finish`` and ``close``; stages may also implement them directly."""
+
+    interruptible: ClassVar[bool] = False
+
+    async def process(self, item: Item, out: Emitter) -> None:
+        raise NotImplementedError
+
+    async def finish(self, turn: int, out: Emitter) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class BaseEngine:
+    """Convenience base: nothing to load or close."""
+
+    input_type: ClassVar[str]
+    output_type: ClassVar[str]
+
+    def load(self, log: Callable[[str], None]) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""Stage backends: test engines, the embedded offline stack, and HTTP model services."""

@@ -1,0 +1,145 @@
+"""Items that flow between stages of a session graph; every item but raw input audio carries its turn.
+
+Graph edge types: ``audio`` (raw client PCM), ``speech`` (VAD-gated utterance audio),
+``text`` (transcripts, replies), ``audio`` again out of TTS. An item that maps to a client
+message says so in ``to_message``; ``downstream`` says whether the next stage gets it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from transports import messages as m
+
+EDGE_TYPES = ("audio", "speech", "text")
+
+
+@dataclass(frozen=True, slots=True)
+class AudioIn:
+    """Raw client audio, PCM16 LE mono; ``received_at`` is ``time.monotonic()`` on arrival."""
+
+    pcm: bytes
+    rate_hz: int
+    received_at: float
+    turn: ClassVar[int | None] = None
+    downstream: ClassVar[bool] = True
+
+    def to_message(self, stage: str) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """The user's utterance ends now (push-to-talk)."""
+
+    at: float
+    turn: ClassVar[int | None] = None
+    downstream: ClassVar[bool] = True
+
+    def to_message(self, stage: str) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class VadEvent:
+    """Voice activity edge. ``voiced_until`` (speech_end) is when the last voiced frame arrived."""
+
+    turn: int
+    event: Literal["speech_start", "speech_end"]
+    voiced_until: float = 0.0
+    downstream: ClassVar[bool] = False
+
+    def to_message(self, stage: str) -> m.Vad:
+        return m.Vad(stage=stage, turn=self.turn, event=self.event)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechAudio:
+    """Audio of one utterance (turn), PCM16 LE mono at ``rate_hz``.
+
+    ``voiced_ms`` is the voiced time of the utterance so far: the session uses it for barge-in.
+    """
+
+    turn: int
+    pcm: bytes
+    rate_hz: int
+    voiced_ms: float = 0.0
+    downstream: ClassVar[bool] = True
+
+    def to_message(self, stage: str) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """ASR output. Partials go to the client only; the final one also goes downstream."""
+
+    turn: int
+    text: str
+    final: bool
+
+    @property
+    def downstream(self) -> bool:
+        return self.final
+
+    def to_message(self, stage: str) -> m.Transcript:
+        return m.Transcript(stage=stage, turn=self.turn, text=self.text, final=self.final)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyDelta:
+    """A piece of the agent's reply text (LLM output, or the whole text of a ``say``)."""
+
+    turn: int
+    text: str
+    final: bool = False
+    downstream: ClassVar[bool] = True
+
+    def to_message(self, stage: str) -> m.Reply:
+        return m.Reply(stage=stage, turn=self.turn, text=self.text, final=self.final)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """Agent audio, PCM16 LE mono at the session's output rate.
+
+    ``text`` is set on the first chunk of each spoken clause, so the session can tell what was
+    actually spoken when a turn is cut off.
+    """
+
+    turn: int
+    pcm: bytes
+    rate_hz: int
+    text: str | None = None
+    downstream: ClassVar[bool] = True
+
+    @property
+    def duration_ms(self) -> float:
+        return len(self.pcm) * 500.0 / self.rate_hz
+
+    def to_message(self, stage: str) -> m.AudioOut:
+        return m.AudioOut(stage=stage, turn=self.turn, seq=0, data=self.pcm)  # seq set by the outbox
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDone:
+    """End of a turn's input to a stage. The runner forwards it after ``Stage.finish``."""
+
+    turn: int
+    downstream: ClassVar[bool] = True
+
+    def to_message(self, stage: str) -> None:
+        return None
+
+
+Item = AudioIn | Commit | VadEvent | SpeechAudio | Transcript | ReplyDelta | AudioChunk | TurnDone
+
+
+def committed_text(item: Any) -> str | None:
+    """Text a consumer should append for a turn: final transcripts and reply deltas; else None."""
+    if isinstance(item, ReplyDelta):
+        return item.text
+    if isinstance(item, Transcript) and item.final:
+        return item.text
+    return None

@@ -1,0 +1,105 @@
+"""LLM stage: turns the user's text of a turn into streamed reply deltas, with the session's history.
+
+The user message joins the history when generation starts; the agent's message is added by the
+session (whole at the end, or cut to what was spoken on interruption). Backends implement
+``LlmBackend.stream``; cancelling the turn closes the stream, which must stop the backend's work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from server.options import build, require
+from stages.base import BaseStage, Emitter, Engine, StageContext
+from stages.items import Item, ReplyDelta, committed_text
+
+
+class LlmBackend(Protocol):
+    kind: ClassVar[str]  # "llm"
+
+    def stream(self, messages: list[dict[str, str]], *, ctx: StageContext) -> AsyncIterator[str]:
+        """Reply text deltas. Closing the iterator early (barge-in) must stop generation at once."""
+        ...
+
+    def load(self, log: Callable[[str], None]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    max_history_chars: int = 6000  # oldest messages are left out of the prompt beyond this
+
+    def validate(self) -> None:
+        require(self.max_history_chars >= 0, "max_history_chars", "must be >= 0")
+
+
+class LlmEngine:
+    input_type: ClassVar[str] = "text"
+    output_type: ClassVar[str] = "text"
+
+    def __init__(self, options: Options, backend: LlmBackend) -> None:
+        self.options = options
+        self.backend = backend
+
+    def load(self, log: Callable[[str], None]) -> None:
+        self.backend.load(log)
+
+    def new_stage(self, ctx: StageContext) -> LlmStage:
+        return LlmStage(self.options, self.backend, ctx)
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
+def make_engine(options: dict[str, Any], backend: LlmBackend, path: str) -> Engine:
+    return LlmEngine(build(Options, options, path), backend)
+
+
+def prompt_messages(system_prompt: str, history: list[dict[str, str]], max_chars: int) -> list[dict[str, str]]:
+    """System prompt plus the newest history that fits in ``max_chars`` (the last message always)."""
+    kept: list[dict[str, str]] = []
+    used = 0
+    for message in reversed(history):
+        used += len(message["content"])
+        if kept and used > max_chars:
+            break
+        kept.append(message)
+    kept.reverse()
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + kept
+
+
+class LlmStage(BaseStage):
+    interruptible: ClassVar[bool] = True
+
+    def __init__(self, options: Options, backend: LlmBackend, ctx: StageContext) -> None:
+        self.options = options
+        self.backend = backend
+        self.ctx = ctx
+        self.turn: int | None = None
+        self.text: list[str] = []
+
+    async def process(self, item: Item, out: Emitter) -> None:
+        text = committed_text(item)
+        if text is None:
+            return
+        if item.turn != self.turn:
+            self.turn, self.text = item.turn, []
+        self.text.append(text)
+
+    async def finish(self, turn: int, out: Emitter) -> None:
+        user_text = "".join(self.text).strip() if turn == self.turn else ""
+        self.turn, self.text = None, []
+        if not user_text:
+            return
+        self.ctx.history.append({"role": "user", "content": user_text})
+        messages = prompt_messages(self.ctx.system_prompt, self.ctx.history, self.options.max_history_chars)
+        stream = self.backend.stream(messages, ctx=self.ctx)
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async for delta in stream:
+                if delta:
+                    await out.emit(ReplyDelta(turn, delta))
+        await out.emit(ReplyDelta(turn, "", final=True))

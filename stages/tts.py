@@ -1,0 +1,152 @@
+"""TTS stage: speaks reply text clause by clause as soon as each clause is complete.
+
+A clause ends at sentence punctuation (after ``min_clause_chars``) or at ``max_clause_chars``
+(split at a space). Audio is resampled to the session's output rate and cut into ``chunk_ms``
+chunks; the first chunk of each clause carries its text so the session knows what was spoken.
+Backends implement ``TtsBackend.synthesize``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from server.options import build, require
+from stages.base import BaseStage, Emitter, Engine, StageContext
+from stages.items import AudioChunk, Item, committed_text
+
+
+class TtsBackend(Protocol):
+    kind: ClassVar[str]  # "tts"
+    rate_hz: int | None  # rate it produces, or None when it renders at the rate asked
+
+    def synthesize(self, text: str, *, rate_hz: int, ctx: StageContext) -> AsyncIterator[bytes]:
+        """PCM16 LE mono pieces of any length; closing the iterator early must stop the work."""
+        ...
+
+    def load(self, log: Callable[[str], None]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    chunk_ms: int = 20  # audio message duration
+    min_clause_chars: int = 12  # shorter sentences wait for the next one
+    max_clause_chars: int = 160  # longer text is split at a space
+
+    def validate(self) -> None:
+        require(self.chunk_ms in (10, 20, 30, 40, 60, 80, 100), "chunk_ms", "must be 10/20/30/40/60/80/100")
+        require(self.min_clause_chars >= 1, "min_clause_chars", "must be >= 1")
+        require(self.max_clause_chars >= self.min_clause_chars, "max_clause_chars", "must be >= min_clause_chars")
+
+
+class TtsEngine:
+    input_type: ClassVar[str] = "text"
+    output_type: ClassVar[str] = "audio"
+
+    def __init__(self, options: Options, backend: TtsBackend) -> None:
+        self.options = options
+        self.backend = backend
+
+    def load(self, log: Callable[[str], None]) -> None:
+        self.backend.load(log)
+
+    def new_stage(self, ctx: StageContext) -> TtsStage:
+        return TtsStage(self.options, self.backend, ctx)
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
+def make_engine(options: dict[str, Any], backend: TtsBackend, path: str) -> Engine:
+    return TtsEngine(build(Options, options, path), backend)
+
+
+_CLAUSE_END = re.compile(r"[.!?;:…\n]+[\"')\]]*(\s+|$)")
+
+
+def split_clauses(buffer: str, *, min_chars: int, max_chars: int, final: bool) -> tuple[list[str], str]:
+    """Complete clauses in ``buffer`` and the rest; ``final`` flushes the rest as a clause."""
+    clauses: list[str] = []
+    start = 0
+    for match in _CLAUSE_END.finditer(buffer):
+        if match.end() == len(buffer) and not final and not match.group(1):
+            break  # "3." may be "3.5": wait for what follows the punctuation
+        if match.end() - start >= min_chars:
+            clauses.append(buffer[start : match.end()])
+            start = match.end()
+    rest = buffer[start:]
+    while len(rest) > max_chars:
+        cut = rest.rfind(" ", 0, max_chars)
+        cut = cut if cut > 0 else max_chars
+        clauses.append(rest[:cut])
+        rest = rest[cut:]
+    if final and rest.strip():
+        clauses.append(rest)
+        rest = ""
+    return [c.strip() for c in clauses if c.strip()], rest
+
+
+class TtsStage(BaseStage):
+    interruptible: ClassVar[bool] = True
+
+    def __init__(self, options: Options, backend: TtsBackend, ctx: StageContext) -> None:
+        self.options = options
+        self.backend = backend
+        self.ctx = ctx
+        self.turn: int | None = None
+        self.buffer = ""
+        self.rate_hz = ctx.out_rate_hz
+        self.chunk_bytes = int(self.rate_hz * options.chunk_ms / 1000) * 2
+
+    async def process(self, item: Item, out: Emitter) -> None:
+        text = committed_text(item)
+        if text is None:
+            return
+        if item.turn != self.turn:
+            self.turn, self.buffer = item.turn, ""
+        self.buffer += text
+        clauses, self.buffer = split_clauses(
+            self.buffer,
+            min_chars=self.options.min_clause_chars,
+            max_chars=self.options.max_clause_chars,
+            final=False,
+        )
+        for clause in clauses:
+            await self._speak(item.turn, clause, out)
+
+    async def finish(self, turn: int, out: Emitter) -> None:
+        if turn != self.turn:
+            return
+        clauses, _ = split_clauses(
+            self.buffer, min_chars=1, max_chars=self.options.max_clause_chars, final=True
+        )
+        self.turn, self.buffer = None, ""
+        for clause in clauses:
+            await self._speak(turn, clause, out)
+
+    async def _speak(self, turn: int, clause: str, out: Emitter) -> None:
+        backend_rate = self.backend.rate_hz or self.rate_hz
+        resampler: Any = None
+        if backend_rate != self.rate_hz:
+            from stages.resample import Resampler
+
+            resampler = Resampler(backend_rate, self.rate_hz)
+        pending = b""
+        text: str | None = clause
+        stream = self.backend.synthesize(clause, rate_hz=backend_rate, ctx=self.ctx)
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async for pcm in stream:
+                pending += pcm if resampler is None else resampler.process(pcm)
+                while len(pending) >= self.chunk_bytes:
+                    chunk, pending = pending[: self.chunk_bytes], pending[self.chunk_bytes :]
+                    await out.emit(AudioChunk(turn, chunk, self.rate_hz, text))
+                    text = None
+        if resampler is not None:
+            pending += resampler.flush()
+        if pending:
+            await out.emit(AudioChunk(turn, pending, self.rate_hz, text))

@@ -1,0 +1,166 @@
+"""VAD stage: frames raw client audio, decides speech per frame with a backend, and cuts utterances.
+
+Smoothing: speech starts after ``start_ms`` of consecutive voiced frames (the pre-roll before it is
+kept), and ends after ``end_ms`` of silence, or at ``commit``, or at ``max_utterance_ms``. Each
+utterance opens a new turn. Backends only answer "is this frame speech?" (``VadBackend``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from server.options import build, require
+from stages.base import BaseStage, Emitter, Engine, StageContext
+from stages.items import AudioIn, Commit, Item, SpeechAudio, TurnDone, VadEvent
+
+Detector = Callable[[bytes], bool]
+
+
+class VadBackend(Protocol):
+    kind: ClassVar[str]  # "vad"
+    frame_ms: int  # frame duration the detector takes
+    rate_hz: int | None  # rate it needs, or None for any rate
+
+    def supports_rate(self, rate_hz: int) -> bool: ...
+
+    def new_detector(self, rate_hz: int) -> Detector:
+        """Per-session detector state; called on every new connection, must be cheap."""
+        ...
+
+    def load(self, log: Callable[[str], None]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    start_ms: float = 60.0  # consecutive voiced time before speech_start
+    end_ms: float = 400.0  # silence that ends the utterance
+    pre_roll_ms: float = 200.0  # audio kept from before speech_start
+    max_utterance_ms: float = 30000.0  # an utterance is cut here
+
+    def validate(self) -> None:
+        require(self.start_ms >= 0, "start_ms", "must be >= 0")
+        require(self.end_ms > 0, "end_ms", "must be > 0")
+        require(self.pre_roll_ms >= 0, "pre_roll_ms", "must be >= 0")
+        require(self.max_utterance_ms >= 500, "max_utterance_ms", "must be >= 500")
+
+
+class VadEngine:
+    input_type: ClassVar[str] = "audio"
+    output_type: ClassVar[str] = "speech"
+
+    def __init__(self, options: Options, backend: VadBackend) -> None:
+        self.options = options
+        self.backend = backend
+
+    def load(self, log: Callable[[str], None]) -> None:
+        self.backend.load(log)
+
+    def new_stage(self, ctx: StageContext) -> VadStage:
+        return VadStage(self.options, self.backend, ctx)
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
+def make_engine(options: dict[str, Any], backend: VadBackend, path: str) -> Engine:
+    return VadEngine(build(Options, options, path), backend)
+
+
+class VadStage(BaseStage):
+    interruptible: ClassVar[bool] = False
+
+    def __init__(self, options: Options, backend: VadBackend, ctx: StageContext) -> None:
+        self.options = options
+        self.ctx = ctx
+        rate = ctx.in_rate_hz
+        self.resampler: Any = None
+        if not backend.supports_rate(rate):
+            from stages.resample import Resampler
+
+            target = backend.rate_hz or 16000
+            self.resampler = Resampler(rate, target)
+            rate = target
+        self.rate_hz = rate
+        self.detect = backend.new_detector(rate)
+        self.frame_bytes = int(rate * backend.frame_ms / 1000) * 2
+        self.frame_ms = float(backend.frame_ms)
+        self.pending = b""
+        self.pre_roll: deque[bytes] = deque(maxlen=max(1, int(options.pre_roll_ms / self.frame_ms)))
+        self.turn: int | None = None
+        self.voiced_run_ms = 0.0
+        self.silence_run_ms = 0.0
+        self.voiced_ms = 0.0
+        self.utterance_ms = 0.0
+        self.last_voiced_at = 0.0
+
+    async def process(self, item: Item, out: Emitter) -> None:
+        if isinstance(item, Commit):
+            await self._commit(item.at, out)
+            return
+        if not isinstance(item, AudioIn):
+            return
+        pcm = item.pcm if self.resampler is None else self.resampler.process(item.pcm)
+        data = self.pending + pcm
+        n_frames = len(data) // self.frame_bytes
+        self.pending = data[n_frames * self.frame_bytes :]
+        speech = bytearray()
+        for i in range(n_frames):
+            frame = data[i * self.frame_bytes : (i + 1) * self.frame_bytes]
+            voiced = self.detect(frame)
+            if self.turn is None:
+                self.pre_roll.append(frame)
+                self.voiced_run_ms = self.voiced_run_ms + self.frame_ms if voiced else 0.0
+                if voiced:
+                    self.last_voiced_at = item.received_at
+                if self.voiced_run_ms >= max(self.options.start_ms, self.frame_ms):
+                    await self._start(out)
+                    speech += b"".join(self.pre_roll)
+                    self.pre_roll.clear()
+                continue
+            speech += frame
+            self.utterance_ms += self.frame_ms
+            if voiced:
+                self.voiced_ms += self.frame_ms
+                self.silence_run_ms = 0.0
+                self.last_voiced_at = item.received_at
+            else:
+                self.silence_run_ms += self.frame_ms
+            if self.silence_run_ms >= self.options.end_ms or self.utterance_ms >= self.options.max_utterance_ms:
+                await self._flush(speech, out)
+                speech = bytearray()
+                await self._end(out)
+        await self._flush(speech, out)
+
+    async def _flush(self, speech: bytearray, out: Emitter) -> None:
+        if speech and self.turn is not None:
+            await out.emit(SpeechAudio(self.turn, bytes(speech), self.rate_hz, self.voiced_ms))
+
+    async def _start(self, out: Emitter) -> None:
+        self.turn = self.ctx.new_turn()
+        self.voiced_ms = self.voiced_run_ms
+        self.utterance_ms = self.frame_ms * len(self.pre_roll)
+        self.silence_run_ms = 0.0
+        await out.emit(VadEvent(self.turn, "speech_start"))
+
+    async def _end(self, out: Emitter) -> None:
+        turn, self.turn = self.turn, None
+        self.voiced_run_ms = 0.0
+        if turn is not None:
+            await out.emit(VadEvent(turn, "speech_end", voiced_until=self.last_voiced_at))
+            await out.emit(TurnDone(turn))
+
+    async def _commit(self, at: float, out: Emitter) -> None:
+        """Push-to-talk: end the utterance now. Voice too short to have started one still counts."""
+        self.pending = b""
+        if self.turn is None:
+            if self.voiced_run_ms <= 0:
+                return  # nothing voiced since the last utterance: nothing to commit
+            await self._start(out)
+            await self._flush(bytearray(b"".join(self.pre_roll)), out)
+            self.pre_roll.clear()
+        await self._end(out)

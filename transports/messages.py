@@ -1,0 +1,240 @@
+"""Every message of wire contract v1 as a frozen dataclass; class names follow the contract's types.
+
+Client messages are what ``wire.decode`` returns; server messages are what ``wire.encode`` takes.
+Field types here are the single source for decoding, validation and the JSON Schema at ``/schema``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+PROTOCOL_VERSION = 1
+AUDIO_RATES_HZ = (8000, 16000, 24000, 48000)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFormat:
+    """PCM format of one direction; only mono PCM16 little-endian exists in v1.
+
+    ``aec`` (input only) says whether the client cancels the agent's echo itself; ``False``
+    turns on the server's echo guard for barge-in.
+    """
+
+    format: Literal["pcm16"] = "pcm16"
+    rate: int = 16000
+    channels: int = 1
+    aec: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """Per-session overrides sent in ``hello.session``."""
+
+    system_prompt: str | None = None
+    voice: str | None = None
+    language: str | None = None
+
+
+# ---------------------------------------------------------------- client -> server
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    type: ClassVar[str] = "hello"
+    protocol: int
+    audio_in: AudioFormat = field(default_factory=AudioFormat)
+    audio_out: AudioFormat = field(default_factory=AudioFormat)
+    subscribe: list[str] | str | None = None
+    token: str | None = None
+    session: SessionOptions | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Audio:
+    """Client audio (PCM16 LE mono at ``audio_in.rate``); enters at the first audio stage."""
+
+    type: ClassVar[str] = "audio"
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """User text; enters at the LLM stage."""
+
+    type: ClassVar[str] = "text"
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    """Text the agent speaks verbatim; enters at the TTS stage."""
+
+    type: ClassVar[str] = "say"
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """Enter the graph at any stage, by ``stage`` name or ``entry`` index into ``ready.graph``."""
+
+    type: ClassVar[str] = "input"
+    data: bytes | str
+    stage: str | None = None
+    entry: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    type: ClassVar[str] = "commit"
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    type: ClassVar[str] = "interrupt"
+
+
+@dataclass(frozen=True, slots=True)
+class Played:
+    """The client has actually played ``ms`` of turn ``turn``'s audio."""
+
+    type: ClassVar[str] = "played"
+    turn: int
+    ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    type: ClassVar[str] = "ping"
+    id: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    type: ClassVar[str] = "bye"
+
+
+@dataclass(frozen=True, slots=True)
+class WebrtcOffer:
+    """WebRTC call-in signaling: the client's SDP offer (answered by ``webrtc_answer``)."""
+
+    type: ClassVar[str] = "webrtc_offer"
+    sdp: str
+
+
+ClientMessage = Hello | Audio | Text | Say | Input | Commit | Interrupt | Played | Ping | Bye | WebrtcOffer
+CLIENT_MESSAGES: tuple[type[Any], ...] = (
+    Hello, Audio, Text, Say, Input, Commit, Interrupt, Played, Ping, Bye, WebrtcOffer,
+)
+
+
+# ---------------------------------------------------------------- server -> client
+
+
+@dataclass(frozen=True, slots=True)
+class GraphNode:
+    name: str
+    engine: str
+    # "in"/"out" are Python keywords; the wire names are set in ``wire.WIRE_NAMES``.
+    input: str
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    type: ClassVar[str] = "ready"
+    session: str
+    graph: list[GraphNode]
+    audio_in: AudioFormat
+    audio_out: AudioFormat
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Vad:
+    type: ClassVar[str] = "vad"
+    stage: str
+    turn: int
+    event: Literal["speech_start", "speech_end"]
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    type: ClassVar[str] = "transcript"
+    stage: str
+    turn: int
+    text: str
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    type: ClassVar[str] = "reply"
+    stage: str
+    turn: int
+    text: str
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AudioOut:
+    """Agent audio: PCM16 LE mono at ``audio_out.rate``; ``seq`` counts 0,1,2… within the turn."""
+
+    type: ClassVar[str] = "audio"
+    stage: str
+    turn: int
+    seq: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnd:
+    type: ClassVar[str] = "turn_end"
+    turn: int
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    type: ClassVar[str] = "interrupted"
+    turn: int
+    played_ms: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """Per-turn latency: time from the end of the user's input to each stage's first output."""
+
+    type: ClassVar[str] = "metrics"
+    turn: int
+    first_output_ms: dict[str, float]
+    voice_to_voice_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+    fatal: bool = False
+    turn: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    type: ClassVar[str] = "pong"
+    id: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebrtcAnswer:
+    type: ClassVar[str] = "webrtc_answer"
+    sdp: str
+
+
+ServerMessage = (
+    Ready | Vad | Transcript | Reply | AudioOut | TurnEnd | Interrupted | Metrics | Error | Pong | WebrtcAnswer
+)
+SERVER_MESSAGES: tuple[type[Any], ...] = (
+    Ready, Vad, Transcript, Reply, AudioOut, TurnEnd, Interrupted, Metrics, Error, Pong, WebrtcAnswer,
+)
