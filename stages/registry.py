@@ -59,6 +59,7 @@ class StageSpec:
 
     name: str
     engine_name: str
+    kind: str  # vad, asr, llm, tts or custom
     engine: Engine
 
     @property
@@ -106,7 +107,7 @@ def build_stage(entry: dict[str, Any], path: str) -> StageSpec:
         engine: Engine = _import(KINDS[kind])(stage_part, backend, path)
     else:
         engine = backend
-    return StageSpec(name=name, engine_name=engine_name, engine=engine)
+    return StageSpec(name=name, engine_name=engine_name, kind=kind, engine=engine)
 
 
 def build_pipeline(entries: list[dict[str, Any]]) -> list[StageSpec]:

@@ -124,6 +124,15 @@ def _union_checker(options: list[Checker]) -> Checker:
     return check
 
 
+def _dict_checker(item: Checker) -> Checker:
+    def check(value: Any, framing: Framing) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise _FieldError("must be a map")
+        return {str(k): item(v, framing) for k, v in value.items()}
+
+    return check
+
+
 def _bytes_or_str(value: Any, _: Framing) -> bytes | str:
     # Input.data: the target stage decides between audio (bin/base64) and text.
     if not isinstance(value, bytes | str):
@@ -149,6 +158,8 @@ def _checker_for(hint: Any) -> Checker:
         return _literal_checker(get_args(hint))
     if origin is list:
         return _list_checker(_checker_for(get_args(hint)[0]))
+    if origin is dict:
+        return _dict_checker(_checker_for(get_args(hint)[1]))
     if origin in (typing.Union, types.UnionType):
         args = [a for a in get_args(hint) if a is not type(None)]
         if set(args) == {bytes, str}:

@@ -1,0 +1,156 @@
+"""The running server: builds and loads the pipeline once, serves WebSocket + HTTP, drains on shutdown.
+
+``serve(config)`` is an async context manager (used by the CLI and by the tests, which run the real
+server in their own event loop on a free port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.frames import CloseCode
+
+from server.config import Config
+from server.errors import ProtocolError
+from server.http import DEFAULT_WEB_ROOT, Routes
+from server.metrics import METRICS, SESSIONS_OPEN, SESSIONS_TOTAL
+from server.session import Session, validate_hello
+from stages.registry import StageSpec, build_pipeline, describe_chain, load_all
+from transports import messages as m
+from transports.websocket import Send, handle_connection
+
+
+class RunningServer:
+    """A started server: its port and URLs, its open sessions, and graceful ``drain``."""
+
+    def __init__(self, config: Config, specs: list[StageSpec], log: Callable[[str], None]) -> None:
+        self.config = config
+        self.specs = specs
+        self.log = log
+        self.sessions: dict[str, Session] = {}
+        self.started_at = time.monotonic()
+        self.ws_server: Server | None = None
+        self.port = 0
+        self.accepting = True
+        METRICS.add_collector(lambda: SESSIONS_OPEN.set(len(self.sessions)))
+
+    @property
+    def host(self) -> str:
+        return self.config.server.host
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self._url_host}:{self.port}{self.config.server.ws_path}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._url_host}:{self.port}/"
+
+    @property
+    def _url_host(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", "", "::"):
+            return "localhost"
+        return f"[{host}]" if ":" in host else host
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.accepting else "draining",
+            "sessions": len(self.sessions),
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "graph": [{"name": s.name, "engine": s.engine_name, "in": s.input_type, "out": s.output_type} for s in self.specs],
+        }
+
+    def open_session(self, hello: m.Hello, send: Send, ws: ServerConnection) -> Session:
+        validate_hello(hello, [s.name for s in self.specs])
+        if not self.accepting:
+            raise ProtocolError("shutting_down", "the server is shutting down", fatal=True, close_code=CloseCode.GOING_AWAY)
+        if len(self.sessions) >= self.config.server.max_sessions:
+            raise ProtocolError(
+                "server_full", f"the server is at its session limit ({self.config.server.max_sessions})",
+                fatal=True, close_code=CloseCode.TRY_AGAIN_LATER,
+            )
+        return Session(hello, self.specs, self.config.session, send)
+
+    async def handler(self, ws: ServerConnection) -> None:
+        def open_session(hello: m.Hello, send: Send, conn: ServerConnection) -> Session:
+            session = self.open_session(hello, send, conn)
+            self.sessions[session.id] = session
+            SESSIONS_TOTAL.inc()
+            opened.append(session)
+            return session
+
+        opened: list[Session] = []
+        try:
+            await handle_connection(ws, hello_timeout_s=self.config.server.hello_timeout_s, open_session=open_session)
+        finally:
+            for session in opened:
+                self.sessions.pop(session.id, None)
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Stop accepting, let the turns in flight finish (up to ``timeout_s``), then close all with 1001."""
+        self.accepting = False
+        deadline = time.monotonic() + (self.config.server.drain_timeout_s if timeout_s is None else timeout_s)
+        if self.ws_server is not None:
+            self.ws_server.close(close_connections=False)
+        while time.monotonic() < deadline and any(
+            t.responding for s in self.sessions.values() for t in s.turns.values()
+        ):
+            await asyncio.sleep(0.05)
+        if self.ws_server is not None:
+            self.ws_server.close(close_connections=True, code=CloseCode.GOING_AWAY, reason="server shutting down")
+            await self.ws_server.wait_closed()
+
+
+def _stderr_log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    config: Config, *, quiet: bool = False, log: Callable[[str], None] | None = None
+) -> AsyncIterator[RunningServer]:
+    """Build, load and start the server; on exit, drain and close it."""
+    say = log or ((lambda _text: None) if quiet else _stderr_log)
+    specs = build_pipeline(config.pipeline)
+    say(f"voxpipe: pipeline {describe_chain(specs)}")
+    started = time.monotonic()
+    await asyncio.get_running_loop().run_in_executor(None, load_all, specs, say)
+    if not quiet and time.monotonic() - started > 0.5:
+        say(f"voxpipe: models loaded in {time.monotonic() - started:.1f} s")
+    running = RunningServer(config, specs, say)
+    opts = config.server
+    web_root = Path(opts.web_root) if opts.web_root else DEFAULT_WEB_ROOT
+    routes = Routes(ws_path=opts.ws_path, web_root=web_root, health=running.health)
+    ws_server = await ws_serve(
+        running.handler,
+        opts.host,
+        opts.port,
+        process_request=routes,
+        max_size=opts.max_frame_bytes,
+        compression=None,
+        ping_interval=opts.ping_interval_s,
+        ping_timeout=opts.ping_timeout_s,
+        open_timeout=opts.open_timeout_s,
+        close_timeout=opts.close_timeout_s,
+        max_queue=opts.max_queue_frames,
+        write_limit=opts.write_limit_bytes,
+        server_header="voxpipe",
+    )
+    running.ws_server = ws_server
+    running.port = ws_server.sockets[0].getsockname()[1]
+    say(f"voxpipe: serving the demo page at {running.http_url} (WebSocket {running.url})")
+    try:
+        yield running
+    finally:
+        await running.drain(timeout_s=0 if quiet else None)
+        for spec in specs:
+            await spec.engine.aclose()

@@ -1,0 +1,86 @@
+"""Plain HTTP on the WebSocket port: the demo page and its files, /healthz, /schema, /metrics.
+
+Answers are built as ``websockets`` responses from ``process_request``; a request for the
+WebSocket path falls through to the handshake.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from server.metrics import METRICS
+from transports.schema import build_schema
+
+DEFAULT_WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
+PLACEHOLDER_PAGE = b"""<!doctype html><meta charset="utf-8"><title>voxpipe</title>
+<h1>voxpipe</h1><p>The server is running. Connect a WebSocket client to <code>/ws</code>.</p>
+"""
+_EXTRA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm"}
+
+
+def response(status: int, body: bytes, content_type: str, *, extra: dict[str, str] | None = None) -> Response:
+    reasons = {200: "OK", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+    headers = Headers(
+        [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
+    )
+    for key, value in (extra or {}).items():
+        headers[key] = value
+    return Response(status, reasons.get(status, "Error"), headers, body)
+
+
+def json_response(status: int, data: Any) -> Response:
+    return response(status, json.dumps(data, indent=1).encode(), "application/json")
+
+
+@cache
+def _schema_bytes() -> bytes:
+    return json.dumps(build_schema(), indent=1).encode()
+
+
+def _static(web_root: Path, path: str) -> Response | None:
+    rel = "index.html" if path in ("", "/") else path.lstrip("/")
+    root = web_root.resolve()
+    target = (root / rel).resolve()
+    if root not in target.parents and target != root:
+        return None
+    if not target.is_file():
+        if rel == "index.html":
+            return response(200, PLACEHOLDER_PAGE, "text/html; charset=utf-8")
+        return None
+    kind = _EXTRA_TYPES.get(target.suffix) or mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+    if kind.startswith("text/") or kind == "application/json":
+        kind += "; charset=utf-8"
+    return response(200, target.read_bytes(), kind)
+
+
+class Routes:
+    """``process_request`` for the server: returns a Response, or None to go on with the handshake."""
+
+    def __init__(self, *, ws_path: str, web_root: Path, health: Callable[[], dict[str, Any]]) -> None:
+        self.ws_path = ws_path
+        self.web_root = web_root
+        self.health = health
+
+    def __call__(self, connection: Any, request: Request) -> Response | None:
+        path = unquote(urlsplit(request.path).path)
+        if path == self.ws_path:
+            return None
+        if path == "/healthz":
+            return json_response(200, self.health())
+        if path == "/schema":
+            return response(200, _schema_bytes(), "application/schema+json")
+        if path == "/metrics":
+            return response(200, METRICS.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+        found = _static(self.web_root, path)
+        if found is not None:
+            return found
+        return response(404, b"not found\n", "text/plain; charset=utf-8")

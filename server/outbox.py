@@ -1,0 +1,156 @@
+"""The session's last gate before the socket: three lanes, one writer, and the playout clock.
+
+- control: ``interrupted``, ``error``, ``pong``; sent first.
+- messages: stage outputs other than audio (vad, transcript, reply), in order, unpaced.
+- audio: agent audio paced to real time with ``lead_ms`` of lead, plus each turn's end marker,
+  so ``turn_end`` leaves after the turn's last chunk.
+Nothing of a turn leaves once the turn is over (``is_live`` is checked right before each send).
+The message and audio lanes are bounded: a slow reader blocks the stages, never grows memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from server.metrics import QUEUE_DROPS_TOTAL
+from server.turns import Turn
+from stages.items import AudioChunk
+from transports import messages as m
+
+Send = Callable[[Any], Awaitable[None]]
+_END = object()  # audio-lane marker: the turn's last stage is done
+
+
+class _Lane:
+    """A bounded FIFO whose ``put`` waits for room (the overflow policy is: block the producer)."""
+
+    __slots__ = ("_room", "items", "max_items")
+
+    def __init__(self, max_items: int) -> None:
+        self.items: deque[Any] = deque()
+        self.max_items = max_items
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def put(self, entry: Any) -> None:
+        while len(self.items) >= self.max_items:
+            self._room.clear()
+            await self._room.wait()
+        self.items.append(entry)
+
+    def popleft(self) -> Any:
+        entry = self.items.popleft()
+        if len(self.items) < self.max_items:
+            self._room.set()
+        return entry
+
+    def purge(self, turn: int) -> int:
+        before = len(self.items)
+        self.items = deque(e for e in self.items if e[1] != turn)
+        if len(self.items) < self.max_items:
+            self._room.set()
+        return before - len(self.items)
+
+
+class Outbox:
+    def __init__(
+        self,
+        send: Send,
+        *,
+        turns: dict[int, Turn],
+        finish_turn: Callable[[int], list[Any]],
+        lead_ms: float,
+        max_items: int,
+        max_control: int = 256,
+    ) -> None:
+        self._send = send
+        self._turns = turns
+        self._finish_turn = finish_turn
+        self.lead_s = lead_ms / 1000.0
+        self._control: deque[Any] = deque()
+        self._max_control = max_control
+        self._messages = _Lane(max_items)
+        self._audio = _Lane(max_items)
+        self._wakeup = asyncio.Event()
+        self.playhead_at = 0.0  # monotonic time at which all audio sent so far has played out
+
+    # ------------------------------------------------------------ producers
+
+    def control(self, message: Any, *, droppable: bool = False) -> None:
+        """Queue a control message. ``droppable`` ones (pong) are dropped when the lane is full."""
+        if droppable and len(self._control) >= self._max_control:
+            QUEUE_DROPS_TOTAL.inc(edge="outbox_control")
+            return
+        self._control.append(message)
+        self._wakeup.set()
+
+    async def put_message(self, stage: str, turn: int | None, item: Any) -> None:
+        await self._messages.put((stage, turn, item))
+        self._wakeup.set()
+
+    async def put_audio(self, stage: str, chunk: AudioChunk) -> None:
+        await self._audio.put((stage, chunk.turn, chunk))
+        self._wakeup.set()
+
+    async def put_end(self, turn: int) -> None:
+        await self._audio.put((None, turn, _END))
+        self._wakeup.set()
+
+    def drop_turn(self, turn: int) -> None:
+        """Forget everything queued for ``turn`` (interrupted); the client flushes its buffer, so does the clock."""
+        self._messages.purge(turn)
+        self._audio.purge(turn)
+        self.playhead_at = time.monotonic()
+        self._wakeup.set()
+
+    # ------------------------------------------------------------ the writer
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; new work in any lane wakes us early."""
+        handle = asyncio.get_running_loop().call_later(seconds, self._wakeup.set)
+        try:
+            await self._wakeup.wait()
+        finally:
+            handle.cancel()
+
+    async def run(self) -> None:
+        """The only writer of the session's socket. Cancellation-safe: a message is sent whole or not at all."""
+        turns = self._turns
+        while True:
+            self._wakeup.clear()  # cleared before looking, so no put between look and wait is missed
+            if self._control:
+                await self._send(self._control.popleft())
+                continue
+            if self._messages.items:
+                stage, turn, item = self._messages.popleft()
+                if turn is None or turn in turns:
+                    await self._send(item.to_message(stage))
+                continue
+            if self._audio.items:
+                stage, turn, item = self._audio.items[0]
+                if turn not in turns:
+                    self._audio.popleft()
+                    continue
+                if item is _END:
+                    self._audio.popleft()
+                    for message in self._finish_turn(turn):
+                        await self._send(message)
+                    continue
+                now = time.monotonic()
+                duration_s = item.duration_ms / 1000.0
+                ahead_s = self.playhead_at - now
+                if ahead_s > 0 and ahead_s + duration_s > self.lead_s:
+                    await self._sleep(ahead_s + duration_s - self.lead_s)
+                    continue
+                self._audio.popleft()
+                state = turns[turn]
+                message = m.AudioOut(stage=stage, turn=turn, seq=state.seq, data=item.pcm)
+                self.playhead_at = max(self.playhead_at, now) + duration_s
+                state.audio_sent(item.duration_ms, item.text, now)
+                await self._send(message)
+                continue
+            await self._wakeup.wait()
