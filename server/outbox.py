@@ -150,7 +150,7 @@ class Outbox:
                 state = turns[turn]
                 message = m.AudioOut(stage=stage, turn=turn, seq=state.seq, data=item.pcm)
                 self.playhead_at = max(self.playhead_at, now) + duration_s
-                state.audio_sent(item.duration_ms, item.text, now)
+                state.audio_sent(item.duration_ms, item.text, item.text_ms, now)
                 await self._send(message)
                 continue
             await self._wakeup.wait()

@@ -24,7 +24,8 @@ class Turn:
     seq: int = 0
     audio_sent_ms: float = 0.0
     first_audio_sent_at: float | None = None
-    segments: list[tuple[float, str]] = field(default_factory=list)  # (start_ms, clause text)
+    # (start_ms, clause text, clause ms or 0 when unknown) per spoken clause
+    segments: list[tuple[float, str, float]] = field(default_factory=list)
     played_ack_ms: float | None = None
     failed: bool = False
 
@@ -41,11 +42,11 @@ class Turn:
         if self.input_end_at is not None and stage not in self.first_output_at:
             self.first_output_at[stage] = now
 
-    def audio_sent(self, duration_ms: float, text: str | None, now: float) -> None:
+    def audio_sent(self, duration_ms: float, text: str | None, text_ms: float, now: float) -> None:
         if self.first_audio_sent_at is None:
             self.first_audio_sent_at = now
         if text:
-            self.segments.append((self.audio_sent_ms, text))
+            self.segments.append((self.audio_sent_ms, text, text_ms))
         self.audio_sent_ms += duration_ms
         self.seq += 1
 
@@ -58,19 +59,31 @@ class Turn:
         return min(self.audio_sent_ms, (now - self.first_audio_sent_at) * 1000.0)
 
     def spoken_text(self, played_ms: float, *, has_audio: bool) -> str:
-        """What the user actually heard: whole clauses, plus the played share of the current one."""
+        """What the user actually heard: whole clauses, plus the played share of the current one.
+
+        A clause's length is known once the next one starts or when it arrived whole (``text_ms``);
+        otherwise it is estimated from the speaking rate so far (or 65 ms per character).
+        """
         if not has_audio:
             return self.reply_text
         words: list[str] = []
-        for i, (start_ms, text) in enumerate(self.segments):
+        done_ms = done_chars = 0.0
+        for i, (start_ms, text, text_ms) in enumerate(self.segments):
             if played_ms <= start_ms:
                 break
-            end_ms = self.segments[i + 1][0] if i + 1 < len(self.segments) else self.audio_sent_ms
-            clause = text.split()
-            if played_ms >= end_ms:
-                words += clause
+            if i + 1 < len(self.segments):
+                length_ms = self.segments[i + 1][0] - start_ms
+            elif text_ms > 0:
+                length_ms = text_ms
             else:
-                share = (played_ms - start_ms) / max(end_ms - start_ms, 1e-6)
+                ms_per_char = done_ms / done_chars if done_chars else 65.0
+                length_ms = max(self.audio_sent_ms - start_ms, len(text) * ms_per_char)
+            clause = text.split()
+            if played_ms >= start_ms + length_ms:
+                words += clause
+                done_ms, done_chars = done_ms + length_ms, done_chars + len(text)
+            else:
+                share = (played_ms - start_ms) / max(length_ms, 1e-6)
                 words += clause[: int(len(clause) * share)]
         return " ".join(words)
 

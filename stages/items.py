@@ -104,14 +104,16 @@ class ReplyDelta:
 class AudioChunk:
     """Agent audio, PCM16 LE mono at the session's output rate.
 
-    ``text`` is set on the first chunk of each spoken clause, so the session can tell what was
-    actually spoken when a turn is cut off.
+    ``text`` is set on the first chunk of each spoken clause, with the clause's whole duration in
+    ``text_ms`` when known (0 when still streaming), so the session can tell what was actually
+    spoken when a turn is cut off.
     """
 
     turn: int
     pcm: bytes
     rate_hz: int
     text: str | None = None
+    text_ms: float = 0.0
     downstream: ClassVar[bool] = True
 
     @property

@@ -130,6 +130,7 @@ class TtsStage(BaseStage):
             await self._speak(turn, clause, out)
 
     async def _speak(self, turn: int, clause: str, out: Emitter) -> None:
+        """Reads one piece ahead, so a clause that arrives whole carries its duration (for ``spoken``)."""
         backend_rate = self.backend.rate_hz or self.rate_hz
         resampler: Any = None
         if backend_rate != self.rate_hz:
@@ -137,16 +138,25 @@ class TtsStage(BaseStage):
 
             resampler = Resampler(backend_rate, self.rate_hz)
         pending = b""
+        held: bytes | None = None
         text: str | None = clause
         stream = self.backend.synthesize(clause, rate_hz=backend_rate, ctx=self.ctx)
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             async for pcm in stream:
-                pending += pcm if resampler is None else resampler.process(pcm)
-                while len(pending) >= self.chunk_bytes:
-                    chunk, pending = pending[: self.chunk_bytes], pending[self.chunk_bytes :]
-                    await out.emit(AudioChunk(turn, chunk, self.rate_hz, text))
-                    text = None
-        if resampler is not None:
-            pending += resampler.flush()
-        if pending:
-            await out.emit(AudioChunk(turn, pending, self.rate_hz, text))
+                if held is not None:
+                    pending, text = await self._emit_chunks(turn, pending + held, text, 0.0, out, final=False)
+                held = pcm if resampler is None else resampler.process(pcm)
+        tail = (held or b"") + (resampler.flush() if resampler is not None else b"")
+        whole = pending + tail
+        text_ms = len(whole) * 500.0 / self.rate_hz if text is not None else 0.0
+        await self._emit_chunks(turn, whole, text, text_ms, out, final=True)
+
+    async def _emit_chunks(
+        self, turn: int, pcm: bytes, text: str | None, text_ms: float, out: Emitter, *, final: bool
+    ) -> tuple[bytes, str | None]:
+        step = self.chunk_bytes
+        end = len(pcm) if final else len(pcm) - len(pcm) % step
+        for start in range(0, end, step):
+            await out.emit(AudioChunk(turn, pcm[start : min(start + step, end)], self.rate_hz, text, text_ms))
+            text, text_ms = None, 0.0
+        return pcm[end:], text

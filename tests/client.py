@@ -44,6 +44,9 @@ def test_config(**sections: Any) -> dict[str, Any]:
     return config
 
 
+test_config.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 @contextlib.asynccontextmanager
 async def running_server(config: dict[str, Any] | None = None) -> AsyncIterator[Any]:
     """The real server on a free port; yields the running server (``.port``, ``.url``, ``.http_url``)."""

@@ -138,10 +138,11 @@ class ToneTts(_NoLoad):
         return np.concatenate([tone, gap]).astype("<i2").tobytes()
 
     async def synthesize(self, text: str, *, rate_hz: int, ctx: StageContext) -> AsyncIterator[bytes]:
-        for word in text.split():
-            if self.options.delay_ms:
-                await asyncio.sleep(self.options.delay_ms / 1000)
-            yield self.render(word, rate_hz)
+        """The whole clause in one piece (like Piper does per sentence)."""
+        words = text.split()
+        if self.options.delay_ms:
+            await asyncio.sleep(self.options.delay_ms * len(words) / 1000)
+        yield b"".join(self.render(word, rate_hz) for word in words)
 
 
 class Passthrough(_NoLoad):
