@@ -66,17 +66,23 @@ class RunningServer:
             "status": "ok" if self.accepting else "draining",
             "sessions": len(self.sessions),
             "uptime_s": round(time.monotonic() - self.started_at, 1),
-            "graph": [{"name": s.name, "engine": s.engine_name, "in": s.input_type, "out": s.output_type} for s in self.specs],
+            "graph": [
+                {"name": s.name, "engine": s.engine_name, "in": s.input_type, "out": s.output_type} for s in self.specs
+            ],
         }
 
     def open_session(self, hello: m.Hello, send: Send, ws: ServerConnection) -> Session:
         validate_hello(hello, [s.name for s in self.specs])
         if not self.accepting:
-            raise ProtocolError("shutting_down", "the server is shutting down", fatal=True, close_code=CloseCode.GOING_AWAY)
+            raise ProtocolError(
+                "shutting_down", "the server is shutting down", fatal=True, close_code=CloseCode.GOING_AWAY
+            )
         if len(self.sessions) >= self.config.server.max_sessions:
             raise ProtocolError(
-                "server_full", f"the server is at its session limit ({self.config.server.max_sessions})",
-                fatal=True, close_code=CloseCode.TRY_AGAIN_LATER,
+                "server_full",
+                f"the server is at its session limit ({self.config.server.max_sessions})",
+                fatal=True,
+                close_code=CloseCode.TRY_AGAIN_LATER,
             )
         return Session(hello, self.specs, self.config.session, send)
 
@@ -101,7 +107,8 @@ class RunningServer:
         deadline = time.monotonic() + (self.config.server.drain_timeout_s if timeout_s is None else timeout_s)
         if self.ws_server is not None:
             self.ws_server.close(close_connections=False)
-        while time.monotonic() < deadline and any(
+        # polls many sessions' turns: there is no single event to wait on
+        while time.monotonic() < deadline and any(  # noqa: ASYNC110
             t.responding for s in self.sessions.values() for t in s.turns.values()
         ):
             await asyncio.sleep(0.05)

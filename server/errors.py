@@ -43,9 +43,7 @@ class ProtocolError(VoxpipeError):
 
     code = "bad_message"
 
-    def __init__(
-        self, code: str, message: str, *, fatal: bool = False, close_code: int | None = None
-    ) -> None:
+    def __init__(self, code: str, message: str, *, fatal: bool = False, close_code: int | None = None) -> None:
         super().__init__(message, code=code)
         self.fatal = fatal
         self.close_code = close_code

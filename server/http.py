@@ -28,7 +28,13 @@ _EXTRA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "a
 
 
 def response(status: int, body: bytes, content_type: str, *, extra: dict[str, str] | None = None) -> Response:
-    reasons = {200: "OK", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+    reasons = {
+        200: "OK",
+        403: "Forbidden",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        503: "Service Unavailable",
+    }
     headers = Headers(
         [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
     )

@@ -64,7 +64,7 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
         val_hint = get_args(hint)[1] if get_args(hint) else Any
         return {str(k): _convert(val_hint, v, f"{path}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return build(hint, value, path)
     raise ConfigError(f"{path}: unsupported option type {hint!r}")
 

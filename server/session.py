@@ -182,9 +182,7 @@ class Session:
     def interrupt(self, cause: str, *, before_turn: int | None = None) -> list[int]:
         """Cut off every turn the agent is responding to (older than ``before_turn`` when given)."""
         now = time.monotonic()
-        cut = [
-            t for t in self.turns.values() if t.responding and (before_turn is None or t.id < before_turn)
-        ]
+        cut = [t for t in self.turns.values() if t.responding and (before_turn is None or t.id < before_turn)]
         for turn in cut:
             del self.turns[turn.id]  # the gate closes first: nothing of this turn leaves from now on
             for runner in self.runners:
@@ -215,8 +213,8 @@ class Session:
     def observe(self, stage: str, item: Item) -> None:
         """Every stage output passes here first (hot path: keep it cheap)."""
         kind = type(item)
-        if kind is SpeechAudio:
-            if item.voiced_ms >= self.barge_in_min_ms and self._agent_busy(item.turn):  # type: ignore[union-attr]
+        if isinstance(item, SpeechAudio):
+            if item.voiced_ms >= self.barge_in_min_ms and self._agent_busy(item.turn):
                 self.interrupt("barge_in", before_turn=item.turn)
             return
         turn_id = item.turn
@@ -226,14 +224,14 @@ class Session:
         if turn is None:
             return
         now = time.monotonic()
-        if kind is VadEvent:
-            if item.event == "speech_end":  # type: ignore[union-attr]
-                turn.input_end_at = item.voiced_until or now  # type: ignore[union-attr]
+        if isinstance(item, VadEvent):
+            if item.event == "speech_end":
+                turn.input_end_at = item.voiced_until or now
                 turn.mark_output(stage, now)
             return
-        if kind is ReplyDelta:
-            turn.reply_parts.append(item.text)  # type: ignore[union-attr]
-            if item.final:  # type: ignore[union-attr]
+        if isinstance(item, ReplyDelta):
+            turn.reply_parts.append(item.text)
+            if item.final:
                 self._record_reply(turn)
         if item.downstream and kind is not TurnDone:
             turn.mark_output(stage, now)
@@ -388,9 +386,9 @@ class Session:
                 turn.input_end_at = now
                 await self.inboxes[index].put(TurnDone(turn_id))
             return
-        index = self._audio_entry()
-        if index is not None and self.specs[index].input_type == "audio":
-            put_drop_oldest(self.inboxes[index], Commit(now), "audio_in")
+        entry = self._audio_entry()
+        if entry is not None and self.specs[entry].input_type == "audio":
+            put_drop_oldest(self.inboxes[entry], Commit(now), "audio_in")
 
 
 def subscribed_stages(subscribe: list[str] | str | None, names: list[str]) -> set[str]:
@@ -418,7 +416,6 @@ def validate_hello(hello: m.Hello, stage_names: list[str]) -> None:
         unknown = [w for w in wanted if w not in stage_names]
         if unknown:
             raise ProtocolError(
-                "unknown_stage", f"hello.subscribe: no stage named {unknown[0][:40]!r} (stages: {', '.join(stage_names)})"
+                "unknown_stage",
+                f"hello.subscribe: no stage named {unknown[0][:40]!r} (stages: {', '.join(stage_names)})",
             )
-
-

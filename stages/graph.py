@@ -48,7 +48,12 @@ class StageEmitter:
     __slots__ = ("_host", "_next", "_observe", "_outbox", "_turns", "name", "subscribed")
 
     def __init__(
-        self, name: str, host: GraphHost, outbox: Outbox, next_inbox: asyncio.Queue[Any] | None, subscribed: bool
+        self,
+        name: str,
+        host: GraphHost,
+        outbox: Outbox,
+        next_inbox: asyncio.Queue[Any] | None,
+        subscribed: bool,
     ) -> None:
         self.name = name
         self.subscribed = subscribed

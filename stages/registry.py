@@ -9,6 +9,7 @@ Backends are imported lazily: a config that does not use llama.cpp never imports
 from __future__ import annotations
 
 import importlib
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -86,8 +87,7 @@ def build_stage(entry: dict[str, Any], path: str) -> StageSpec:
         backend_cls = _import(BACKENDS[engine_name])
     except ImportError as exc:
         raise ConfigError(
-            f"{path}.engine: {engine_name!r} needs a package that is not installed ({exc.name}); "
-            "run `make install`"
+            f"{path}.engine: {engine_name!r} needs a package that is not installed ({exc.name}); run `make install`"
         ) from None
     kind: str = backend_cls.kind
     name = entry.get("name", kind if kind != "custom" else engine_name)
@@ -118,7 +118,7 @@ def build_pipeline(entries: list[dict[str, Any]]) -> list[StageSpec]:
         if spec.name in seen:
             raise ConfigError(f"pipeline[{i}].name: duplicate stage name {spec.name!r}")
         seen.add(spec.name)
-    for a, b in zip(specs, specs[1:], strict=False):
+    for a, b in itertools.pairwise(specs):
         if a.output_type != b.input_type:
             raise ConfigError(
                 f"pipeline: stage {a.name!r} ({a.engine_name}) outputs {a.output_type!r} but the next "

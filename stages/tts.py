@@ -107,6 +107,8 @@ class TtsStage(BaseStage):
         text = committed_text(item)
         if text is None:
             return
+        if item.turn is None:
+            return
         if item.turn != self.turn:
             self.turn, self.buffer = item.turn, ""
         self.buffer += text
@@ -117,14 +119,12 @@ class TtsStage(BaseStage):
             final=False,
         )
         for clause in clauses:
-            await self._speak(item.turn, clause, out)
+            await self._speak(self.turn, clause, out)
 
     async def finish(self, turn: int, out: Emitter) -> None:
         if turn != self.turn:
             return
-        clauses, _ = split_clauses(
-            self.buffer, min_chars=1, max_chars=self.options.max_clause_chars, final=True
-        )
+        clauses, _ = split_clauses(self.buffer, min_chars=1, max_chars=self.options.max_clause_chars, final=True)
         self.turn, self.buffer = None, ""
         for clause in clauses:
             await self._speak(turn, clause, out)

@@ -150,7 +150,9 @@ class Client:
                 out.append(await self.recv(left))
         return out
 
-    async def stream_audio(self, pcm: bytes, *, rate_hz: int = 16000, frame_ms: int = 20, realtime: float = 0.0) -> None:
+    async def stream_audio(
+        self, pcm: bytes, *, rate_hz: int = 16000, frame_ms: int = 20, realtime: float = 0.0
+    ) -> None:
         """Send ``pcm`` in ``frame_ms`` frames; ``realtime`` = 1.0 paces at real time, 0 sends at once."""
         step = int(rate_hz * frame_ms / 1000) * 2
         for i in range(0, len(pcm), step):

@@ -36,11 +36,20 @@ def error_of(data: dict[str, Any]) -> str:
         ({"pipeline": []}, "pipeline: must be a non-empty list"),
         ({"pipeline": [{"engine": "nope"}]}, "pipeline[0].engine: unknown engine 'nope'"),
         ({"pipeline": [{"name": "x"}]}, "pipeline[0].engine: required"),
-        ({"pipeline": [{"engine": "echo", "delay": 5}]}, "pipeline[0].delay: unknown option for engine 'echo'"),
-        ({"pipeline": [{"engine": "tone", "chunk_ms": 7}]}, "pipeline[0].chunk_ms: must be 10/20/30/40/60/80/100"),
+        (
+            {"pipeline": [{"engine": "echo", "delay": 5}]},
+            "pipeline[0].delay: unknown option for engine 'echo'",
+        ),
+        (
+            {"pipeline": [{"engine": "tone", "chunk_ms": 7}]},
+            "pipeline[0].chunk_ms: must be 10/20/30/40/60/80/100",
+        ),
         ({"pipeline": [{"engine": "tone", "amplitude": 2.0}]}, "pipeline[0].amplitude: must be in (0, 1]"),
         ({"pipeline": [{"engine": "echo", "name": "a b"}]}, "pipeline[0].name: must be an identifier"),
-        ({"pipeline": [{"engine": "echo"}, {"engine": "echo"}]}, "pipeline[1].name: duplicate stage name 'llm'"),
+        (
+            {"pipeline": [{"engine": "echo"}, {"engine": "echo"}]},
+            "pipeline[1].name: duplicate stage name 'llm'",
+        ),
         (
             {"pipeline": [{"engine": "energy"}, {"engine": "echo"}]},
             "stage 'vad' (energy) outputs 'speech' but the next stage 'llm' (echo) takes 'text'",
@@ -62,15 +71,25 @@ def test_cli_check_config(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump({"pipeline": TEST_PIPELINE}))
     out = subprocess.run(
-        [sys.executable, "-m", "server", "check-config", str(good)], capture_output=True, text=True, cwd=ROOT, check=False
+        [sys.executable, "-m", "server", "check-config", str(good)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
-    assert out.returncode == 0 and "[llm:echo]" in out.stdout
+    assert out.returncode == 0
+    assert "[llm:echo]" in out.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"pipeline": TEST_PIPELINE, "session": {"barge_in_ms": 1}}))
     out = subprocess.run(
-        [sys.executable, "-m", "server", "check-config", str(bad)], capture_output=True, text=True, cwd=ROOT, check=False
+        [sys.executable, "-m", "server", "check-config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
-    assert out.returncode == 2 and "session.barge_in_ms: unknown key" in out.stderr
+    assert out.returncode == 2
+    assert "session.barge_in_ms: unknown key" in out.stderr
 
 
 def test_load_config_reports_unreadable_and_invalid_yaml(tmp_path: Path) -> None:

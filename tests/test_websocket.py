@@ -30,10 +30,19 @@ async def test_http_routes_share_the_port() -> None:
     async with running_server() as srv:
         status, kind, body = await get(srv.http_url + "healthz")
         health = json.loads(body)
-        assert status == 200 and kind.startswith("application/json")
-        assert health["status"] == "ok" and [g["name"] for g in health["graph"]] == ["vad", "asr", "llm", "tts"]
+        assert status == 200
+        assert kind.startswith("application/json")
+        assert health["status"] == "ok"
+        assert [g["name"] for g in health["graph"]] == [
+            "vad",
+            "asr",
+            "llm",
+            "tts",
+        ]
         status, kind, body = await get(srv.http_url)
-        assert status == 200 and kind.startswith("text/html") and b"<" in body
+        assert status == 200
+        assert kind.startswith("text/html")
+        assert b"<" in body
         status, kind, body = await get(srv.http_url + "schema")
         schema = json.loads(body)
         for cls in CLIENT_MESSAGES:
@@ -65,7 +74,8 @@ async def test_first_message_not_hello_is_fatal_1002(first: str | bytes) -> None
     async with running_server() as srv, Client.connect(srv.url, send_hello=False) as c:
         await c.send_raw(first)
         err = await c.recv_type("error")
-        assert err["fatal"] is True and err["code"] == "not_hello"
+        assert err["fatal"] is True
+        assert err["code"] == "not_hello"
         with pytest.raises(ConnectionClosed):
             await c.recv()
         assert c.ws.close_code == 1002
@@ -75,11 +85,14 @@ async def test_bad_hello_field_is_not_fatal_and_a_good_hello_follows() -> None:
     async with running_server() as srv, Client.connect(srv.url, send_hello=False, framing="json") as c:
         await c.send({"type": "hello", "protocol": 1, "audio_in": {"format": "pcm16", "rate": 11025, "channels": 1}})
         err = await c.recv_type("error")
-        assert err["code"] == "bad_field" and err["fatal"] is False and "audio_in.rate" in err["message"]
+        assert err["code"] == "bad_field"
+        assert err["fatal"] is False
+        assert "audio_in.rate" in err["message"]
         await c.send({"type": "hello", "protocol": 1, "subscribe": ["nope"]})
         assert (await c.recv_type("error"))["code"] == "unknown_stage"
         ready = await c.hello()
-        assert ready["protocol"] == 1 and ready["session"]
+        assert ready["protocol"] == 1
+        assert ready["session"]
 
 
 async def test_replies_use_the_hello_framing() -> None:
@@ -87,18 +100,23 @@ async def test_replies_use_the_hello_framing() -> None:
         async with Client.connect(srv.url, framing="json") as c:
             await c.send({"type": "ping", "id": 1})
             frame = await c.ws.recv()
-            assert isinstance(frame, str) and json.loads(frame) == {"type": "pong", "id": 1}
+            assert isinstance(frame, str)
+            assert json.loads(frame) == {"type": "pong", "id": 1}
             # msgpack input is accepted at any time; replies stay JSON
             await c.ws.send(msgpack.packb({"type": "ping", "id": 2}))
             assert isinstance(await c.ws.recv(), str)
         async with Client.connect(srv.url, framing="msgpack") as c:
             await c.send({"type": "ping", "id": 3})
             frame = await c.ws.recv()
-            assert isinstance(frame, bytes) and msgpack.unpackb(frame) == {"type": "pong", "id": 3}
+            assert isinstance(frame, bytes)
+            assert msgpack.unpackb(frame) == {"type": "pong", "id": 3}
 
 
 async def test_oversize_frame_closes_1009() -> None:
-    async with running_server(test_config(server={"max_frame_bytes": 4096})) as srv, Client.connect(srv.url) as c:
+    async with (
+        running_server(test_config(server={"max_frame_bytes": 4096})) as srv,
+        Client.connect(srv.url) as c,
+    ):
         await c.send({"type": "audio", "data": b"\x00" * 8192})
         with pytest.raises(ConnectionClosed):
             await c.recv()
@@ -118,7 +136,8 @@ async def test_session_limit_refuses_with_1013() -> None:
         async with connect(srv.url) as ws:
             await ws.send(json.dumps({"type": "hello", "protocol": 1}))
             err = json.loads(await ws.recv())
-            assert err["code"] == "server_full" and err["fatal"] is True
+            assert err["code"] == "server_full"
+            assert err["fatal"] is True
             with pytest.raises(ConnectionClosed):
                 await ws.recv()
             assert ws.close_code == 1013
@@ -128,7 +147,8 @@ async def test_hello_timeout_closes() -> None:
     async with running_server(test_config(server={"hello_timeout_s": 0.3})) as srv:
         async with connect(srv.url) as ws:
             err = json.loads(await asyncio.wait_for(ws.recv(), 3))
-            assert err["code"] == "hello_timeout" and err["fatal"] is True
+            assert err["code"] == "hello_timeout"
+            assert err["fatal"] is True
             with pytest.raises(ConnectionClosed):
                 await ws.recv()
             assert ws.close_code == 1008

@@ -117,7 +117,8 @@ def test_server_messages_encode_in_both_framings(framing: Framing) -> None:
     )
     data = decode_server(encode(ready, framing))
     assert data["graph"] == [{"name": "llm", "engine": "echo", "in": "text", "out": "text"}]
-    assert data["protocol"] == 1 and data["audio_out"]["rate"] == 24000
+    assert data["protocol"] == 1
+    assert data["audio_out"]["rate"] == 24000
     audio = decode_server(encode(m.AudioOut(stage="tts", turn=2, seq=5, data=b"\x01\x02"), framing))
     assert audio == {"type": "audio", "stage": "tts", "turn": 2, "seq": 5, "data": b"\x01\x02"}
     metrics = decode_server(encode(m.Metrics(turn=1, first_output_ms={"llm": 12.5}), framing))
@@ -126,7 +127,8 @@ def test_server_messages_encode_in_both_framings(framing: Framing) -> None:
 
 def test_json_text_frames_are_compact_utf8() -> None:
     frame = encode(m.Reply(stage="llm", turn=1, text="héllo"), Framing.JSON)
-    assert isinstance(frame, str) and json.loads(frame)["text"] == "héllo"
+    assert isinstance(frame, str)
+    assert json.loads(frame)["text"] == "héllo"
 
 
 @settings(max_examples=400, deadline=None)
@@ -157,7 +159,13 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(
     st.sampled_from(["hello", "audio", "text", "say", "input", "played", "ping", "commit", "webrtc_offer"]),
-    st.dictionaries(st.sampled_from(["protocol", "audio_in", "data", "text", "stage", "entry", "turn", "ms", "id", "subscribe", "sdp"]), json_values, max_size=5),
+    st.dictionaries(
+        st.sampled_from(
+            ["protocol", "audio_in", "data", "text", "stage", "entry", "turn", "ms", "id", "subscribe", "sdp"]
+        ),
+        json_values,
+        max_size=5,
+    ),
 )
 def test_mutated_messages_raise_only_protocol_errors(kind: str, fields: dict[str, object]) -> None:
     for frame in (json.dumps({"type": kind, **fields}), msgpack.packb({"type": kind, **fields})):

@@ -124,7 +124,17 @@ class WebrtcOffer:
 
 ClientMessage = Hello | Audio | Text | Say | Input | Commit | Interrupt | Played | Ping | Bye | WebrtcOffer
 CLIENT_MESSAGES: tuple[type[Any], ...] = (
-    Hello, Audio, Text, Say, Input, Commit, Interrupt, Played, Ping, Bye, WebrtcOffer,
+    Hello,
+    Audio,
+    Text,
+    Say,
+    Input,
+    Commit,
+    Interrupt,
+    Played,
+    Ping,
+    Bye,
+    WebrtcOffer,
 )
 
 
@@ -236,5 +246,15 @@ ServerMessage = (
     Ready | Vad | Transcript | Reply | AudioOut | TurnEnd | Interrupted | Metrics | Error | Pong | WebrtcAnswer
 )
 SERVER_MESSAGES: tuple[type[Any], ...] = (
-    Ready, Vad, Transcript, Reply, AudioOut, TurnEnd, Interrupted, Metrics, Error, Pong, WebrtcAnswer,
+    Ready,
+    Vad,
+    Transcript,
+    Reply,
+    AudioOut,
+    TurnEnd,
+    Interrupted,
+    Metrics,
+    Error,
+    Pong,
+    WebrtcAnswer,
 )

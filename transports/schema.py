@@ -38,7 +38,7 @@ def _schema_for(hint: Any, defs: dict[str, Any]) -> dict[str, Any]:
     if origin in (typing.Union, types.UnionType):
         options = [_schema_for(a, defs) for a in get_args(hint) if a is not type(None)]
         return options[0] if len(options) == 1 else {"anyOf": options}
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         name = hint.__name__
         if name not in defs:
             defs[name] = {}  # placeholder against recursion

@@ -7,6 +7,7 @@ returns an object with ``id``, ``ready()`` and ``run(messages)``. Replies use th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,10 +44,8 @@ async def _close(ws: ServerConnection, code: int, reason: str) -> None:
 
 async def _send_error(ws: ServerConnection, framing: wire.Framing, err: ProtocolError, *, fatal: bool) -> None:
     ERRORS_TOTAL.inc(code=err.code)
-    try:
+    with contextlib.suppress(ConnectionClosed):
         await ws.send(wire.encode(m.Error(code=err.code, message=err.message, fatal=fatal), framing))
-    except ConnectionClosed:
-        pass
 
 
 async def _await_hello(ws: ServerConnection, timeout_s: float, open_session: OpenSession) -> tuple[Any, wire.Framing]:
@@ -77,9 +76,7 @@ async def _await_hello(ws: ServerConnection, timeout_s: float, open_session: Ope
         return hello, framing
 
 
-async def handle_connection(
-    ws: ServerConnection, *, hello_timeout_s: float, open_session: OpenSession
-) -> None:
+async def handle_connection(ws: ServerConnection, *, hello_timeout_s: float, open_session: OpenSession) -> None:
     """One WebSocket connection, from hello to close."""
     try:
         hello, framing = await _await_hello(ws, hello_timeout_s, open_session)
@@ -87,10 +84,8 @@ async def handle_connection(
         return
 
     async def send(message: Any) -> None:
-        try:
+        with contextlib.suppress(ConnectionClosed):  # the reader sees the close too and ends the session
             await ws.send(wire.encode(message, framing))
-        except ConnectionClosed:
-            pass  # the reader sees the close too and ends the session
 
     while True:
         try:

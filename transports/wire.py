@@ -166,7 +166,7 @@ def _checker_for(hint: Any) -> Checker:
             return _bytes_or_str
         checkers = [_checker_for(a) for a in args]
         return checkers[0] if len(checkers) == 1 else _union_checker(checkers)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         spec = _spec(hint)
         return lambda value, framing: _build(spec, value, framing)
     raise TypeError(f"no wire checker for {hint!r}")
@@ -252,8 +252,7 @@ def parse_frame(frame: Frame) -> dict[str, Any]:
         raise ProtocolError("bad_frame", f"cannot decode {kind}: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_message", f"a message must be a map, not {type(obj).__name__}")
-    kind = obj.get("type")
-    if not isinstance(kind, str):
+    if not isinstance(obj.get("type"), str):
         raise ProtocolError("bad_message", "a message needs a string 'type'")
     return obj
 
