@@ -1,0 +1,43 @@
+"""``webrtcvad`` backend for the VAD stage: Google's WebRTC voice detector on 10/20/30 ms frames."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import webrtcvad
+
+from server.options import require
+
+
+class WebrtcVad:
+    kind: ClassVar[str] = "vad"
+    NATIVE_RATES_HZ: ClassVar[tuple[int, ...]] = (8000, 16000, 32000, 48000)
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        aggressiveness: int = 2  # 0 (keeps most audio as speech) .. 3 (strictest)
+        frame_ms: int = 20
+
+        def validate(self) -> None:
+            require(0 <= self.aggressiveness <= 3, "aggressiveness", "must be 0..3")
+            require(self.frame_ms in (10, 20, 30), "frame_ms", "must be 10, 20 or 30")
+
+    def __init__(self, options: WebrtcVad.Options) -> None:
+        self.aggressiveness = options.aggressiveness
+        self.frame_ms = options.frame_ms
+        self.rate_hz: int | None = 16000  # where other rates (24 kHz) are resampled to
+
+    def supports_rate(self, rate_hz: int) -> bool:
+        return rate_hz in self.NATIVE_RATES_HZ
+
+    def new_detector(self, rate_hz: int) -> Callable[[bytes], bool]:
+        vad = webrtcvad.Vad(self.aggressiveness)
+        return lambda frame: bool(vad.is_speech(frame, rate_hz))
+
+    def load(self, log: Callable[[str], None]) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
