@@ -58,7 +58,8 @@ class VadEvent:
 class SpeechAudio:
     """Audio of one utterance (turn), PCM16 LE mono at ``rate_hz``.
 
-    ``voiced_ms`` is the voiced time of the utterance so far: the session uses it for barge-in.
+    ``voiced_ms`` is the voiced time of the current sustained run of speech (short gaps bridged):
+    the session compares it with ``barge_in_min_ms`` for barge-in.
     """
 
     turn: int

@@ -41,6 +41,7 @@ class Options:
     end_ms: float = 400.0  # silence that ends the utterance
     pre_roll_ms: float = 200.0  # audio kept from before speech_start
     max_utterance_ms: float = 30000.0  # an utterance is cut here
+    sustain_gap_ms: float = 100.0  # unvoiced gaps up to this long do not break a sustained run (barge-in)
 
     def validate(self) -> None:
         require(self.start_ms >= 0, "start_ms", "must be >= 0")
@@ -94,7 +95,8 @@ class VadStage(BaseStage):
         self.turn: int | None = None
         self.voiced_run_ms = 0.0
         self.silence_run_ms = 0.0
-        self.voiced_ms = 0.0
+        self.voiced_ms = 0.0  # voiced time of the current sustained run (gaps < sustain_gap_ms bridged)
+        self.gap_ms = 0.0
         self.utterance_ms = 0.0
         self.last_voiced_at = 0.0
 
@@ -126,10 +128,13 @@ class VadStage(BaseStage):
             self.utterance_ms += self.frame_ms
             if voiced:
                 self.voiced_ms += self.frame_ms
-                self.silence_run_ms = 0.0
+                self.silence_run_ms = self.gap_ms = 0.0
                 self.last_voiced_at = item.received_at
             else:
                 self.silence_run_ms += self.frame_ms
+                self.gap_ms += self.frame_ms
+                if self.gap_ms > self.options.sustain_gap_ms:
+                    self.voiced_ms = 0.0
             if self.silence_run_ms >= self.options.end_ms or self.utterance_ms >= self.options.max_utterance_ms:
                 await self._flush(speech, out)
                 speech = bytearray()
@@ -143,6 +148,7 @@ class VadStage(BaseStage):
     async def _start(self, out: Emitter) -> None:
         self.turn = self.ctx.new_turn()
         self.voiced_ms = self.voiced_run_ms
+        self.gap_ms = 0.0
         self.utterance_ms = self.frame_ms * len(self.pre_roll)
         self.silence_run_ms = 0.0
         await out.emit(VadEvent(self.turn, "speech_start"))
