@@ -110,6 +110,7 @@ static class Harness
         {
             var e = Next(10000);
             if (e == null) { Failures.Add("say: no turn_end within 10 s"); break; }
+            if (e is ErrorEvent) break;  // recorded by Next; this step cannot complete
             if (turn < 0 && TurnOf(e) >= 0) turn = TurnOf(e);
             var audio = e as AudioEvent;
             if (audio != null)
@@ -163,6 +164,7 @@ static class Harness
         {
             var e = Next(10000);
             if (e == null) { Failures.Add("text: no turn_end within 10 s"); break; }
+            if (e is ErrorEvent) break;
             if (turn < 0 && TurnOf(e) >= 0) turn = TurnOf(e);
             var reply = e as ReplyEvent;
             if (reply != null)
@@ -204,6 +206,7 @@ static class Harness
                 if (cut == null) Failures.Add("interrupt: no interrupted within 10 s");
                 break;  // after interrupted: 1 s of quiet has passed
             }
+            if (e is ErrorEvent) break;
             if (turn < 0 && TurnOf(e) >= 0) turn = TurnOf(e);
             if (TurnOf(e) != turn) continue;
             if (e is AudioEvent)

@@ -86,6 +86,7 @@ void say_to_wav(voxpipe::Client& client, const std::string& wav_path, int rate) 
     while (true) {
         auto m = next(std::chrono::seconds(10));
         if (!m) { failures.push_back("say: no turn_end within 10 s"); break; }
+        if (m->type == "error") break;  // recorded by next(); this step cannot complete
         if (turn < 0 && m->turn >= 0) turn = m->turn;
         if (m->type == "audio") {
             check(m->turn == turn, "say: audio of turn " + std::to_string(m->turn) + " inside turn " + std::to_string(turn));
@@ -120,6 +121,7 @@ void text_reply(voxpipe::Client& client) {
     while (true) {
         auto m = next(std::chrono::seconds(10));
         if (!m) { failures.push_back("text: no turn_end within 10 s"); break; }
+        if (m->type == "error") break;
         if (turn < 0 && m->turn >= 0) turn = m->turn;
         if (m->type == "reply") {
             check(!final, "text: a reply delta after the final one");
@@ -155,6 +157,7 @@ void interrupt_long_say(voxpipe::Client& client) {
             if (!cut) failures.push_back("interrupt: no interrupted within 10 s");
             break;  // after interrupted: 1 s of quiet has passed
         }
+        if (m->type == "error") break;
         if (turn < 0 && m->turn >= 0) turn = m->turn;
         if (m->turn != turn) continue;
         if (m->type == "audio") {
