@@ -19,6 +19,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.frames import CloseCode
 
 from server.config import Config
+from server.echo_guard import echo_guard_options
 from server.errors import ProtocolError
 from server.http import DEFAULT_WEB_ROOT, Routes
 from server.metrics import METRICS, SESSIONS_OPEN, SESSIONS_TOTAL
@@ -40,6 +41,7 @@ class RunningServer:
         self.ws_server: Server | None = None
         self.port = 0
         self.accepting = True
+        self.echo_guard = echo_guard_options(config.extra)  # ConfigError at start, naming the bad key
         METRICS.add_collector(lambda: SESSIONS_OPEN.set(len(self.sessions)))
 
     @property
@@ -84,7 +86,7 @@ class RunningServer:
                 fatal=True,
                 close_code=CloseCode.TRY_AGAIN_LATER,
             )
-        return Session(hello, self.specs, self.config.session, send)
+        return Session(hello, self.specs, self.config.session, send, echo_guard=self.echo_guard)
 
     async def handler(self, ws: ServerConnection) -> None:
         def open_session(hello: m.Hello, send: Send, conn: ServerConnection) -> Session:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from server.config import SessionDefaults
+from server.echo_guard import EchoGuard, EchoGuardOptions
 from server.errors import ProtocolError
 from server.metrics import ERRORS_TOTAL, INTERRUPTIONS_TOTAL, TURNS_TOTAL
 from server.outbox import Outbox
@@ -43,6 +44,7 @@ class Session:
         send: Send,
         *,
         session_id: str | None = None,
+        echo_guard: EchoGuardOptions | None = None,
     ) -> None:
         self.id = session_id or uuid.uuid4().hex[:12]
         self.hello = hello
@@ -59,6 +61,11 @@ class Session:
         self._tg: asyncio.TaskGroup | None = None
         self._speech_entry: tuple[int, int] | None = None  # (stage index, open turn) for entries at ASR
         self.audio_in_dropped = 0
+        # Clients without echo cancellation: the agent's audio leaving through ``send`` is the reference
+        # the guard compares the mic with (see server/echo_guard.py).
+        self.echo_guard = EchoGuard.for_hello(hello, echo_guard, time.monotonic())
+        if self.echo_guard is not None:
+            send = self.echo_guard.tap(send, time.monotonic)
         options = hello.session or m.SessionOptions()
         self.ctx = StageContext(
             session_id=self.id,
@@ -264,6 +271,8 @@ class Session:
                 self.error("bad_field", "played.ms: must be >= 0")
             elif turn is not None:
                 turn.played_ack_ms = max(turn.played_ack_ms or 0.0, msg.ms)
+                if self.echo_guard is not None:
+                    self.echo_guard.played(msg.turn, msg.ms, time.monotonic())
         elif kind is m.Text:
             await self._text(msg.text, self._entry_of_kind("llm", "text"))
         elif kind is m.Say:
@@ -307,6 +316,10 @@ class Session:
         now = time.monotonic()
         spec = self.specs[index]
         if spec.input_type == "audio":
+            if self.echo_guard is not None:
+                pcm = self.echo_guard.process(pcm, now)  # echo-only frames silenced before the VAD
+                if not pcm:
+                    return
             if put_drop_oldest(self.inboxes[index], AudioIn(pcm, self.in_rate_hz, now), "audio_in"):
                 self.audio_in_dropped += 1
             return
