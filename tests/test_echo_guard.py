@@ -23,7 +23,6 @@ from server.echo_guard import EchoGuard, EchoGuardOptions
 from tests.client import Client, running_server, test_config
 from transports import messages as m
 
-
 RATE_HZ = 16000
 FRAME = RATE_HZ // 50  # 20 ms
 
@@ -272,7 +271,8 @@ def piper_other_voice(text: str, *, rms_dbfs_at_mic: float) -> np.ndarray:
 async def test_piper_echo_never_interrupts_in_20_turns() -> None:
     piper_or_skip()
     config = test_config(pipeline=piper_pipeline(), session={"barge_in_min_ms": 250})
-    lines = ["Welcome, traveller.", "The smithy is past the well.", "Three silver coins, no less.", "Beware the wolves."]
+    lines = ["Welcome, traveller.", "The smithy is past the well.", "Three silver coins, no less.",
+             "Beware the wolves."]
     async with room(config) as (r, srv):
         interrupted, starts, outcomes = await echo_only_turns(r, lines, 20)
         guard = session_guard(srv)
