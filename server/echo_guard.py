@@ -6,7 +6,8 @@ Each 20 ms of mic audio is compared with that reference over every echo delay up
 normalized cross-correlation; a frame the agent's voice explains (peak NCC >= ``threshold``) is silenced
 before the VAD, while a person talking over the agent lowers the correlation and passes unchanged.
 Chosen over a raised VAD threshold and a per-band residual gate by measurement (bench/echo_guard.py).
-The analysis runs at 8 kHz (both signals box-filtered the same way): it only decides, nobody hears it.
+The analysis runs at 8 kHz (both signals low-passed at 3.4 kHz, then decimated): it only decides,
+nobody hears it; what the VAD gets is the client's audio, whole or silenced per frame.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from transports import messages as m
 
 Send = Callable[[Any], Awaitable[None]]
 ANALYSIS_HZ = 8000
+CUTOFF_HZ = 2500.0  # analysis band; voices differ well below it
 FRAMES_TOTAL = METRICS.counter("voxpipe_echo_guard_frames_total", "Mic frames judged by the echo guard, by verdict")
 _INT16_SCALE = 1.0 / 32768.0
 
@@ -37,13 +39,15 @@ class EchoGuardOptions:
     threshold: float = 0.8  # peak NCC at or above which a mic frame counts as the agent's echo
     max_delay_ms: float = 400.0  # echo delay covered: client output buffer + room + mic + uplink
     early_ms: float = 40.0  # and this much "early" (clock and ack error)
-    reference_floor_dbfs: float = -60.0  # quieter reference: no echo possible, the mic passes
-    mic_floor_dbfs: float = -65.0  # quieter mic frames are not judged (nothing to trigger a VAD)
+    reference_floor_dbfs: float = -60.0  # agent quieter than this over max_delay_ms: the mic passes
+    mic_floor_dbfs: float = -55.0  # while the agent plays, quieter mic frames are silenced unjudged
+    confirm_frames: int = 2  # unexplained 20 ms frames in a row before they pass (1: no hysteresis)
 
     def validate(self) -> None:
         require(0.0 < self.threshold < 1.0, "threshold", "must be between 0 and 1")
         require(20.0 <= self.max_delay_ms <= 2000.0, "max_delay_ms", "must be 20..2000")
         require(0.0 <= self.early_ms <= 200.0, "early_ms", "must be 0..200")
+        require(1 <= self.confirm_frames <= 10, "confirm_frames", "must be 1..10")
 
 
 def echo_guard_options(extra: dict[str, Any]) -> EchoGuardOptions:
@@ -52,12 +56,35 @@ def echo_guard_options(extra: dict[str, Any]) -> EchoGuardOptions:
     return options
 
 
-def _pool(samples: np.ndarray, factor: int) -> np.ndarray:
-    """Box-filter and decimate by ``factor`` (rates here are multiples of 8 kHz)."""
-    if factor == 1:
-        return samples
-    pooled: np.ndarray = samples.reshape(-1, factor).mean(axis=1)
-    return pooled
+class _Decimator:
+    """Stream low-pass (windowed sinc at ``CUTOFF_HZ``) and decimation to ANALYSIS_HZ from a multiple of it.
+
+    A box filter is not enough: its aliases differ with the sub-sample phase between the mic and the
+    reference, which broke the correlation of sibilants when the echo delay was an odd sample count.
+    The low cutoff keeps sub-sample delays from decorrelating what is left (see ``_is_echo``).
+    """
+
+    def __init__(self, rate_hz: int) -> None:
+        self.factor = rate_hz // ANALYSIS_HZ
+        taps = 32 * self.factor + 1
+        t = (np.arange(taps) - (taps - 1) / 2) / rate_hz
+        self.kernel = 2 * CUTOFF_HZ / rate_hz * np.sinc(2 * CUTOFF_HZ * t) * np.hamming(taps)
+        self.history = np.zeros(taps - 1)
+        self.phase = 0  # input samples to skip before the next kept one
+
+    def reset(self) -> None:
+        self.history[:] = 0.0
+        self.phase = 0
+
+    def process(self, samples: np.ndarray) -> np.ndarray:
+        if self.factor == 1:
+            return samples
+        data = np.concatenate([self.history, samples])
+        self.history = data[data.size - self.history.size :]
+        filtered = np.convolve(data, self.kernel, mode="valid")  # one output per new input sample
+        kept: np.ndarray = filtered[self.phase :: self.factor]
+        self.phase = (self.phase - samples.size) % self.factor
+        return kept
 
 
 def _dbfs(energy: float, n: int) -> float:
@@ -69,31 +96,32 @@ class EchoGuard:
 
     def __init__(self, options: EchoGuardOptions, *, in_rate_hz: int, out_rate_hz: int, now: float) -> None:
         self.options = options
-        self.in_factor = in_rate_hz // ANALYSIS_HZ
-        self.out_factor = out_rate_hz // ANALYSIS_HZ
+        self.mic_decimator = _Decimator(in_rate_hz)
+        self.ref_decimator = _Decimator(out_rate_hz)
+        self.out_rate_hz = out_rate_hz
         self.in_frame_bytes = in_rate_hz // 50 * 2  # 20 ms
         self.frame = ANALYSIS_HZ // 50
         self.max_lag = int(options.max_delay_ms * ANALYSIS_HZ / 1000)
         self.early = int(options.early_ms * ANALYSIS_HZ / 1000)
         self.window = self.frame + self.max_lag + self.early
         self.nfft = 1 << (self.window + self.frame).bit_length()
-        self.ref_floor = options.reference_floor_dbfs
         self.mic_floor = options.mic_floor_dbfs
         self.ref_floor_energy = self.frame * 10.0 ** (options.reference_floor_dbfs / 10.0)
+        self.segment_floor_energy = self.frame * 10.0 ** (-90.0 / 10.0)
         # reference ring at ANALYSIS_HZ; absolute index i <-> time t0 + i / ANALYSIS_HZ
         self.t0 = now
         self.ring = np.zeros(1 << (8 * ANALYSIS_HZ).bit_length(), dtype=np.float64)  # > 8 s
         self.written_until = 0  # absolute index after the last reference sample
         self.playhead = now  # when all agent audio sent so far has played out (the outbox's rule)
-        self.carry = np.zeros(0, dtype=np.float64)  # reference samples short of a whole pool
         self.turn_start: dict[int, float] = {}  # turn -> predicted playout time of its first sample
-        self.ack_offsets: deque[float] = deque(maxlen=32)  # s the client plays later than predicted
+        self.ack_offsets: deque[float] = deque(maxlen=5)  # s the client plays later than predicted
         self.offset_s = 0.0
         # mic timeline: sample n (at ANALYSIS_HZ) was captured at about mic_t0 + n / ANALYSIS_HZ
         self.mic_n = 0
         self.mic_anchor: deque[float] = deque(maxlen=100)  # ~2 s of (arrival - n / rate)
         self.mic_t0: float | None = None
         self.pending = b""
+        self.unexplained_run = 0
         self.frames = 0
         self.echo_frames = 0
 
@@ -127,15 +155,11 @@ class EchoGuard:
         contiguous = self.playhead > now
         start = self.playhead if contiguous else now
         self.turn_start.setdefault(turn, start)
-        self.playhead = start + len(samples) / (self.out_factor * ANALYSIS_HZ)
+        self.playhead = start + len(samples) / self.out_rate_hz
         if not contiguous:
-            self.carry = self.carry[:0]
-        data = np.concatenate([self.carry, samples]) if self.carry.size else samples
-        whole = data.size - data.size % self.out_factor
-        self.carry = data[whole:]
-        pooled = _pool(data[:whole], self.out_factor)
+            self.ref_decimator.reset()  # silence came before: the filter starts from zeros
         at = self.written_until if contiguous else max(self._index(start), self.written_until)
-        self._write(at, pooled)
+        self._write(at, self.ref_decimator.process(samples))
 
     def _write(self, at: int, pooled: np.ndarray) -> None:
         size = self.ring.size
@@ -157,7 +181,7 @@ class EchoGuard:
             self._fill(end, self.written_until - end, 0.0)
             self.written_until = end
         self.playhead = now
-        self.carry = self.carry[:0]
+        self.ref_decimator.reset()
 
     def played(self, turn: int, ms: float, now: float) -> None:
         """Client ack: ``ms`` of ``turn`` have played by now; learn how much later than predicted it plays."""
@@ -165,7 +189,8 @@ class EchoGuard:
         if start is None:
             return
         self.ack_offsets.append(now - (start + ms / 1000.0))
-        # The smallest recent offset is the tightest: acks only ever arrive late.
+        # The smallest recent offset is the tightest (acks only ever arrive late); only a few recent
+        # ones count, as an underrun at the client shifts its playout for good.
         self.offset_s = min(max(0.0, min(self.ack_offsets)), 1.0)
         if len(self.turn_start) > 64:
             for old in sorted(self.turn_start)[:-32]:
@@ -188,7 +213,7 @@ class EchoGuard:
         mic_t0 = self._anchor(now, end_n)
         out = bytearray(data[:whole])
         samples = np.frombuffer(data[:whole], dtype="<i2").astype(np.float64) * _INT16_SCALE
-        mic = _pool(samples, self.in_factor)
+        mic = self.mic_decimator.process(samples)
         for k in range(n_frames):
             frame = mic[k * self.frame : (k + 1) * self.frame]
             frame_end_t = mic_t0 + (self.mic_n + (k + 1) * self.frame) / ANALYSIS_HZ
@@ -218,27 +243,42 @@ class EchoGuard:
 
     def _is_echo(self, frame: np.ndarray, frame_end_t: float) -> bool:
         self.frames += 1
-        energy = float(frame @ frame)
-        if _dbfs(energy, frame.size) < self.mic_floor:
-            FRAMES_TOTAL.inc(verdict="quiet")
-            return False
-        ref_end = self._index(frame_end_t - self.offset_s) + self.early
-        ref = self._reference(ref_end)
+        ref = self._reference(self._index(frame_end_t - self.offset_s) + self.early)
         cum = np.concatenate(([0.0], np.cumsum(ref * ref)))
-        if _dbfs(float(cum[-1]), ref.size) < self.ref_floor:
-            FRAMES_TOTAL.inc(verdict="no_reference")
-            return False
-        # NCC of the frame with every frame-long reference segment (lags 0..max_lag+early), via FFT.
         n = self.frame
+        seg_energy = cum[n:] - cum[:-n]  # energy of every frame-long reference segment (one per lag)
+        if float(seg_energy.max()) < self.ref_floor_energy:
+            self.unexplained_run = self.options.confirm_frames  # no agent audio: a voice passes at once
+            FRAMES_TOTAL.inc(verdict="no_reference")
+            return False  # the agent has not played within max_delay_ms: nothing to guard
+        energy = float(frame @ frame)
+        if _dbfs(energy, n) < self.mic_floor:
+            # Quiet while the agent plays: an echo tail, not a person; VADs such as webrtcvad call
+            # even -90 dBFS speech-like, so it is silenced rather than passed.
+            self._count_echo("quiet")
+            return True
+        # NCC of the frame with every reference segment (lags -early..max_delay), via FFT, at half-sample
+        # lag steps (the cross-spectrum zero-padded 2x): a real echo's delay is no whole sample count.
         spectrum = np.fft.rfft(ref, self.nfft) * np.conj(np.fft.rfft(frame, self.nfft))
-        corr = np.fft.irfft(spectrum, self.nfft)[: ref.size - n + 1]
-        seg_energy = cum[n:] - cum[:-n]
-        audible = seg_energy > self.ref_floor_energy  # a silent stretch of reference explains nothing
-        ncc = np.where(audible, np.abs(corr) / np.sqrt(np.maximum(seg_energy, 1e-12) * energy), 0.0)
-        peak = float(ncc.max())
-        if peak >= self.options.threshold:
-            self.echo_frames += 1
-            FRAMES_TOTAL.inc(verdict="echo")
+        corr = 2.0 * np.fft.irfft(spectrum, 2 * self.nfft)[: 2 * (ref.size - n) + 1]
+        seg = np.empty(corr.size)
+        seg[0::2] = seg_energy
+        seg[1::2] = 0.5 * (seg_energy[:-1] + seg_energy[1:])
+        audible = seg > self.segment_floor_energy  # a silent stretch explains nothing
+        ncc = np.where(audible, np.abs(corr) / np.sqrt(np.maximum(seg, 1e-12) * energy), 0.0)
+        if float(ncc.max()) >= self.options.threshold:
+            self.unexplained_run = 0
+            self._count_echo("echo")
+            return True
+        # A jump in the client's playout (an underrun) leaves one or two frames that straddle two
+        # alignments; a person talking leaves a run of them. Pass from the second in a row on.
+        self.unexplained_run += 1
+        if self.unexplained_run < self.options.confirm_frames:
+            self._count_echo("unconfirmed")
             return True
         FRAMES_TOTAL.inc(verdict="passed")
         return False
+
+    def _count_echo(self, verdict: str) -> None:
+        self.echo_frames += 1
+        FRAMES_TOTAL.inc(verdict=verdict)
