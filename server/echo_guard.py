@@ -36,7 +36,7 @@ class EchoGuardOptions:
     """The ``echo_guard`` section of config.yaml."""
 
     enabled: bool = True  # for sessions whose hello says audio_in.aec: false
-    threshold: float = 0.8  # peak NCC at or above which a mic frame counts as the agent's echo
+    threshold: float = 0.9  # peak NCC at or above which a mic frame counts as the agent's echo
     max_delay_ms: float = 400.0  # echo delay covered: client output buffer + room + mic + uplink
     early_ms: float = 40.0  # and this much "early" (clock and ack error)
     reference_floor_dbfs: float = -60.0  # agent quieter than this over max_delay_ms: the mic passes
