@@ -71,10 +71,12 @@ async def test_spoken_question_gets_a_spoken_answer(server: Any) -> None:
     assert reply
     audio = b"".join(x["data"] for x in msgs if x["type"] == "audio")
     samples = np.frombuffer(audio, dtype="<i2")
-    assert len(samples) > 16000 * 0.5 and np.abs(samples).max() > 1000  # >0.5 s of non-silent 16 kHz PCM
+    assert len(samples) > 16000 * 0.5
+    assert np.abs(samples).max() > 1000
     assert msgs[-1]["type"] == "turn_end"
     metrics = msgs[-2]
-    assert set(metrics["first_output_ms"]) == {"vad", "asr", "llm", "tts"} and metrics["voice_to_voice_ms"] > 0
+    assert set(metrics["first_output_ms"]) == {"vad", "asr", "llm", "tts"}
+    assert metrics["voice_to_voice_ms"] > 0
 
 
 async def test_speech_over_the_agent_interrupts_and_the_next_turn_is_answered(server: Any) -> None:
