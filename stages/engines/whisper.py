@@ -143,6 +143,8 @@ class WhisperAsr:
             text = self._decode_short(audio, language, final)
             if text is not None:
                 return text
+            if not final:
+                return ""  # a looping partial is skipped; only a final is worth the 30 s window
         return self._decode_stock(audio, language, final)
 
     def _transcribe(self, pcm: bytes, language: str, final: bool) -> str:
