@@ -234,8 +234,36 @@ def print_table(summary: dict[str, dict[str, float]], extra: dict[str, Any]) -> 
         print(f"{key:<32}{value:>9}")
 
 
-async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+async def run_turns(
+    config_path: Path, questions: list[str], speech: dict[str, bytes], timeout_s: float
+) -> tuple[list[TurnResult], float, float]:
+    """The turns through a fresh server process; returns them, the server's CPU % and peak RSS (MB)."""
+    server = ServerProcess(config_path, free_port())
+    turns: list[TurnResult] = []
+    try:
+        await server.ready()
+        memory = asyncio.create_task(server.sample_memory())
+        cpu_start, wall_start = server.cpu_s(), time.monotonic()
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        async with Client.connect(url, hello={"audio_out": {"format": "pcm16", "rate": 16000}}) as client:
+            for i, question in enumerate(questions):
+                result = await play_turn(client, speech[question], question, timeout_s)
+                turns.append(result)
+                ok = "ok" if words(result.transcript) == words(question) else "!!"
+                print(
+                    f"turn {i + 1:>2} {ok} v2v {result.voice_to_voice_ms} ms (client {result.client_voice_to_voice_ms})"
+                    f" {result.first_output_ms} | heard {result.transcript!r} | said {result.reply.strip()[:70]!r}",
+                    flush=True,
+                )
+        cpu_pct = 100 * (server.cpu_s() - cpu_start) / (time.monotonic() - wall_start)
+        memory.cancel()
+    finally:
+        server.stop()
+    return turns, cpu_pct, server.rss_peak_mb
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "config.yaml"))
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--timeout-s", type=float, default=60.0, help="per turn")
@@ -252,35 +280,14 @@ async def main() -> int:
     speech = {q: resample(piper.synthesize_all(q), piper.rate_hz or 22050, RATE_HZ) for q in set(questions)}
     del piper
 
-    server = ServerProcess(Path(args.config), free_port())
-    turns: list[TurnResult] = []
-    try:
-        await server.ready()
-        memory = asyncio.create_task(server.sample_memory())
-        cpu_start, wall_start = server.cpu_s(), time.monotonic()
-        url = f"ws://127.0.0.1:{server.port}/ws"
-        async with Client.connect(url, hello={"audio_out": {"format": "pcm16", "rate": 16000}}) as client:
-            for i, question in enumerate(questions):
-                result = await play_turn(client, speech[question], question, args.timeout_s)
-                turns.append(result)
-                ok = "ok" if words(result.transcript) == words(question) else "!!"
-                print(
-                    f"turn {i + 1:>2} {ok} v2v {result.voice_to_voice_ms} ms (client {result.client_voice_to_voice_ms})"
-                    f" {result.first_output_ms} | heard {result.transcript!r} | said {result.reply.strip()[:70]!r}",
-                    flush=True,
-                )
-        cpu_pct = 100 * (server.cpu_s() - cpu_start) / (time.monotonic() - wall_start)
-        memory.cancel()
-    finally:
-        server.stop()
-
+    turns, cpu_pct, rss_peak_mb = asyncio.run(run_turns(Path(args.config), questions, speech, args.timeout_s))
     summary = summarize(turns)
     heard = sum(words(t.transcript) == words(t.question) for t in turns)
     extra = {
         "turns (first one not counted)": len(turns),
         "transcripts exact": f"{heard}/{len(turns)}",
         "server CPU % (of one core)": round(cpu_pct),
-        "server RSS peak MB": round(server.rss_peak_mb),
+        "server RSS peak MB": round(rss_peak_mb),
         "load average (1 min) at end": round(os.getloadavg()[0], 2),
     }
     print_table(summary, extra)
@@ -291,6 +298,7 @@ async def main() -> int:
         json.dumps(
             {
                 "when": datetime.now().isoformat(timespec="seconds"),
+                "command": " ".join(sys.argv),
                 "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
                 "config": config["pipeline"],
                 "session": config.get("session", {}),
@@ -306,4 +314,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())
