@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -133,7 +133,7 @@ class LlamaLlm:
         except Exception as exc:
             raise StageError(f"llama.cpp failed: {exc}", code="llm_failed") from exc
 
-    async def stream(self, messages: list[dict[str, str]], *, ctx: StageContext) -> AsyncIterator[str]:
+    async def stream(self, messages: list[dict[str, str]], *, ctx: StageContext) -> AsyncGenerator[str, None]:
         """Reply deltas as llama.cpp produces them; closing this iterator stops generation."""
         if self.model is None:
             raise StageError("llama.cpp: the model is not loaded", code="llm_failed")

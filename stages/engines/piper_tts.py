@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -119,7 +119,7 @@ class PiperTts:
         finally:
             sentences.close()
 
-    async def synthesize(self, text: str, *, rate_hz: int, ctx: StageContext) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str, *, rate_hz: int, ctx: StageContext) -> AsyncGenerator[bytes, None]:
         """PCM16 at ``self.rate_hz``, one piece per sentence; closing this iterator stops synthesis."""
         if self.voice is None:
             raise StageError("piper: the voice is not loaded", code="tts_failed")
