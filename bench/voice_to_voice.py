@@ -23,7 +23,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -70,6 +72,7 @@ class TurnResult:
     client_voice_to_voice_ms: float | None = None
     reply_audio_ms: float = 0.0
     outcome: str = ""
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # server CPU time of this turn, per engine thread
 
 
 def words(text: str) -> list[str]:
@@ -97,7 +100,7 @@ class ServerProcess:
         )
         self.ps = psutil.Process(self.proc.pid)
         self.log: list[str] = []
-        self.rss_peak_mb = 0.0
+        self.drain: asyncio.Future[None] | None = None
 
     async def ready(self, timeout_s: float = 180.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -109,7 +112,7 @@ class ServerProcess:
             self.log.append(line)
             print("   server: " + line.rstrip(), flush=True)
             if "serving" in line:
-                asyncio.get_running_loop().run_in_executor(None, self._drain_output)
+                self.drain = asyncio.get_running_loop().run_in_executor(None, self._drain_output)
                 return
         raise TimeoutError("server did not start")
 
@@ -117,15 +120,6 @@ class ServerProcess:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.log.append(line)
-
-    def cpu_s(self) -> float:
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
-
-    async def sample_memory(self) -> None:
-        while True:
-            self.rss_peak_mb = max(self.rss_peak_mb, self.ps.memory_info().rss / 2**20)
-            await asyncio.sleep(0.25)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -223,43 +217,111 @@ def summarize(turns: list[TurnResult]) -> dict[str, dict[str, float]]:
                 rows.setdefault("outbox: tts -> sent", []).append(t.voice_to_voice_ms - fo["tts"])
         if t.client_voice_to_voice_ms is not None:
             rows.setdefault("voice_to_voice (client)", []).append(t.client_voice_to_voice_ms)
+        for engine, ms in t.cpu_ms.items():
+            rows.setdefault(f"cpu ms per turn: {engine}", []).append(ms)
     return {name: stats(values) for name, values in rows.items()}
 
 
 def print_table(summary: dict[str, dict[str, float]], extra: dict[str, Any]) -> None:
-    print(f"\n{'ms after the last voiced frame':<32}{'median':>9}{'p90':>9}{'min':>9}{'max':>9}")
+    print(f"\n{'ms (after the last voiced frame)':<32}{'median':>9}{'p90':>9}{'min':>9}{'max':>9}")
     for name, s in summary.items():
         print(f"{name:<32}{s['median']:>9.0f}{s['p90']:>9.0f}{s['min']:>9.0f}{s['max']:>9.0f}")
     for key, value in extra.items():
         print(f"{key:<32}{value:>9}")
 
 
-async def run_turns(
-    config_path: Path, questions: list[str], speech: dict[str, bytes], timeout_s: float
-) -> tuple[list[TurnResult], float, float]:
-    """The turns through a fresh server process; returns them, the server's CPU % and peak RSS (MB)."""
+@dataclass
+class Probe:
+    """What is measured on the server while the turns run."""
+
+    process: psutil.Process
+    rss_peak_mb: float = 0.0
+    loop_lags_ms: list[float] = field(default_factory=list)
+
+    def cpu_s(self) -> float:
+        times = self.process.cpu_times()
+        return float(times.user + times.system)
+
+    def cpu_by_engine_s(self) -> dict[str, float]:
+        """CPU seconds per engine executor thread (in-process only: threads are named after engines)."""
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        out: dict[str, float] = {"total": self.cpu_s()}
+        if self.process.pid != os.getpid():
+            return out
+        for thread in self.process.threads():
+            name = names.get(thread.id, "other")
+            engine = next((e for e in ("whisper", "llama", "piper") if name.startswith(e)), None)
+            if engine:
+                out[engine] = out.get(engine, 0.0) + thread.user_time + thread.system_time
+        return out
+
+    async def sample_memory(self) -> None:
+        while True:
+            self.rss_peak_mb = max(self.rss_peak_mb, self.process.memory_info().rss / 2**20)
+            await asyncio.sleep(0.25)
+
+    async def sample_loop_lag(self) -> None:
+        """Lateness of 10 ms sleeps: the server's loop, when it runs in this process."""
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(0.01)
+            self.loop_lags_ms.append((time.perf_counter() - start - 0.01) * 1000)
+
+
+@contextlib.asynccontextmanager
+async def server_under_test(
+    config_path: Path, config: dict[str, Any], in_process: bool
+) -> AsyncIterator[tuple[str, Probe]]:
+    """The real server: a ``voxpipe serve`` child process, or ``serve()`` in this event loop."""
+    if in_process:
+        from server.app import serve
+        from server.config import parse_config
+
+        data = {**config, "server": {**config.get("server", {}), "port": 0}}
+        async with serve(parse_config(data, str(config_path)), log=lambda text: print("   server: " + text)) as running:
+            yield running.url, Probe(psutil.Process())
+        return
     server = ServerProcess(config_path, free_port())
-    turns: list[TurnResult] = []
     try:
         await server.ready()
-        memory = asyncio.create_task(server.sample_memory())
-        cpu_start, wall_start = server.cpu_s(), time.monotonic()
-        url = f"ws://127.0.0.1:{server.port}/ws"
+        yield f"ws://127.0.0.1:{server.port}/ws", Probe(server.ps)
+    finally:
+        server.stop()
+
+
+async def run_turns(
+    config_path: Path,
+    config: dict[str, Any],
+    questions: list[str],
+    speech: dict[str, bytes],
+    timeout_s: float,
+    in_process: bool,
+) -> tuple[list[TurnResult], float, Probe]:
+    """The turns through the server; returns them, the server's CPU % and the probe."""
+    turns: list[TurnResult] = []
+    async with server_under_test(config_path, config, in_process) as (url, probe):
+        samplers = [asyncio.create_task(probe.sample_memory())]
+        if in_process:
+            samplers.append(asyncio.create_task(probe.sample_loop_lag()))
+        cpu_start, wall_start = probe.cpu_s(), time.monotonic()
         async with Client.connect(url, hello={"audio_out": {"format": "pcm16", "rate": 16000}}) as client:
             for i, question in enumerate(questions):
+                cpu_before = probe.cpu_by_engine_s()
                 result = await play_turn(client, speech[question], question, timeout_s)
+                cpu_after = probe.cpu_by_engine_s()
+                result.cpu_ms = {k: round((v - cpu_before.get(k, 0.0)) * 1000) for k, v in cpu_after.items()}
                 turns.append(result)
                 ok = "ok" if words(result.transcript) == words(question) else "!!"
                 print(
                     f"turn {i + 1:>2} {ok} v2v {result.voice_to_voice_ms} ms (client {result.client_voice_to_voice_ms})"
-                    f" {result.first_output_ms} | heard {result.transcript!r} | said {result.reply.strip()[:70]!r}",
+                    f" {result.first_output_ms} cpu {result.cpu_ms}\n         heard {result.transcript!r}"
+                    f" | said {result.reply.strip()[:70]!r}",
                     flush=True,
                 )
-        cpu_pct = 100 * (server.cpu_s() - cpu_start) / (time.monotonic() - wall_start)
-        memory.cancel()
-    finally:
-        server.stop()
-    return turns, cpu_pct, server.rss_peak_mb
+        cpu_pct = 100 * (probe.cpu_s() - cpu_start) / (time.monotonic() - wall_start)
+        for task in samplers:
+            task.cancel()
+    return turns, cpu_pct, probe
 
 
 def main() -> int:
@@ -268,6 +330,9 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--timeout-s", type=float, default=60.0, help="per turn")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument(
+        "--in-process", action="store_true", help="run the server in this process and measure its event-loop lag"
+    )
     args = parser.parse_args()
 
     config = yaml.safe_load(Path(args.config).read_text())
@@ -280,16 +345,22 @@ def main() -> int:
     speech = {q: resample(piper.synthesize_all(q), piper.rate_hz or 22050, RATE_HZ) for q in set(questions)}
     del piper
 
-    turns, cpu_pct, rss_peak_mb = asyncio.run(run_turns(Path(args.config), questions, speech, args.timeout_s))
+    load_before = os.getloadavg()[0]
+    turns, cpu_pct, probe = asyncio.run(
+        run_turns(Path(args.config), config, questions, speech, args.timeout_s, args.in_process)
+    )
     summary = summarize(turns)
     heard = sum(words(t.transcript) == words(t.question) for t in turns)
     extra = {
         "turns (first one not counted)": len(turns),
         "transcripts exact": f"{heard}/{len(turns)}",
         "server CPU % (of one core)": round(cpu_pct),
-        "server RSS peak MB": round(rss_peak_mb),
-        "load average (1 min) at end": round(os.getloadavg()[0], 2),
+        "server RSS peak MB": round(probe.rss_peak_mb),
+        "load average (1 min) start/end": f"{load_before:.1f}/{os.getloadavg()[0]:.1f}",
     }
+    if probe.loop_lags_ms:
+        lags = probe.loop_lags_ms
+        extra["event-loop lag p50/p99 ms"] = f"{np.median(lags):.1f}/{np.percentile(lags, 99):.1f}"
     print_table(summary, extra)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -299,6 +370,7 @@ def main() -> int:
             {
                 "when": datetime.now().isoformat(timespec="seconds"),
                 "command": " ".join(sys.argv),
+                "mode": "in-process" if args.in_process else "child process",
                 "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
                 "config": config["pipeline"],
                 "session": config.get("session", {}),
