@@ -249,10 +249,12 @@ class Probe:
         if self.process.pid != os.getpid():
             return out
         for thread in self.process.threads():
-            name = names.get(thread.id, "other")
-            engine = next((e for e in ("whisper", "llama", "piper") if name.startswith(e)), None)
-            if engine:
-                out[engine] = out.get(engine, 0.0) + thread.user_time + thread.system_time
+            name = names.get(thread.id)
+            if name is None:
+                key = "native threads"  # made by C libraries: CTranslate2's OpenMP pool (whisper) mostly
+            else:
+                key = next((e for e in ("whisper", "llama", "piper") if name.startswith(e)), "loop+client")
+            out[key] = out.get(key, 0.0) + thread.user_time + thread.system_time
         return out
 
     async def sample_memory(self) -> None:
@@ -381,7 +383,7 @@ def main() -> int:
             indent=2,
         )
     )
-    print(f"\nbench: wrote {path.relative_to(ROOT)}")
+    print(f"\nbench: wrote {path}")
     return 0
 
 
