@@ -89,11 +89,11 @@ def free_port() -> int:
 class ServerProcess:
     """``voxpipe serve`` in a child process, with CPU and memory sampling."""
 
-    def __init__(self, config: Path, port: int) -> None:
+    def __init__(self, config: Path, port: int, root: Path = ROOT) -> None:
         self.port = port
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--config", str(config), "--port", str(port)],
-            cwd=ROOT,
+            [sys.executable, "-m", "server", "serve", "--config", str(config.resolve()), "--port", str(port)],
+            cwd=root,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -272,7 +272,7 @@ class Probe:
 
 @contextlib.asynccontextmanager
 async def server_under_test(
-    config_path: Path, config: dict[str, Any], in_process: bool
+    config_path: Path, config: dict[str, Any], in_process: bool, root: Path = ROOT
 ) -> AsyncIterator[tuple[str, Probe]]:
     """The real server: a ``voxpipe serve`` child process, or ``serve()`` in this event loop."""
     if in_process:
@@ -283,7 +283,7 @@ async def server_under_test(
         async with serve(parse_config(data, str(config_path)), log=lambda text: print("   server: " + text)) as running:
             yield running.url, Probe(psutil.Process())
         return
-    server = ServerProcess(config_path, free_port())
+    server = ServerProcess(config_path, free_port(), root)
     try:
         await server.ready()
         yield f"ws://127.0.0.1:{server.port}/ws", Probe(server.ps)
@@ -298,10 +298,11 @@ async def run_turns(
     speech: dict[str, bytes],
     timeout_s: float,
     in_process: bool,
+    root: Path = ROOT,
 ) -> tuple[list[TurnResult], float, Probe]:
     """The turns through the server; returns them, the server's CPU % and the probe."""
     turns: list[TurnResult] = []
-    async with server_under_test(config_path, config, in_process) as (url, probe):
+    async with server_under_test(config_path, config, in_process, root) as (url, probe):
         samplers = [asyncio.create_task(probe.sample_memory())]
         if in_process:
             samplers.append(asyncio.create_task(probe.sample_loop_lag()))
@@ -335,6 +336,9 @@ def main() -> int:
     parser.add_argument(
         "--in-process", action="store_true", help="run the server in this process and measure its event-loop lag"
     )
+    parser.add_argument(
+        "--server-root", default=str(ROOT), help="checkout to run the server from (A/B against another branch)"
+    )
     args = parser.parse_args()
 
     config = yaml.safe_load(Path(args.config).read_text())
@@ -349,7 +353,7 @@ def main() -> int:
 
     load_before = os.getloadavg()[0]
     turns, cpu_pct, probe = asyncio.run(
-        run_turns(Path(args.config), config, questions, speech, args.timeout_s, args.in_process)
+        run_turns(Path(args.config), config, questions, speech, args.timeout_s, args.in_process, Path(args.server_root))
     )
     summary = summarize(turns)
     heard = sum(words(t.transcript) == words(t.question) for t in turns)
@@ -373,6 +377,7 @@ def main() -> int:
                 "when": datetime.now().isoformat(timespec="seconds"),
                 "command": " ".join(sys.argv),
                 "mode": "in-process" if args.in_process else "child process",
+                "server_root": args.server_root,
                 "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
                 "config": config["pipeline"],
                 "session": config.get("session", {}),
