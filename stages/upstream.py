@@ -31,6 +31,7 @@ from stages.upstream_pool import (
     Outcome,
     PoolLimits,
     Strategy,
+    redact,
 )
 
 log = logging.getLogger("voxpipe.upstream")
@@ -239,19 +240,22 @@ class Upstream:
             [(e.url, e.weight, e.api_key_env) for e in self.endpoints], limits, backend=backend, clock=clock
         )
         self._client: httpx.AsyncClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
 
     def check_keys(self) -> None:
         """At start-up: every ``api_key_env`` names a set variable (the key's value is never printed)."""
         for i, ep in enumerate(self.endpoints):
             if ep.api_key_env and not os.environ.get(ep.api_key_env):
                 raise ConfigError(
-                    f"{self.backend}: endpoint {i} ({ep.url}): environment variable {ep.api_key_env} "
+                    f"{self.backend}: endpoint {i} ({redact(ep.url)}): environment variable {ep.api_key_env} "
                     "(api_key_env) is not set"
                 )
 
     def _client_now(self) -> httpx.AsyncClient:
-        if self._client is None or self._client.is_closed:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client.is_closed or self._client_loop is not loop:
             self._client = _acquire_client(self.options.connect_timeout_s, self.options.read_timeout_s)
+            self._client_loop = loop  # a client's connections belong to one event loop
         return self._client
 
     async def aclose(self) -> None:
@@ -324,7 +328,7 @@ class Upstream:
                     step_at = time.monotonic()
                     async with asyncio.timeout(budget_s):
                         response = await self._client_now().send(self._request(ep, call), stream=True)
-                        await _check_status(response, ep.url)
+                        await _check_status(response, ep.name)
                         items = parse(response).__aiter__()
                     budget_s = None if budget_s is None else budget_s - (time.monotonic() - step_at)
                     while True:
@@ -347,10 +351,10 @@ class Upstream:
                         await response.aclose()  # not fully read: httpx closes the connection
             except TimeoutError:
                 failure = _AttemptFailed(
-                    "upstream_timeout", f"{ep.url}: total_timeout_s reached", retryable=False, outcome="failure"
+                    "upstream_timeout", f"{ep.name}: total_timeout_s reached", retryable=False, outcome="failure"
                 )
             except (httpx.HTTPError, _AttemptFailed, UpstreamError) as exc:
-                failure = _classify(exc, ep.url)
+                failure = _classify(exc, ep.name)
             except (asyncio.CancelledError, GeneratorExit):
                 outcome = "success" if handed_on else "neutral"  # cut short by us, not by the service
                 raise

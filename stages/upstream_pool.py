@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,14 @@ UPSTREAM_REJECTED = METRICS.counter(
 BREAKER_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 
+def redact(url: str) -> str:
+    """``url`` without the credentials some put in it (``http://user:pw@host`` -> ``http://***@host``)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
 @dataclass(frozen=True, slots=True)
 class PoolLimits:
     strategy: Strategy
@@ -62,6 +71,7 @@ class EndpointState:
     def __init__(self, index: int, url: str, weight: float, api_key_env: str | None, labels: dict[str, str]):
         self.index = index
         self.url = url
+        self.name = redact(url)  # for labels and messages: no user:password@
         self.weight = weight
         self.api_key_env = api_key_env
         self.labels = labels
@@ -75,7 +85,7 @@ class EndpointState:
         UPSTREAM_IN_FLIGHT.set(0.0, **labels)
 
     def __repr__(self) -> str:
-        return f"<endpoint {self.url} {self.state} in_flight={self.in_flight}>"
+        return f"<endpoint {self.name} {self.state} in_flight={self.in_flight}>"
 
     def _set_state(self, state: Literal["closed", "half_open", "open"]) -> None:
         self.state = state
@@ -102,7 +112,7 @@ class EndpointPool:
         self.clock = clock
         self.rng = rng or random.Random()
         self.endpoints = [
-            EndpointState(i, url, weight, key_env, {"backend": backend, "endpoint": url})
+            EndpointState(i, url, weight, key_env, {"backend": backend, "endpoint": redact(url)})
             for i, (url, weight, key_env) in enumerate(endpoints)
         ]
         self._cursor = 0
@@ -248,6 +258,6 @@ class EndpointPool:
         for ep in self.endpoints:
             self._refresh(ep)
         return [
-            {"url": ep.url, "state": ep.state, "in_flight": ep.in_flight, "failures": ep.failures}
+            {"url": ep.name, "state": ep.state, "in_flight": ep.in_flight, "failures": ep.failures}
             for ep in self.endpoints
         ]

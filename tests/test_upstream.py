@@ -447,3 +447,17 @@ async def test_metrics_per_endpoint() -> None:
         )
         assert f"voxpipe_upstream_first_byte_seconds_count{{{labels}}} 1" in text
         assert f"voxpipe_upstream_breaker_state{{{labels}}} 0" in text
+
+
+async def test_credentials_in_a_url_stay_out_of_labels_and_messages() -> None:
+    async with fakes(1) as (a,):
+        secret_url = a.url.replace("http://", "http://user:hunter2@")
+        async with llm(secret_url) as b:
+            assert await reply(b) == "You said: hello there"
+            assert a.requests[0].headers["authorization"].startswith("Basic ")  # httpx sent them
+            a.fail_next("http_500", "http_500", "http_500")
+            with pytest.raises(UpstreamError) as err:
+                await reply(b)
+            assert "hunter2" not in err.value.message
+            assert "http://***@127.0.0.1" in err.value.message
+            assert "hunter2" not in METRICS.render()

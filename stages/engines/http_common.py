@@ -31,7 +31,7 @@ class HttpBackend:
 
     def load(self, log: Callable[[str], None]) -> None:
         self.upstream.check_keys()
-        urls = ", ".join(ep.url for ep in self.upstream.endpoints)
+        urls = ", ".join(ep.name for ep in self.upstream.pool.endpoints)
         log(f"voxpipe: {self.engine} upstream: {urls} ({self.upstream.options.strategy})")
 
     async def aclose(self) -> None:
