@@ -1,5 +1,5 @@
-"""stages/upstream.py + stages/upstream_pool.py against fake services on loopback (real sockets, real httpx):
-balancing, retries before the first byte only, timeouts, wait line, circuit breakers, cancellation, metrics.
+"""stages/upstream.py against fake services on loopback (real sockets, real httpx): options and their
+validation, retries before the first byte only, timeouts, cancellation, the shared client, API keys.
 
 The OpenAI-compatible chat backend is the vehicle: its fake speaks the real SSE protocol.
 """
@@ -7,53 +7,18 @@ The OpenAI-compatible chat backend is the vehicle: its fake speaks the real SSE 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from server.errors import ConfigError, UpstreamError
 from server.metrics import METRICS
-from server.options import build
-from stages.engines.openai_llm import OpenAiLlm
 from stages.registry import build_pipeline
 from stages.upstream import join_url, shared_client_count
-from tests.fakes import stage_context
+from tests.fakes import ask, llm, openai_fakes, reply, served
 from tests.fakes.services import FakeOpenAi
-
-FAST = {"retries": 2, "backoff_ms": 1, "connect_timeout_s": 1.0, "read_timeout_s": 1.0, "breaker_cooldown_s": 60.0}
-
-
-@contextlib.asynccontextmanager
-async def llm(*urls: str, **options: Any) -> AsyncIterator[OpenAiLlm]:
-    entry = {"model": "m", "endpoints": [{"url": u} for u in urls], **FAST, **options}
-    backend = OpenAiLlm(build(OpenAiLlm.Options, entry, "pipeline[2]"))
-    try:
-        yield backend
-    finally:
-        await backend.aclose()
-
-
-def ask(backend: OpenAiLlm, text: str = "hello there") -> AsyncIterator[str]:
-    return backend.stream([{"role": "user", "content": text}], ctx=stage_context())
-
-
-async def reply(backend: OpenAiLlm, text: str = "hello there") -> str:
-    return "".join([d async for d in ask(backend, text)])
-
-
-@contextlib.asynccontextmanager
-async def fakes(n: int) -> AsyncIterator[list[FakeOpenAi]]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(FakeOpenAi()) for _ in range(n)]
-
-
-def served(fake: FakeOpenAi) -> int:
-    return len(fake.requests)
-
 
 # ---------------------------------------------------------------------- config
 
@@ -100,62 +65,19 @@ def test_join_url_does_not_double_v1() -> None:
     assert join_url("http://h/ollama", "/api/chat") == "http://h/ollama/api/chat"
 
 
-# ---------------------------------------------------------------------- balancing
-
-
-async def test_round_robin_spreads_evenly() -> None:
-    async with fakes(3) as fs, llm(*(f.url for f in fs)) as b:
-        for _ in range(6):
-            assert await reply(b) == "You said: hello there"
-        assert [served(f) for f in fs] == [2, 2, 2]
-
-
-async def test_weighted_follows_the_weights() -> None:
-    async with fakes(2) as (a, c):
-        entry = {"model": "m", "strategy": "weighted", "endpoints": [{"url": a.url, "weight": 3}, {"url": c.url}]}
-        backend = OpenAiLlm(build(OpenAiLlm.Options, entry, "llm"))
-        try:
-            for _ in range(8):
-                await reply(backend)
-        finally:
-            await backend.aclose()
-        assert (served(a), served(c)) == (6, 2)
-
-
-async def test_least_connections_avoids_the_busy_endpoint() -> None:
-    async with fakes(2) as (a, c), llm(a.url, c.url, strategy="least_connections") as b:
-        a.default = c.default = "slow"
-        a.drip_s = c.drip_s = 0.01
-        held = ask(b)
-        assert await anext(held) == "You"  # a request in flight on the first endpoint
-        for _ in range(3):
-            await reply(b)
-        assert (served(a), served(c)) == (1, 3)
-        await held.aclose()  # type: ignore[attr-defined]
-
-
-async def test_random_uses_every_endpoint() -> None:
-    async with fakes(2) as (a, c), llm(a.url, c.url, strategy="random") as b:
-        for _ in range(30):
-            await reply(b)
-        assert served(a) > 0
-        assert served(c) > 0
-        assert served(a) + served(c) == 30
-
-
 # ---------------------------------------------------------------------- retries before the first byte only
 
 
 @pytest.mark.parametrize("fault", ["http_500", "http_503", "http_429", "refuse", "malformed"])
 async def test_failure_before_first_byte_is_retried_on_another_endpoint(fault: str) -> None:
-    async with fakes(2) as (a, c), llm(a.url, c.url) as b:
+    async with openai_fakes(2) as (a, c), llm(a.url, c.url) as b:
         a.fail_next(fault)
         assert await reply(b) == "You said: hello there"  # whole, once
         assert (a.behaviors, c.behaviors) == ([fault], ["ok"])
 
 
 async def test_connection_refused_endpoint_is_skipped_to_the_next() -> None:
-    async with fakes(2) as (a, c), llm(a.url, c.url) as b:
+    async with openai_fakes(2) as (a, c), llm(a.url, c.url) as b:
         await a.down()
         started = time.monotonic()
         assert await reply(b) == "You said: hello there"
@@ -164,7 +86,7 @@ async def test_connection_refused_endpoint_is_skipped_to_the_next() -> None:
 
 
 async def test_hang_before_first_byte_times_out_and_moves_on() -> None:
-    async with fakes(2) as (a, c), llm(a.url, c.url, read_timeout_s=0.3) as b:
+    async with openai_fakes(2) as (a, c), llm(a.url, c.url, read_timeout_s=0.3) as b:
         a.fail_next("hang")
         started = time.monotonic()
         assert await reply(b) == "You said: hello there"
@@ -173,7 +95,7 @@ async def test_hang_before_first_byte_times_out_and_moves_on() -> None:
 
 
 async def test_retries_exhausted_report_the_last_code() -> None:
-    async with fakes(1) as (a,), llm(a.url, retries=2) as b:
+    async with openai_fakes(1) as (a,), llm(a.url, retries=2) as b:
         a.fail_next("http_503", "http_503", "http_503", "http_503")
         with pytest.raises(UpstreamError) as err:
             await reply(b)
@@ -184,7 +106,7 @@ async def test_retries_exhausted_report_the_last_code() -> None:
 
 
 async def test_rate_limited_everywhere_is_busy() -> None:
-    async with fakes(1) as (a,), llm(a.url, retries=1) as b:
+    async with openai_fakes(1) as (a,), llm(a.url, retries=1) as b:
         a.fail_next("http_429", "http_429")
         with pytest.raises(UpstreamError) as err:
             await reply(b)
@@ -192,7 +114,7 @@ async def test_rate_limited_everywhere_is_busy() -> None:
 
 
 async def test_client_errors_are_not_retried() -> None:
-    async with fakes(2) as (a, c), llm(a.url, c.url, path="/v1/no/such/route") as b:
+    async with openai_fakes(2) as (a, c), llm(a.url, c.url, path="/v1/no/such/route") as b:
         with pytest.raises(UpstreamError) as err:
             await reply(b)
         assert err.value.code == "upstream_bad_response"
@@ -227,7 +149,7 @@ async def test_wrong_api_key_is_a_bad_response_and_never_logged(
 
 
 async def test_midway_failure_ends_the_reply_without_replaying() -> None:
-    async with fakes(2) as (a, c), llm(a.url, c.url) as b:
+    async with openai_fakes(2) as (a, c), llm(a.url, c.url) as b:
         a.fail_next("midway")
         got: list[str] = []
         with pytest.raises(UpstreamError) as err:
@@ -242,7 +164,7 @@ async def test_midway_failure_ends_the_reply_without_replaying() -> None:
 
 
 async def test_stall_midway_is_a_timeout() -> None:
-    async with fakes(2) as (a, c), llm(a.url, c.url, read_timeout_s=0.3) as b:
+    async with openai_fakes(2) as (a, c), llm(a.url, c.url, read_timeout_s=0.3) as b:
         a.fail_next("stall")
         got: list[str] = []
         with pytest.raises(UpstreamError) as err:
@@ -254,7 +176,7 @@ async def test_stall_midway_is_a_timeout() -> None:
 
 
 async def test_malformed_line_midway_is_a_bad_response() -> None:
-    async with fakes(2) as (a, c), llm(a.url, c.url) as b:
+    async with openai_fakes(2) as (a, c), llm(a.url, c.url) as b:
         a.fail_next("malformed_midway")
         got: list[str] = []
         with pytest.raises(UpstreamError) as err:
@@ -267,7 +189,7 @@ async def test_malformed_line_midway_is_a_bad_response() -> None:
 
 
 async def test_error_object_midway_is_a_bad_response() -> None:
-    async with fakes(1) as (a,), llm(a.url) as b:
+    async with openai_fakes(1) as (a,), llm(a.url) as b:
         a.fail_next("error")
         with pytest.raises(UpstreamError) as err:
             await reply(b, "one two three four")
@@ -276,7 +198,7 @@ async def test_error_object_midway_is_a_bad_response() -> None:
 
 
 async def test_total_timeout_covers_a_slow_drip() -> None:
-    async with fakes(1) as (a,), llm(a.url, total_timeout_s=0.3, read_timeout_s=5.0) as b:
+    async with openai_fakes(1) as (a,), llm(a.url, total_timeout_s=0.3, read_timeout_s=5.0) as b:
         a.default, a.drip_s = "slow", 0.1
         with pytest.raises(UpstreamError) as err:
             await reply(b, "a b c d e f g h i j")
@@ -284,56 +206,17 @@ async def test_total_timeout_covers_a_slow_drip() -> None:
 
 
 async def test_slow_drip_within_limits_arrives_whole_and_in_order() -> None:
-    async with fakes(1) as (a,), llm(a.url) as b:
+    async with openai_fakes(1) as (a,), llm(a.url) as b:
         a.default, a.drip_s = "slow", 0.02
         deltas = [d async for d in ask(b, "one two three")]
         assert deltas == ["You", " said:", " one", " two", " three"]
-
-
-# ---------------------------------------------------------------------- concurrency cap and wait line
-
-
-async def test_full_wait_line_fails_fast_with_busy() -> None:
-    async with fakes(1) as (a,), llm(a.url, max_concurrency=1, max_waiting=1) as b:
-        a.default, a.drip_s = "slow", 0.01
-        first = ask(b)
-        assert await anext(first) == "You"  # holds the only slot
-        waiting = asyncio.create_task(reply(b))
-        await asyncio.sleep(0.05)
-        assert not waiting.done()
-        started = time.monotonic()
-        with pytest.raises(UpstreamError) as err:
-            await reply(b)
-        assert err.value.code == "upstream_busy"
-        assert time.monotonic() - started < 0.05  # no waiting, no request
-        assert served(a) == 1
-        rest = "".join([d async for d in first])
-        assert rest == " said: hello there"
-        assert await asyncio.wait_for(waiting, 2) == "You said: hello there"
-
-
-async def test_cancelled_waiter_leaves_the_line() -> None:
-    async with fakes(1) as (a,), llm(a.url, max_concurrency=1, max_waiting=1) as b:
-        a.default, a.drip_s = "slow", 0.01
-        first = ask(b)
-        await anext(first)
-        waiting = asyncio.create_task(reply(b))
-        await asyncio.sleep(0.05)
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        second = asyncio.create_task(reply(b))  # the line has room again
-        await asyncio.sleep(0.05)
-        assert not second.done()
-        await first.aclose()  # type: ignore[attr-defined]
-        assert await asyncio.wait_for(second, 2) == "You said: hello there"
 
 
 # ---------------------------------------------------------------------- cancellation closes the request
 
 
 async def test_closing_the_stream_closes_the_upstream_request() -> None:
-    async with fakes(1) as (a,), llm(a.url) as b:
+    async with openai_fakes(1) as (a,), llm(a.url) as b:
         a.default, a.drip_s = "slow", 0.2
         stream = ask(b, "one two three four five six seven")
         assert await anext(stream) == "You"
@@ -344,7 +227,7 @@ async def test_closing_the_stream_closes_the_upstream_request() -> None:
 
 
 async def test_cancelling_while_waiting_for_the_first_byte_disconnects() -> None:
-    async with fakes(1) as (a,), llm(a.url, read_timeout_s=10) as b:
+    async with openai_fakes(1) as (a,), llm(a.url, read_timeout_s=10) as b:
         a.fail_next("hang")
         task = asyncio.create_task(reply(b))
         await asyncio.sleep(0.2)
@@ -355,73 +238,11 @@ async def test_cancelling_while_waiting_for_the_first_byte_disconnects() -> None
         assert b.upstream.pool.endpoints[0].failures == 0  # our cancel is not the service's failure
 
 
-# ---------------------------------------------------------------------- circuit breaker
-
-
-def breaker_gauge(url: str) -> str:
-    lines = [ln for ln in METRICS.render().splitlines() if ln.startswith("voxpipe_upstream_breaker_state{")]
-    return next(ln.rsplit(" ", 1)[1] for ln in lines if f'endpoint="{url}"' in ln)
-
-
-async def test_breaker_opens_skips_and_recovers_after_a_probe() -> None:
-    async with fakes(2) as (a, c), llm(a.url, c.url, breaker_failures=2, breaker_cooldown_s=0.3, retries=1) as b:
-        a.default = "http_500"
-        for _ in range(4):  # round robin sends every other first attempt to a; its failures are retried on c
-            assert await reply(b) == "You said: hello there"
-        assert b.upstream.pool.endpoints[0].state == "open"
-        assert breaker_gauge(a.url) == "2"
-        before = served(a)
-        for _ in range(4):
-            await reply(b)
-        assert served(a) == before  # open: skipped
-        a.default = "ok"
-        await asyncio.sleep(0.35)
-        assert b.upstream.pool.snapshot()[0]["state"] == "half_open"
-        assert breaker_gauge(a.url) == "1"
-        await reply(b)  # the probe goes to a and succeeds
-        assert served(a) == before + 1
-        assert b.upstream.pool.snapshot()[0]["state"] == "closed"
-        assert breaker_gauge(a.url) == "0"
-
-
-async def test_failed_probe_reopens_the_breaker() -> None:
-    async with fakes(2) as (a, c), llm(a.url, c.url, breaker_failures=1, breaker_cooldown_s=0.2) as b:
-        a.default = "http_503"
-        await reply(b)
-        assert b.upstream.pool.endpoints[0].state == "open"
-        await asyncio.sleep(0.25)
-        await reply(b)  # probe on a fails, retried on c
-        assert b.upstream.pool.endpoints[0].state == "open"
-        assert a.behaviors == ["http_503", "http_503"]
-
-
-async def test_all_endpoints_down_then_one_comes_back() -> None:
-    async with fakes(2) as (a, c), llm(a.url, c.url, breaker_failures=2, breaker_cooldown_s=0.3) as b:
-        await a.down()
-        await c.down()
-        with pytest.raises(UpstreamError) as err:
-            await reply(b)
-        assert err.value.code == "upstream_unavailable"
-        with pytest.raises(UpstreamError) as err:
-            await reply(b)
-        assert err.value.code == "upstream_unavailable"
-        assert {ep.state for ep in b.upstream.pool.endpoints} == {"open"}
-        started = time.monotonic()
-        with pytest.raises(UpstreamError, match="circuit breaker is open") as err:
-            await reply(b)
-        assert err.value.code == "upstream_unavailable"
-        assert time.monotonic() - started < 0.05  # fail fast: no connection attempted
-        await c.up()
-        await asyncio.sleep(0.35)
-        assert await reply(b) == "You said: hello there"
-        assert b.upstream.pool.endpoints[1].state == "closed"
-
-
-# ---------------------------------------------------------------------- shared client, metrics
+# ---------------------------------------------------------------------- shared client, credentials
 
 
 async def test_backends_share_one_pooled_client_and_release_it() -> None:
-    async with fakes(1) as (a,):
+    async with openai_fakes(1) as (a,):
         before = shared_client_count()
         async with llm(a.url) as one, llm(a.url) as two:
             await reply(one)
@@ -433,24 +254,8 @@ async def test_backends_share_one_pooled_client_and_release_it() -> None:
         assert shared_client_count() == before
 
 
-async def test_metrics_per_endpoint() -> None:
-    async with fakes(1) as (a,), llm(a.url) as b:
-        a.fail_next("http_500")
-        await reply(b)
-        text = METRICS.render()
-        labels = f'backend="openai",endpoint="{a.url}"'
-        assert f"voxpipe_upstream_requests_total{{{labels}}} 2" in text
-        assert f'voxpipe_upstream_failures_total{{{labels[:-1]},code="upstream_unavailable"}}' not in text
-        assert (
-            f'voxpipe_upstream_failures_total{{backend="openai",code="upstream_unavailable",endpoint="{a.url}"}} 1'
-            in text
-        )
-        assert f"voxpipe_upstream_first_byte_seconds_count{{{labels}}} 1" in text
-        assert f"voxpipe_upstream_breaker_state{{{labels}}} 0" in text
-
-
 async def test_credentials_in_a_url_stay_out_of_labels_and_messages() -> None:
-    async with fakes(1) as (a,):
+    async with openai_fakes(1) as (a,):
         secret_url = a.url.replace("http://", "http://user:hunter2@")
         async with llm(secret_url) as b:
             assert await reply(b) == "You said: hello there"
