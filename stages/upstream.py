@@ -37,7 +37,7 @@ from stages.upstream_pool import (
 log = logging.getLogger("voxpipe.upstream")
 T = TypeVar("T")
 
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+RETRYABLE_STATUS = frozenset({408, 425})  # and every 5xx; 429 is retried too, as busy
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +192,7 @@ async def _check_status(response: httpx.Response, url: str) -> None:
         raise _AttemptFailed(
             "upstream_busy", message, retryable=True, outcome="neutral", retry_after_s=_retry_after(response)
         )
-    if status in RETRYABLE_STATUS:
+    if status in RETRYABLE_STATUS or status >= 500:
         raise _AttemptFailed(
             "upstream_unavailable", message, retryable=True, outcome="failure", retry_after_s=_retry_after(response)
         )
