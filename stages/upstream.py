@@ -324,6 +324,7 @@ class Upstream:
                 UPSTREAM_REQUESTS.inc(1.0, **ep.labels)
                 sent_at = time.monotonic()
                 response: httpx.Response | None = None
+                items: AsyncIterator[T] | None = None
                 try:
                     step_at = time.monotonic()
                     async with asyncio.timeout(budget_s):
@@ -347,6 +348,9 @@ class Upstream:
                     outcome = "success"
                     return
                 finally:
+                    close_parser = getattr(items, "aclose", None)
+                    if close_parser is not None:
+                        await close_parser()  # its cleanup runs now, not at garbage collection
                     if response is not None:
                         await response.aclose()  # not fully read: httpx closes the connection
             except TimeoutError:
