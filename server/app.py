@@ -106,7 +106,7 @@ class RunningServer:
         self.accepting = False
         deadline = time.monotonic() + (self.config.server.drain_timeout_s if timeout_s is None else timeout_s)
         if self.ws_server is not None:
-            self.ws_server.close(close_connections=False)
+            self.ws_server.server.close()  # stop listening; open connections go on (websockets' close() runs once)
         # polls many sessions' turns: there is no single event to wait on
         while time.monotonic() < deadline and any(  # noqa: ASYNC110
             t.responding for s in self.sessions.values() for t in s.turns.values()
