@@ -149,10 +149,11 @@ class FakeHttpServer:
             self.server.close()
             self.server = None
         for writer in list(self._writers):
-            writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            writer.transport.abort()  # each handler then sees the disconnect and ends by itself
+        if self._tasks:
+            _done, stuck = await asyncio.wait(list(self._tasks), timeout=2.0)
+            for task in stuck:
+                task.cancel()
 
     async def __aenter__(self) -> FakeHttpServer:
         await self.up()
