@@ -73,6 +73,7 @@ class FakeService:
         self.api_key = api_key
         self.drip_s = 0.02
         self.behaviors: list[str] = []  # what each request got
+        self._arrived = asyncio.Condition()
 
     @property
     def url(self) -> str:
@@ -89,6 +90,11 @@ class FakeService:
     def disconnects(self) -> int:
         """Requests whose client went away before the response was complete."""
         return sum(1 for ex in self.exchanges if ex.disconnected.is_set() and not ex.finished and not ex.aborted)
+
+    async def wait_requests(self, count: int = 1, timeout_s: float = 3.0) -> None:
+        """Until ``count`` requests have arrived (TimeoutError otherwise)."""
+        async with asyncio.timeout(timeout_s), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.exchanges) >= count)
 
     async def wait_disconnect(self, index: int = -1, timeout_s: float = 3.0) -> float:
         """Seconds until request ``index``'s client disconnects (TimeoutError if it never does)."""
@@ -120,6 +126,8 @@ class FakeService:
     async def _handle(self, ex: Exchange) -> None:
         behavior = self.script.popleft() if self.script else self.default
         self.behaviors.append(behavior)
+        async with self._arrived:
+            self._arrived.notify_all()
         if behavior == "refuse":
             ex.abort()
             return
