@@ -253,7 +253,7 @@ async def test_client_gone_closes_the_upstream_request() -> None:
             assert await fake.wait_disconnect(0, timeout_s=1.0) < 0.5
 
 
-async def test_hung_service_is_cut_by_the_read_timeout_and_barge_in_still_works() -> None:
+async def test_barge_in_while_the_service_hangs_closes_the_request() -> None:
     async with FakeOpenAi() as fake:
         fake.fail_next("hang")
         llm = {"engine": "openai", "model": "m", "url": fake.url, "read_timeout_s": 5.0}
