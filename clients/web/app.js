@@ -26,7 +26,8 @@ const app = {
   path: "websocket",
   graph: [],
   turns: new Map(), // turn id -> {el, user, agent, status}
-  pending: [], // local text/say inputs waiting for their turn id
+  pending: [], // views of typed inputs waiting for their turn id
+  log: [],
   playedByTurn: new Map(),
   rtcHeardMs: 0,
   sentMs: 0,
@@ -141,13 +142,10 @@ function addMetrics(msg) {
 
 // ------------------------------------------------------------------ conversation view
 
-function turnView(id, kind) {
-  let view = app.turns.get(id);
-  if (view) return view;
+function newView() {
   ui.hint?.remove();
   const el = document.createElement("article");
   el.className = "turn";
-  el.dataset.turn = id;
   el.dataset.testid = "turn";
   const user = document.createElement("p");
   user.className = "user empty";
@@ -159,22 +157,40 @@ function turnView(id, kind) {
   status.className = "status";
   status.dataset.testid = "turn-status";
   el.append(user, agent, status);
-  view = { el, user, agent, status, reply: "", say: null };
-  // A turn that starts with the agent's output came from a text box input (text or say).
-  if (kind !== "speech" && app.pending.length) {
-    const input = app.pending.shift();
-    user.textContent = input.text;
-    user.className = `user final typed ${input.kind}`;
-    if (input.kind === "say") view.say = input.text; // no LLM reply: the agent line shows what it speaks
-  }
-  app.turns.set(id, view);
   ui.conversation.append(el);
-  ui.turnCount.textContent = String(app.turns.size);
   ui.conversation.scrollTop = ui.conversation.scrollHeight;
+  return { el, user, agent, status, reply: "" };
+}
+
+/** A typed input shows at once; it gets its turn id from the first message of the next new turn. */
+function pendingView(kind, text) {
+  const view = newView();
+  view.el.dataset.turn = "";
+  view.user.textContent = text;
+  view.user.className = `user final typed ${kind}`;
+  if (kind === "say") {
+    view.agent.textContent = text; // the agent speaks exactly this (no LLM reply)
+    view.agent.className = "agent final spoken";
+  }
+  app.pending.push(view);
+}
+
+function turnView(id, kind) {
+  let view = app.turns.get(id);
+  if (view) return view;
+  // A turn that starts with the agent's output came from a text box input (text or say).
+  view = kind !== "speech" && app.pending.length ? app.pending.shift() : newView();
+  view.el.dataset.turn = id;
+  app.turns.set(id, view);
+  ui.turnCount.textContent = String(app.turns.size);
   return view;
 }
 
 function onMessage(msg) {
+  if (msg.type !== "audio" && msg.type !== "pong") {
+    app.log.push(msg); // the last messages, for the console (window.voxpipe.log)
+    if (app.log.length > 200) app.log.shift();
+  }
   switch (msg.type) {
     case "ready":
       renderStages(msg.graph || []);
@@ -199,30 +215,31 @@ function onMessage(msg) {
       if (msg.final) view.agent.dataset.testid = "reply-final";
       break;
     }
-    case "audio": {
-      const view = turnView(msg.turn, "agent");
-      if (view.say !== null && !view.reply) {
-        view.reply = view.say;
-        view.agent.textContent = view.say;
-        view.agent.className = "agent final spoken";
-      }
+    case "audio":
+      turnView(msg.turn, "agent");
       if (app.path === "websocket") player.push(msg.turn, msg.data, app.conn.ready.audio_out.rate);
       break;
-    }
     case "turn_end": {
       player.end(msg.turn);
-      const view = app.turns.get(msg.turn);
-      if (view) {
-        view.el.classList.add("done");
-        view.el.classList.remove("speaking");
-        if (view.agent.classList.contains("streaming")) view.agent.className = "agent final";
-      }
+      const view = turnView(msg.turn, "agent");
+      view.el.classList.add("done");
+      view.el.classList.remove("speaking");
+      if (view.agent.classList.contains("streaming")) view.agent.className = "agent final";
       break;
     }
     case "interrupted": {
       player.drop(msg.turn);
       const view = turnView(msg.turn, "agent");
       view.el.classList.add("interrupted");
+      // Strike through what the user never heard.
+      const full = view.agent.textContent;
+      const heard = msg.text || "";
+      if (full && full.startsWith(heard)) {
+        const rest = document.createElement("span");
+        rest.className = "unspoken";
+        rest.textContent = full.slice(heard.length);
+        view.agent.replaceChildren(heard, rest);
+      }
       view.status.textContent = `interrupted after ${Math.round(msg.played_ms)} ms` +
         (msg.text ? ` — heard: “${msg.text}”` : "");
       break;
@@ -285,6 +302,8 @@ async function connect() {
 }
 
 async function startRtc() {
+  // A call needs the mic; once it is granted, the browser also offers its real host addresses (not mDNS names).
+  if (!app.mic) await toggleMic();
   app.rtc = new RtcAudio({
     onState: (state) => {
       ui.rtcState.textContent = state;
@@ -313,6 +332,7 @@ function onClosed(conn, { code, reason }) {
   if (app.conn !== conn) return;
   clearInterval(app.pingTimer);
   app.conn = null;
+  app.pending = [];
   app.rtc?.close();
   app.rtc = null;
   player.unwatchRemote();
@@ -362,7 +382,7 @@ function sendText(kind) {
   const text = ui.text.value.trim();
   if (!text || !app.conn) return;
   if (app.conn.send({ type: kind, text })) {
-    app.pending.push({ kind, text });
+    pendingView(kind, text);
     ui.text.value = "";
   }
 }
