@@ -8,6 +8,7 @@ binary; ``playwright install`` (a browser download) is never used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import wave
@@ -56,8 +57,11 @@ def write_mic_wav(path: Path) -> Path:
 
 
 @pytest.fixture
-async def page(tmp_path: Path) -> AsyncIterator[Any]:
-    """A fresh Chromium profile whose microphone plays the tone-burst WAV; fails on any page error."""
+async def page(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """A fresh Chromium profile whose microphone plays the tone-burst WAV; fails on any page error.
+
+    The page's last messages are saved to ``test-artifacts/<test>.messages.json`` for post-mortems.
+    """
     wav = write_mic_wav(tmp_path / "mic.wav")
     problems: list[str] = []
     async with playwright_api.async_playwright() as pw:
@@ -74,6 +78,12 @@ async def page(tmp_path: Path) -> AsyncIterator[Any]:
             tab.on("console", lambda msg: msg.type == "error" and problems.append(f"console error: {msg.text}"))
             yield tab
         finally:
+            with contextlib.suppress(Exception):
+                log = await tab.evaluate("JSON.stringify(window.voxpipe.log, null, 1)")
+                ARTIFACTS.mkdir(exist_ok=True)
+                (ARTIFACTS / f"{request.node.name}.messages.json").write_text(log)
+                html = await tab.inner_html("#conversation")
+                (ARTIFACTS / f"{request.node.name}.conversation.html").write_text(html)
             await context.close()
     assert not problems, problems
 
@@ -105,10 +115,10 @@ async def test_talk_text_and_say_over_the_websocket(page: Any) -> None:
 
         # Speech: the fake mic's tone burst becomes a final transcript, a streamed reply, and played audio.
         await page.click("#mic")
-        final = page.locator("[data-testid=transcript-final]").first
+        final = page.locator("[data-testid=user-text][data-final=true]").first
         await final.wait_for(timeout=15000)
         assert (await final.inner_text()).startswith("heard ")
-        reply = page.locator("[data-testid=reply-final]").first
+        reply = page.locator("[data-testid=agent-text][data-final=true]").first
         await reply.wait_for(timeout=5000)
         assert (await reply.inner_text()).startswith("You said: heard ")
         await wait_played_over(page, 500)
@@ -153,8 +163,8 @@ async def test_webrtc_audio_path_with_json_framing_and_interrupt(page: Any) -> N
         await page.wait_for_selector("#rtc-state[data-state=connected]", timeout=15000)
 
         # The mic goes over the peer connection (nothing over the socket), the agent comes back on the track.
-        await page.locator("[data-testid=transcript-final]").first.wait_for(timeout=15000)
-        await page.locator("[data-testid=reply-final]").first.wait_for(timeout=5000)
+        await page.locator("[data-testid=user-text][data-final=true]").first.wait_for(timeout=15000)
+        await page.locator("[data-testid=agent-text][data-final=true]").first.wait_for(timeout=5000)
         await wait_played_over(page, 300)  # heard on the remote track (analyser above -40 dBFS)
         assert await page.inner_text("#sent-ms") == "0"
 
@@ -183,5 +193,5 @@ async def test_stage_picker_subscribes_to_the_chosen_stages(page: Any) -> None:
         await type_and_press(page, "no reply text please", "#send-text")
         # Not subscribed to the LLM: no reply text, but the TTS stage's audio still plays.
         await wait_played_over(page, 300)
-        assert await page.locator("[data-testid=reply-final]").count() == 0
+        assert await page.locator("[data-testid=agent-text][data-final=true]").count() == 0
         assert await page.locator(".turn").count() == 1

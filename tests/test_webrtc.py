@@ -197,3 +197,64 @@ async def test_garbage_sdp_is_an_error_and_the_socket_stays_open() -> None:
         messages = await client.turn()
         assert any(msg["type"] == "audio" for msg in messages), "without a call, audio stays on the WebSocket"
         assert server.webrtc.peers == 0
+
+
+async def test_closed_socket_ends_the_call_and_its_tasks() -> None:
+    async with running_server(test_config()) as server:
+        async with call(server.url) as c:
+            session_id = c.client.ready["session"]
+            server_call = server.webrtc.calls[session_id]
+            peer = server_call.peer
+            assert peer is not None
+            assert server.webrtc.peers == 1
+            tasks = set(peer.tasks)
+            await c.client.send({"type": "bye"})
+            await asyncio.sleep(0.5)
+        assert server.webrtc.peers == 0
+        assert session_id not in server.webrtc.calls
+        assert peer.pc.connectionState == "closed"
+        assert peer.track.readyState == "ended"
+        assert all(task.done() for task in tasks)
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith(session_id)]
+
+
+async def test_caller_hanging_up_sends_audio_back_over_the_websocket() -> None:
+    async with running_server(test_config()) as server, call(server.url) as c:
+        await c.pc.close()  # DTLS close_notify reaches the server: its peer connection closes too
+        err = await c.client.recv_type("error", timeout=5)
+        assert err["code"] == "webrtc_closed", err
+        assert err["fatal"] is False
+        assert server.webrtc.peers == 0
+        await c.client.send({"type": "say", "text": "back on the socket"})
+        messages = await c.client.turn()
+        assert any(msg["type"] == "audio" for msg in messages)
+
+
+async def test_peer_cap() -> None:
+    async with running_server(test_config(webrtc={"max_peers": 1})) as server:
+        async with call(server.url):
+            async with Client.connect(server.url) as second:
+                pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+                try:
+                    pc.addTrack(PcmTrack())
+                    await pc.setLocalDescription(await pc.createOffer())
+                    await second.send({"type": "webrtc_offer", "sdp": pc.localDescription.sdp})
+                    err = await second.recv_type("error", timeout=5)
+                    assert err["code"] == "webrtc_busy", err
+                    assert server.webrtc.peers == 1
+                finally:
+                    await pc.close()
+        assert server.webrtc.peers == 0
+        async with call(server.url) as again:  # the slot is free again
+            assert again.pc.connectionState == "connected"
+
+
+def test_webrtc_section_is_validated() -> None:
+    from server.errors import ConfigError
+    from transports.webrtc import WebrtcHub
+
+    assert WebrtcHub.from_config(None).options.max_peers == 20
+    with pytest.raises(ConfigError, match=r"webrtc\.max_peer: unknown key"):
+        WebrtcHub.from_config({"max_peer": 3})
+    with pytest.raises(ConfigError, match=r"webrtc\.ice_servers\[0\]"):
+        WebrtcHub.from_config({"ice_servers": ["http://example.org"]})

@@ -204,7 +204,7 @@ function onMessage(msg) {
       const view = turnView(msg.turn, "speech");
       view.user.textContent = msg.text;
       view.user.className = `user ${msg.final ? "final" : "partial"}`;
-      view.user.dataset.testid = msg.final ? "transcript-final" : "transcript-partial";
+      view.user.dataset.final = String(msg.final);
       break;
     }
     case "reply": {
@@ -212,7 +212,7 @@ function onMessage(msg) {
       view.reply += msg.text || "";
       view.agent.textContent = view.reply;
       view.agent.className = `agent ${msg.final ? "final" : "streaming"}`;
-      if (msg.final) view.agent.dataset.testid = "reply-final";
+      view.agent.dataset.final = String(Boolean(msg.final));
       break;
     }
     case "audio":
