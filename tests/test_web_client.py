@@ -195,3 +195,37 @@ async def test_stage_picker_subscribes_to_the_chosen_stages(page: Any) -> None:
         await wait_played_over(page, 300)
         assert await page.locator("[data-testid=agent-text][data-final=true]").count() == 0
         assert await page.locator(".turn").count() == 1
+
+
+CAPTURE_PROBE = """async ([freqHz, seconds]) => {
+  const ctx = new OfflineAudioContext({ numberOfChannels: 1, length: 48000 * seconds, sampleRate: 48000 });
+  await ctx.audioWorklet.addModule("worklets/capture.js");
+  const node = new AudioWorkletNode(ctx, "voxpipe-capture", { processorOptions: { targetRate: 16000, frameMs: 20 } });
+  const frames = [];
+  node.port.onmessage = (e) => frames.push(new Int16Array(e.data.pcm));
+  const osc = new OscillatorNode(ctx, { frequency: freqHz });
+  const gain = new GainNode(ctx, { gain: 0.5 });
+  osc.connect(gain).connect(node).connect(ctx.destination);
+  osc.start();
+  await ctx.startRendering();
+  await new Promise((r) => setTimeout(r, 200));  // the last port messages
+  const pcm = frames.flatMap((f) => Array.from(f));
+  const body = pcm.slice(1600);  // skip the filter's settling
+  const rms = Math.sqrt(body.reduce((s, x) => s + (x / 32768) ** 2, 0) / body.length);
+  let crossings = 0;
+  for (let i = 1; i < body.length; i++) if ((body[i - 1] < 0) !== (body[i] < 0)) crossings++;
+  return { samples: pcm.length, frames: frames.length, rms, freqHz: (crossings / 2) / (body.length / 16000) };
+}"""
+
+
+async def test_capture_worklet_resamples_a_48k_context_to_16k(page: Any) -> None:
+    """The path Firefox takes (a mic cannot feed a 16 kHz context there): the worklet resamples itself."""
+    async with running_server(test_config()) as server:
+        await page.goto(server.http_url)
+        low = await page.evaluate(CAPTURE_PROBE, [440, 1])
+        assert low["frames"] == 50  # 1 s in 20 ms frames of 320 samples
+        assert low["samples"] == 16000
+        assert abs(low["freqHz"] - 440) < 5
+        assert 0.33 < low["rms"] < 0.37  # a 0.5 sine keeps its level (0.354)
+        high = await page.evaluate(CAPTURE_PROBE, [12000, 1])  # above 8 kHz: must not alias into the band
+        assert high["rms"] < low["rms"] / 4, high

@@ -31,14 +31,21 @@ export class Mic {
     this.stream = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
     });
-    // A context at the target rate lets the browser resample; the worklet resamples itself otherwise.
-    try {
-      this.context = new AudioContext({ sampleRate: this.rateHz, latencyHint: "interactive" });
-    } catch {
-      this.context = new AudioContext({ latencyHint: "interactive" });
+    // A context at the target rate lets the browser resample (Chrome); where a mic cannot feed a
+    // context of another rate (Firefox), the context runs at the device rate and the worklet resamples.
+    let source;
+    for (const options of [{ sampleRate: this.rateHz }, {}]) {
+      try {
+        this.context = new AudioContext({ ...options, latencyHint: "interactive" });
+        source = this.context.createMediaStreamSource(this.stream);
+        break;
+      } catch (err) {
+        await this.context?.close();
+        this.context = null;
+        if (!options.sampleRate) throw err;
+      }
     }
     await this.context.audioWorklet.addModule(new URL("capture.js", WORKLETS));
-    const source = this.context.createMediaStreamSource(this.stream);
     this.node = new AudioWorkletNode(this.context, "voxpipe-capture", {
       numberOfOutputs: 1,
       processorOptions: { targetRate: this.rateHz, frameMs: this.frameMs },
