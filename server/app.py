@@ -25,6 +25,7 @@ from server.metrics import METRICS, SESSIONS_OPEN, SESSIONS_TOTAL
 from server.session import Session, validate_hello
 from stages.registry import StageSpec, build_pipeline, describe_chain, load_all
 from transports import messages as m
+from transports.webrtc import CallIn, WebrtcHub
 from transports.websocket import Send, handle_connection
 
 
@@ -40,6 +41,7 @@ class RunningServer:
         self.ws_server: Server | None = None
         self.port = 0
         self.accepting = True
+        self.webrtc = WebrtcHub.from_config(config.extra.get("webrtc"))  # validates the webrtc section
         METRICS.add_collector(lambda: SESSIONS_OPEN.set(len(self.sessions)))
 
     @property
@@ -87,12 +89,13 @@ class RunningServer:
         return Session(hello, self.specs, self.config.session, send)
 
     async def handler(self, ws: ServerConnection) -> None:
-        def open_session(hello: m.Hello, send: Send, conn: ServerConnection) -> Session:
-            session = self.open_session(hello, send, conn)
+        def open_session(hello: m.Hello, send: Send, conn: ServerConnection) -> CallIn:
+            call = self.webrtc.call_in(send)  # routes agent audio to a WebRTC track once a call is up
+            session = self.open_session(hello, call.send, conn)
             self.sessions[session.id] = session
             SESSIONS_TOTAL.inc()
             opened.append(session)
-            return session
+            return call.attach(session)
 
         opened: list[Session] = []
         try:
