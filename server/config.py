@@ -42,7 +42,7 @@ class ServerOptions:
 
 @dataclass(frozen=True, slots=True)
 class SessionDefaults:
-    system_prompt: str = "You are a helpful voice assistant. Answer briefly, in one or two sentences."
+    system_prompt: str = "You are a helpful assistant. Reply in one short sentence."
     voice: str | None = None
     language: str | None = "en"
     lead_ms: float = 200.0  # how far audio may run ahead of real-time playback

@@ -95,7 +95,7 @@ async def test_speech_over_the_agent_interrupts_it_and_is_answered(server: Any) 
     assert after_cut == []  # nothing of the interrupted turn after `interrupted`
     user_turn = rest[-1]["turn"]
     final = [m for m in rest if m["type"] == "transcript" and m["final"] and m["turn"] == user_turn]
-    assert words(final[0]["text"])[-2:] == ["a", "joke"]
+    assert "joke" in words(final[0]["text"])  # tiny.en sometimes hears "a" as "they" when the start is clipped
     assert pcm_of(rest, user_turn).size > 0  # the new turn is answered with speech
 
 
