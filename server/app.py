@@ -29,7 +29,7 @@ from server.metrics import METRICS, SESSIONS_OPEN, SESSIONS_TOTAL
 from server.session import Session, validate_hello
 from stages.registry import StageSpec, build_pipeline, describe_chain, load_all
 from transports import messages as m
-from transports.websocket import Send, close_bounded, handle_connection
+from transports.websocket import Send, close_bounded, handle_connection, reap_closing
 
 log = logging.getLogger("voxpipe.app")
 
@@ -213,9 +213,11 @@ async def serve(
     running.ws_server = ws_server
     running.port = ws_server.sockets[0].getsockname()[1]
     say(f"voxpipe: serving the demo page at {running.http_url} (WebSocket {running.url})")
+    reaper = asyncio.create_task(reap_closing(ws_server, min(1.0, opts.close_timeout_s or 1.0)), name="reaper")
     try:
         yield running
     finally:
+        reaper.cancel()
         await running.drain(timeout_s=0 if quiet else None)
         for spec in specs:
             await spec.engine.aclose()

@@ -15,9 +15,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
+from websockets.protocol import State
 
 from server.errors import ProtocolError
 from server.limits import LimitOptions, SessionLimiter, slow_reader_error
@@ -29,6 +30,7 @@ log = logging.getLogger("voxpipe.ws")
 Send = Callable[[Any], Awaitable[None]]
 MAX_HELLO_ATTEMPTS = 8  # hellos with a bad field before the connection is closed
 SLOW_READERS_TOTAL = METRICS.counter("voxpipe_slow_readers_total", "Sessions closed because the client stopped reading")
+REAPED_TOTAL = METRICS.counter("voxpipe_reaped_total", "Connections aborted after their close timeout")
 ENCODE_FAILURES_TOTAL = METRICS.counter("voxpipe_encode_failures_total", "Server messages that could not be encoded")
 
 
@@ -55,6 +57,25 @@ async def close_bounded(ws: ServerConnection, code: int, reason: str) -> None:
             await ws.close(code, reason[:120])
     except TimeoutError:
         ws.transport.abort()
+
+
+async def reap_closing(server: Server, interval_s: float = 1.0) -> None:
+    """Abort connections stuck in the closing handshake past their close deadline. Runs until cancelled.
+
+    websockets enforces ``close_timeout`` only when something sends (our code or a keepalive ping). After
+    it failed a connection for a bad frame (1002/1007/1009), a peer that never closes its side of TCP would
+    otherwise keep the handler, its session and its place in the caps until the next ping (forever when
+    ``ping_interval`` is null).
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval_s)
+        now = loop.time()
+        for ws in list(server.all_connections):
+            deadline = ws.close_deadline
+            if deadline is not None and now > deadline and ws.state is not State.CLOSED:
+                REAPED_TOTAL.inc()
+                ws.transport.abort()
 
 
 async def _send_error(ws: ServerConnection, framing: wire.Framing, err: ProtocolError, *, fatal: bool) -> None:
