@@ -59,6 +59,24 @@ async def close_bounded(ws: ServerConnection, code: int, reason: str) -> None:
         ws.transport.abort()
 
 
+async def _close_owned(ws: ServerConnection, code: int, reason: str) -> None:
+    """Close a connection whose reader we own, discarding frames still coming in meanwhile: websockets
+    stops reading the socket while its incoming queue is full, so the client's close reply would sit
+    behind unread frames (say, messages after ``bye``) and the close would wait out its timeout."""
+
+    async def discard() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.recv()
+
+    drainer = asyncio.create_task(discard())
+    try:
+        await close_bounded(ws, code, reason)
+    finally:
+        drainer.cancel()
+        await asyncio.wait([drainer])  # waits without taking on the drainer's cancellation
+
+
 async def reap_closing(server: Server, interval_s: float = 1.0) -> None:
     """Abort connections stuck in the closing handshake past their close deadline. Runs until cancelled.
 
@@ -246,6 +264,6 @@ async def handle_connection(
         if closing is not None:
             if not stalled:
                 await _send_error(ws, framing, closing, fatal=True)
-            await close_bounded(ws, closing.close_code or CloseCode.POLICY_VIOLATION, closing.message)
+            await _close_owned(ws, closing.close_code or CloseCode.POLICY_VIOLATION, closing.message)
         elif said_bye:
-            await close_bounded(ws, CloseCode.NORMAL_CLOSURE, "bye")
+            await _close_owned(ws, CloseCode.NORMAL_CLOSURE, "bye")
