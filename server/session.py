@@ -142,6 +142,8 @@ class Session:
         task = self._tg.create_task(self._guard(coro))
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
+        # a task cancelled before its first step never starts ``coro``: close it (no "never awaited" warning)
+        task.add_done_callback(lambda _task: coro.close())
         return task
 
     async def _guard(self, coro: Coroutine[Any, Any, Any]) -> Any:

@@ -88,6 +88,13 @@ class RawWs:
             if hang_up:
                 self.writer.close()
 
+    def stop_reading(self) -> None:
+        """Stop taking bytes off the socket (asyncio would otherwise buffer megabytes for us)."""
+        self.writer.transport.pause_reading()  # type: ignore[attr-defined]
+
+    def resume_reading(self) -> None:
+        self.writer.transport.resume_reading()  # type: ignore[attr-defined]
+
     def reset(self) -> None:
         """Vanish: close with SO_LINGER 0, so the peer gets a TCP RST, no close frame, no FIN."""
         sock = self.writer.get_extra_info("socket")
