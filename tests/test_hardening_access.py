@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+import yaml
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from server import cli
 from server.auth import issue_token
 from server.config import parse_config
 from server.errors import ConfigError
@@ -257,3 +260,22 @@ async def test_jwt_secret_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     auth = {"mode": "jwt", "secret_env": "VOXPIPE_TEST_SECRET"}
     async with running_server(test_config(auth=auth)) as srv:
         await serves(srv.url, hello={"token": token(secret="e" * 32)})
+
+
+async def test_voxpipe_token_cli_issues_a_token_the_server_accepts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VOXPIPE_JWT_SECRET", "c" * 40)
+    config = test_config(auth={"mode": "jwt", "issuer": "ops"})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli.main(["token", "--config", str(path), "--user", "carol", "--ttl-s", "60"]) == 0
+    issued = capsys.readouterr().out.strip()
+    claims = jwt.decode(issued, "c" * 40, algorithms=["HS256"], issuer="ops")
+    assert claims["sub"] == "carol"
+    assert 55 <= claims["exp"] - time.time() <= 61
+    async with running_server(config) as srv:
+        await serves(srv.url, additional_headers={"Authorization": f"Bearer {issued}"})
+    monkeypatch.delenv("VOXPIPE_JWT_SECRET")
+    assert cli.main(["token", "--config", str(path), "--user", "carol"]) == 2  # no secret: a config error
+    assert "needs a secret" in capsys.readouterr().err
