@@ -159,7 +159,7 @@ class RunningServer:
             async with asyncio.timeout(self.config.server.close_timeout_s or 5.0):
                 await server.wait_closed()
         except TimeoutError:
-            for ws in server.connections:
+            for ws in list(server.all_connections):  # open or stuck closing: abort them all
                 ws.transport.abort()
             await server.wait_closed()
 
@@ -217,7 +217,9 @@ async def serve(
     try:
         yield running
     finally:
-        reaper.cancel()
-        await running.drain(timeout_s=0 if quiet else None)
+        try:
+            await running.drain(timeout_s=0 if quiet else None)
+        finally:
+            reaper.cancel()
         for spec in specs:
             await spec.engine.aclose()

@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.client import Client, running_server, test_config
-from tests.rawws import open_raw, wait_until
+from tests.rawws import OP_CLOSE, OP_TEXT, open_raw, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,3 +108,22 @@ async def test_drain_is_bounded_when_a_client_stopped_reading() -> None:
         assert time.monotonic() - started < 3.0
         assert not srv.sessions
         raw.reset()
+
+
+async def test_drain_is_bounded_when_a_connection_is_stuck_closing() -> None:
+    """A connection websockets failed (here 1002 for a close in the middle of a fragmented message) whose
+    peer never hangs up: shutting the server down must not wait for a keepalive ping to end it."""
+    server = running_server(test_config(server={"close_timeout_s": 0.5, "hello_timeout_s": 60.0}))
+    srv = await server.__aenter__()
+    try:
+        raw = await open_raw(srv.port, hello=False)
+        await raw.send_frame(OP_TEXT, b"fragment", fin=False)
+        await raw.send_frame(OP_CLOSE, b"\x03\xe8")
+        await raw.send_frame(0x0, b"more", fin=True)
+        assert await raw.read_close_code(hang_up=False) == 1002
+    finally:
+        started = time.monotonic()
+        await asyncio.wait_for(server.__aexit__(None, None, None), 30)
+    assert time.monotonic() - started < 2.5  # was 20 s: until the keepalive ping
+    assert srv.admission.connections == 0
+    raw.reset()
