@@ -29,6 +29,7 @@ from server.metrics import METRICS, SESSIONS_OPEN, SESSIONS_TOTAL
 from server.session import Session, validate_hello
 from stages.registry import StageSpec, build_pipeline, describe_chain, load_all
 from transports import messages as m
+from transports.webrtc import CallIn, WebrtcHub
 from transports.websocket import Send, close_bounded, handle_connection, reap_closing
 
 log = logging.getLogger("voxpipe.app")
@@ -52,6 +53,7 @@ class RunningServer:
             max_sessions=config.server.max_sessions,
             accepting=lambda: self.accepting,
         )
+        self.webrtc = WebrtcHub.from_config(config.extra.get("webrtc"))  # validates the webrtc section
         METRICS.add_collector(lambda: SESSIONS_OPEN.set(len(self.sessions)))
 
     @property
@@ -112,12 +114,13 @@ class RunningServer:
         log.info("session %s opened: ip %s user %s", session.id, ticket.ip, user or "-")
 
     async def handler(self, ws: ServerConnection) -> None:
-        def open_session(hello: m.Hello, send: Send, conn: ServerConnection) -> Session:
-            session = self.open_session(hello, send, ticket)
+        def open_session(hello: m.Hello, send: Send, conn: ServerConnection) -> CallIn:
+            call = self.webrtc.call_in(send)  # routes agent audio to a WebRTC track once a call is up
+            session = self.open_session(hello, call.send, ticket)
             self.sessions[session.id] = session
             SESSIONS_TOTAL.inc()
             opened.append(session)
-            return session
+            return call.attach(session)
 
         opened: list[Session] = []
         with self.admission.connection(ws) as ticket:
@@ -138,7 +141,7 @@ class RunningServer:
         self.accepting = False
         deadline = time.monotonic() + (self.config.server.drain_timeout_s if timeout_s is None else timeout_s)
         if self.ws_server is not None:
-            self.ws_server.close(close_connections=False)
+            self.ws_server.server.close()  # stop listening; open connections go on (websockets' close() runs once)
         # polls many sessions' turns: there is no single event to wait on
         while time.monotonic() < deadline and any(  # noqa: ASYNC110
             t.responding for s in self.sessions.values() for t in s.turns.values()
@@ -155,13 +158,19 @@ class RunningServer:
         ]
         if closing:
             await asyncio.wait(closing)
+        server.close(close_connections=False)  # websockets' close task: waits for the handlers to return
+        close_s = self.config.server.close_timeout_s or 5.0
         try:
-            async with asyncio.timeout(self.config.server.close_timeout_s or 5.0):
+            async with asyncio.timeout(close_s):
                 await server.wait_closed()
         except TimeoutError:
             for ws in list(server.all_connections):  # open or stuck closing: abort them all
                 ws.transport.abort()
-            await server.wait_closed()
+            try:
+                async with asyncio.timeout(close_s):
+                    await server.wait_closed()
+            except TimeoutError:
+                self.log("voxpipe: some connections did not finish closing; stopping anyway")
 
 
 def _origins(config: Config) -> list[Origin | None] | None:

@@ -96,7 +96,6 @@ class SessionLimiter:
         now = clock()
         self.started_at = now
         self.last_message_at = now
-        self.tripped: ProtocolError | None = None  # set from outside (slow reader); ends the read loop
         self.messages = (
             TokenBucket(options.messages_per_s, options.messages_burst, now) if options.messages_per_s else None
         )
@@ -148,8 +147,6 @@ class SessionLimiter:
 
     def expired(self) -> ProtocolError | None:
         """The fatal error due now (max duration, idle while no turn runs), or None."""
-        if self.tripped is not None:
-            return self.tripped
         now = self.clock()
         opts = self.options
         if opts.max_session_s is not None and now >= self.started_at + opts.max_session_s:

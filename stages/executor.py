@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from server.errors import StageError
@@ -53,3 +53,38 @@ class BoundedExecutor:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+_DONE = object()
+Producer = Callable[[threading.Event, Callable[[Any], None]], None]
+
+
+async def stream_from_worker(executor: BoundedExecutor, produce: Producer) -> AsyncIterator[Any]:
+    """Run ``produce(stop, put)`` in ``executor`` and yield what it puts, as it puts it.
+
+    An exception in the worker is raised here. Closing the iterator (barge-in) sets ``stop``, which the
+    producer checks between steps, so the worker ends within one step and frees the model.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()  # bounded by the producer's own step count (tokens, sentences)
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def work() -> None:
+        try:
+            produce(stop, put)
+        except Exception as exc:
+            put(exc)
+        finally:
+            put(_DONE)
+
+    executor.submit(work)
+    try:
+        while (item := await queue.get()) is not _DONE:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()

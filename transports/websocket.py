@@ -166,9 +166,17 @@ async def handle_connection(
     """One WebSocket connection, from hello to close."""
     limits = limits or LimitOptions()
     grace_s = limits.slow_reader_grace_s
-    limiter: SessionLimiter | None = None
-    wake: list[asyncio.Timeout] = []  # the read loop's current wait, so a slow-reader trip can end it
     stalled = False  # the client stopped reading: drop whatever is still to send
+    closing: ProtocolError | None = None  # the fatal limit that ends the session
+    running: asyncio.Task[None] | None = None  # the session's run, cancelled by a fatal limit
+
+    def fail(err: ProtocolError) -> None:
+        """A fatal limit: end the session now, whatever input is still queued on the way to it."""
+        nonlocal closing
+        if closing is None:
+            closing = err
+        if running is not None:
+            running.cancel()
 
     def send_for(framing: wire.Framing) -> Send:
         async def send(message: Any) -> None:
@@ -191,10 +199,7 @@ async def handle_connection(
             except TimeoutError:
                 stalled = True
                 SLOW_READERS_TOTAL.inc()
-                if limiter is not None:
-                    limiter.tripped = slow_reader_error(grace_s or 0.0)
-                for scope in wake:
-                    scope.reschedule(asyncio.get_running_loop().time())
+                fail(slow_reader_error(grace_s or 0.0))
 
         return send
 
@@ -207,59 +212,56 @@ async def handle_connection(
     )
     await send_for(framing)(session.ready())
     said_bye = False
-    closing: ProtocolError | None = None
 
     async def read_frame(lim: SessionLimiter) -> Any:
         """The next frame, or None when a deadline (idle, max duration) came first."""
-        loop = asyncio.get_running_loop()
         due = lim.deadline()
-        when = None if due is None else loop.time() + (due - time.monotonic())
+        when = None if due is None else asyncio.get_running_loop().time() + (due - time.monotonic())
         try:
-            async with asyncio.timeout_at(when) as scope:
-                wake.append(scope)
-                try:
-                    return await ws.recv()  # cancellation-safe: a cancelled recv loses no frame
-                finally:
-                    wake.remove(scope)
+            async with asyncio.timeout_at(when):
+                return await ws.recv()  # cancellation-safe: a cancelled recv loses no frame
         except TimeoutError:
             return None
 
     async def messages(lim: SessionLimiter) -> AsyncIterator[Any]:
-        nonlocal said_bye, closing
+        nonlocal said_bye
         try:
-            while True:
+            while closing is None:
                 frame = await read_frame(lim)
-                if frame is None:
-                    closing = lim.expired()
-                    if closing is not None:
-                        return
-                    continue
-                closing = lim.on_frame()
-                if closing is not None:
+                err = lim.expired() if frame is None else lim.on_frame()
+                if err is not None:
+                    fail(err)
                     return
+                if frame is None:
+                    continue
                 try:
                     msg = wire.decode(frame)
                 except ProtocolError as exc:
                     yield exc
                     continue
                 err = lim.on_message(msg)
+                if err is not None and err.fatal:
+                    fail(err)
+                    return
                 if err is not None:
-                    if err.fatal:
-                        closing = err
-                        return
                     yield err
                     continue
                 if isinstance(msg, m.Bye):
                     said_bye = True
                 yield msg
-                if lim.tripped is not None:
-                    closing = lim.tripped
-                    return
         except ConnectionClosed:
             return
 
+    running = asyncio.create_task(session.run(messages(limiter)), name=f"{session.id}:session")
     try:
-        await session.run(messages(limiter))
+        try:
+            await running
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if closing is None or (current is not None and current.cancelling()):
+                running.cancel()
+                await asyncio.wait([running])  # the session's tasks end before the handler does
+                raise  # the connection's handler itself is being cancelled
     finally:
         if closing is not None:
             if not stalled:

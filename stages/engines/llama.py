@@ -7,7 +7,6 @@ one token and the model is free for the next session. One generation at a time p
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,9 +17,7 @@ from typing import Any, ClassVar
 from server.errors import ConfigError, StageError
 from server.options import require
 from stages.base import StageContext
-from stages.executor import BoundedExecutor
-
-_DONE = object()
+from stages.executor import BoundedExecutor, stream_from_worker
 
 
 def default_model_path() -> str:
@@ -64,18 +61,10 @@ class LlamaLlm:
         self.model = Llama(model_path=path, n_ctx=self.options.n_ctx, n_threads=self.options.n_threads, verbose=False)
         log(f"voxpipe: llama.cpp ready in {time.monotonic() - started:.1f} s")
 
-    def _generate(
-        self,
-        messages: list[dict[str, str]],
-        stop: threading.Event,
-        put: Callable[[Any], None],
-    ) -> None:
+    def _generate(self, messages: list[dict[str, str]], stop: threading.Event, put: Callable[[Any], None]) -> None:
         try:
             stream = self.model.create_chat_completion(
-                messages=messages,
-                stream=True,
-                max_tokens=self.options.max_tokens,
-                temperature=self.options.temperature,
+                messages=messages, stream=True, max_tokens=self.options.max_tokens, temperature=self.options.temperature
             )
             for chunk in stream:
                 if stop.is_set():
@@ -83,26 +72,12 @@ class LlamaLlm:
                 delta = chunk["choices"][0]["delta"].get("content")
                 if delta:
                     put(delta)
-        except Exception as exc:  # reported to the awaiting stage as a StageError
-            put(StageError(f"llama.cpp failed: {exc}", code="llm_failed"))
-        finally:
-            put(_DONE)
+        except Exception as exc:
+            raise StageError(f"llama.cpp failed: {exc}", code="llm_failed") from exc
 
     async def stream(self, messages: list[dict[str, str]], *, ctx: StageContext) -> AsyncIterator[str]:
-        loop = asyncio.get_running_loop()
-        # bounded by max_tokens: the worker puts at most one item per token, plus the end
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        stop = threading.Event()
-        self.executor.submit(
-            self._generate, messages, stop, lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)
-        )
-        try:
-            while (item := await queue.get()) is not _DONE:
-                if isinstance(item, StageError):
-                    raise item
-                yield item
-        finally:
-            stop.set()  # barge-in or end: the worker stops at its next token
+        async for delta in stream_from_worker(self.executor, lambda stop, put: self._generate(messages, stop, put)):
+            yield delta
 
     async def aclose(self) -> None:
         self.executor.shutdown()

@@ -6,7 +6,6 @@ and closing the stream stops before the next sentence.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -18,9 +17,7 @@ from typing import Any, ClassVar
 from server.errors import ConfigError
 from server.options import require
 from stages.base import StageContext
-from stages.executor import BoundedExecutor
-
-_DONE = object()
+from stages.executor import BoundedExecutor, stream_from_worker
 
 
 class PiperTts:
@@ -70,28 +67,14 @@ class PiperTts:
             yield chunk.audio_int16_bytes
 
     def _run(self, text: str, stop: threading.Event, put: Callable[[Any], None]) -> None:
-        try:
-            for pcm in self._sentences(text):
-                if stop.is_set():
-                    break
-                put(pcm)
-        except Exception as exc:
-            put(exc)
-        finally:
-            put(_DONE)
+        for pcm in self._sentences(text):
+            if stop.is_set():
+                break
+            put(pcm)
 
     async def synthesize(self, text: str, *, rate_hz: int, ctx: StageContext) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()  # bounded by the sentences of one clause
-        stop = threading.Event()
-        self.executor.submit(self._run, text, stop, lambda item: loop.call_soon_threadsafe(queue.put_nowait, item))
-        try:
-            while (item := await queue.get()) is not _DONE:
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-        finally:
-            stop.set()
+        async for pcm in stream_from_worker(self.executor, lambda stop, put: self._run(text, stop, put)):
+            yield pcm
 
     async def aclose(self) -> None:
         self.executor.shutdown()
