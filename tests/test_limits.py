@@ -101,8 +101,8 @@ def test_idle_waits_while_busy() -> None:
 
 def test_everything_off() -> None:
     clock = Clock()
-    off = {"messages_per_s": None, "audio_max_realtime": None, "idle_timeout_s": None, "max_session_s": None}
-    lim = limiter(clock, max_text_chars=None, **off)
+    off: dict[str, object] = {"messages_per_s": None, "audio_max_realtime": None, "max_text_chars": None}
+    lim = limiter(clock, False, idle_timeout_s=None, max_session_s=None, **off)
     assert lim.deadline() is None
     for _ in range(10_000):
         assert lim.on_frame() is None
