@@ -61,6 +61,9 @@ class SessionLike(Protocol):
 
     def ready(self) -> m.Ready: ...
 
+    @property
+    def busy(self) -> bool: ...
+
     async def run(self, messages: AsyncIterator[Any]) -> None: ...
 
     def error(self, code: str, message: str, *, turn: int | None = None, fatal: bool = False) -> None: ...
@@ -121,6 +124,11 @@ class CallIn:
     def ready(self) -> m.Ready:
         assert self.session is not None
         return self.session.ready()
+
+    @property
+    def busy(self) -> bool:
+        """Not idle: a turn is open, or a call is up (its audio does not pass the WebSocket)."""
+        return self.peer is not None or (self.session is not None and self.session.busy)
 
     async def send(self, message: Any) -> None:
         """The session's sender: agent audio goes to the call's track while a call is up."""
