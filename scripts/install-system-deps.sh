@@ -1,10 +1,13 @@
 #!/bin/sh
-# Debian packages some tests use; idempotent. Skips (exit 0, with a message) when apt-get is missing,
+# Debian packages some tests use (Chromium: the browser demo test; mono, Boost, nlohmann-json: the
+# Unity and Unreal client harnesses); idempotent. Skips (exit 0, with a message) when apt-get is missing,
 # when everything is already installed, or when not root and sudo is unavailable.
 # Tests that need a missing package skip themselves and print why.
 set -eu
 
 PACKAGES="
+chromium
+chromium-driver
 mono-mcs
 mono-runtime
 libboost-dev

@@ -102,6 +102,11 @@ class Session:
             stage = spec.engine.new_stage(self.ctx)
             self.runners.append(StageRunner(spec.name, stage, self.inboxes[i], emitter, self))
 
+    @property
+    def busy(self) -> bool:
+        """A turn is open (the user is speaking or the agent is answering): the session is not idle."""
+        return bool(self.turns)
+
     def ready(self) -> m.Ready:
         graph = [m.GraphNode(s.name, s.engine_name, s.input_type, s.output_type) for s in self.specs]
         return m.Ready(session=self.id, graph=graph, audio_in=self.hello.audio_in, audio_out=self.hello.audio_out)
@@ -144,6 +149,8 @@ class Session:
         task = self._tg.create_task(self._guard(coro))
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
+        # a task cancelled before its first step never starts ``coro``: close it (no "never awaited" warning)
+        task.add_done_callback(lambda _task: coro.close())
         return task
 
     async def _guard(self, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -256,7 +263,8 @@ class Session:
 
     def error(self, code: str, message: str, *, turn: int | None = None, fatal: bool = False) -> None:
         ERRORS_TOTAL.inc(code=code)
-        self.outbox.control(m.Error(code=code, message=message, fatal=fatal, turn=turn))
+        # a client that sends bad messages without reading must not grow the control lane: drop when full
+        self.outbox.control(m.Error(code=code, message=message, fatal=fatal, turn=turn), droppable=not fatal)
 
     # ------------------------------------------------------------ client messages
 
