@@ -118,7 +118,10 @@ class Client:
         await self.ws.send(frame)
 
     async def recv(self, timeout: float = 5.0) -> Message:
-        frame = await asyncio.wait_for(self.ws.recv(), timeout)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that races an arriving frame,
+        # and a reader task cancelled that way never ends (it hung a test on a busy machine)
+        async with asyncio.timeout(timeout):
+            frame = await self.ws.recv()
         msg = decode_server(frame)
         msg["_at"] = time.monotonic()
         self.received.append(msg)

@@ -119,7 +119,8 @@ class Room:
         out: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout_s
         while True:
-            msg = await asyncio.wait_for(self.messages.get(), max(0.01, deadline - time.monotonic()))
+            async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
+                msg = await self.messages.get()
             out.append(msg)
             if msg["type"] in kinds and (turn is None or msg.get("turn") == turn):
                 return out

@@ -287,7 +287,8 @@ class CallIn:
         self.peer = peer
         await self._send_ws(m.WebrtcAnswer(sdp=pc.localDescription.sdp))
         try:
-            await asyncio.wait_for(peer.connected.wait(), opts.connect_timeout_s)
+            async with asyncio.timeout(opts.connect_timeout_s):  # not wait_for: it can lose a cancellation
+                await peer.connected.wait()
         except TimeoutError:
             if self.peer is peer:
                 await self._close_peer(reason=f"the caller did not connect within {opts.connect_timeout_s:g} s")

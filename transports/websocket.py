@@ -108,7 +108,9 @@ async def _await_hello(ws: ServerConnection, deadline: float, timeout_s: float) 
     attempts = 0
     while True:
         try:
-            frame = await asyncio.wait_for(ws.recv(), max(0.0, deadline - time.monotonic()))
+            # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancellation that races a frame
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                frame = await ws.recv()
         except TimeoutError:
             err = ProtocolError("hello_timeout", f"no valid hello within {timeout_s:g} s")
             await _send_error(ws, wire.Framing.JSON, err, fatal=True)

@@ -115,7 +115,8 @@ class Exchange:
     async def hang(self, max_s: float = 30.0) -> None:
         """Send nothing until the client gives up (or ``max_s``)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.disconnected.wait(), max_s)
+            async with asyncio.timeout(max_s):
+                await self.disconnected.wait()
 
 
 Handler = Callable[[Exchange], Awaitable[None]]
