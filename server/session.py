@@ -24,7 +24,7 @@ from server.metrics import ERRORS_TOTAL, INTERRUPTIONS_TOTAL, TURNS_TOTAL
 from server.outbox import Outbox
 from server.turns import Turn
 from stages.base import StageContext
-from stages.graph import StageEmitter, StageRunner, put_drop_oldest, stage_error
+from stages.graph import Inbox, StageEmitter, StageRunner, put_drop_oldest, stage_error
 from stages.items import AudioIn, Commit, Item, ReplyDelta, SpeechAudio, Transcript, TurnDone, VadEvent
 from stages.registry import StageSpec
 from transports import messages as m
@@ -83,8 +83,8 @@ class Session:
         # Overflow policy per edge: raw client audio (counted in ~20 ms messages) drops the oldest,
         # every other edge blocks its producer (text is never dropped).
         audio_items = max(8, int(defaults.audio_in_queue_ms / 20))
-        self.inboxes: list[asyncio.Queue[Any]] = [
-            asyncio.Queue(maxsize=audio_items if spec.input_type == "audio" else defaults.stage_queue_items)
+        self.inboxes: list[Inbox[Any]] = [
+            Inbox(audio_items if spec.input_type == "audio" else defaults.stage_queue_items)
             for spec in specs
         ]
         self._spawned: set[asyncio.Task[Any]] = set()
@@ -211,9 +211,8 @@ class Session:
     # ------------------------------------------------------------ stage outputs
 
     def observe(self, stage: str, item: Item) -> None:
-        """Every stage output passes here first (hot path: keep it cheap)."""
-        kind = type(item)
-        if isinstance(item, SpeechAudio):
+        """Every stage output passes here first (hot path: keep it cheap; items are final classes)."""
+        if type(item) is SpeechAudio:
             if item.voiced_ms >= self.barge_in_min_ms and self._agent_busy(item.turn):
                 self.interrupt("barge_in", before_turn=item.turn)
             return
@@ -223,18 +222,24 @@ class Session:
         turn = self.turns.get(turn_id)
         if turn is None:
             return
-        now = time.monotonic()
-        if isinstance(item, VadEvent):
+        if type(item) is VadEvent:
             if item.event == "speech_end":
+                now = time.monotonic()
                 turn.input_end_at = item.voiced_until or now
                 turn.mark_output(stage, now)
             return
-        if isinstance(item, ReplyDelta):
+        if type(item) is ReplyDelta:
             turn.reply_parts.append(item.text)
             if item.final:
                 self._record_reply(turn)
-        if item.downstream and kind is not TurnDone:
-            turn.mark_output(stage, now)
+        # the first output of each stage once the input is complete (the clock is read only then)
+        if (
+            turn.input_end_at is not None
+            and stage not in turn.first_output_at
+            and type(item) is not TurnDone
+            and item.downstream
+        ):
+            turn.mark_output(stage, time.monotonic())
 
     def _agent_busy(self, user_turn: int) -> bool:
         return any(t.responding and t.id < user_turn for t in self.turns.values())

@@ -8,14 +8,109 @@ Interruptible stages handle each item in a child task so a turn's in-flight work
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from server.errors import StageError
 from server.metrics import QUEUE_DROPS_TOTAL
 from server.outbox import Outbox
 from stages.base import Stage
-from stages.items import AudioChunk, Item, TurnDone
+from stages.items import AudioChunk, AudioIn, Commit, Item, SpeechAudio, TurnDone
+
+T = TypeVar("T")
+
+# Items whose ``to_message`` is always None: never offered to the client lane.
+SILENT_ITEMS: frozenset[type[Any]] = frozenset({AudioIn, Commit, SpeechAudio, TurnDone})
+
+
+class Inbox(Generic[T]):
+    """A stage's bounded FIFO: ``asyncio.Queue``'s interface minus ``join``/``task_done``.
+
+    Every item crosses one of these per hop, so it is kept lean (about half the cost of an
+    ``asyncio.Queue`` hop). ``put`` waits for room; ``try_put`` never waits. Waiters are woken in
+    order, and a cancelled ``get``/``put`` hands its wake-up on, as ``asyncio.Queue`` does.
+    """
+
+    __slots__ = ("_getters", "_items", "_putters", "maxsize")
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError("an Inbox needs maxsize >= 1 (every queue is bounded)")
+        self.maxsize = maxsize
+        self._items: deque[T] = deque()
+        self._getters: deque[asyncio.Future[None]] = deque()
+        self._putters: deque[asyncio.Future[None]] = deque()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def full(self) -> bool:
+        return len(self._items) >= self.maxsize
+
+    @staticmethod
+    def _wake(waiters: deque[asyncio.Future[None]]) -> None:
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def try_put(self, item: T) -> bool:
+        """Append ``item`` if there is room; False when full."""
+        if len(self._items) >= self.maxsize:
+            return False
+        self._items.append(item)
+        if self._getters:
+            self._wake(self._getters)
+        return True
+
+    def put_nowait(self, item: T) -> None:
+        if not self.try_put(item):
+            raise asyncio.QueueFull
+
+    async def put(self, item: T) -> None:
+        """Wait for room, then append. Cancellation-safe: a cancelled put has not appended."""
+        while len(self._items) >= self.maxsize:
+            putter = asyncio.get_running_loop().create_future()
+            self._putters.append(putter)
+            try:
+                await putter
+            except BaseException:
+                putter.cancel()
+                if putter in self._putters:
+                    self._putters.remove(putter)
+                if len(self._items) < self.maxsize and not putter.cancelled():
+                    self._wake(self._putters)  # woken but leaving: pass the room on
+                raise
+        self.try_put(item)
+
+    def get_nowait(self) -> T:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        item = self._items.popleft()
+        if self._putters:
+            self._wake(self._putters)
+        return item
+
+    async def get(self) -> T:
+        """Wait for an item. Cancellation-safe: a cancelled get has taken nothing."""
+        while not self._items:
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                if getter in self._getters:
+                    self._getters.remove(getter)
+                if self._items and not getter.cancelled():
+                    self._wake(self._getters)  # woken but leaving: pass the item on
+                raise
+        return self.get_nowait()
 
 
 class GraphHost(Protocol):
@@ -30,7 +125,7 @@ class GraphHost(Protocol):
     def spawn(self, coro: Any) -> asyncio.Task[Any]: ...
 
 
-def put_drop_oldest(queue: asyncio.Queue[Any], item: Any, edge: str) -> bool:
+def put_drop_oldest(queue: Inbox[Any], item: Any, edge: str) -> bool:
     """Overflow policy for live client audio: drop the oldest item, keep the conversation live.
 
     Returns True when something was dropped (counted in ``voxpipe_queue_drops_total``).
@@ -52,7 +147,7 @@ class StageEmitter:
         name: str,
         host: GraphHost,
         outbox: Outbox,
-        next_inbox: asyncio.Queue[Any] | None,
+        next_inbox: Inbox[Any] | None,
         subscribed: bool,
     ) -> None:
         self.name = name
@@ -70,25 +165,27 @@ class StageEmitter:
         turn = item.turn
         if turn is not None and turn not in self._turns:
             return
-        if type(item) is TurnDone:
-            if self._next is None:
+        kind = type(item)
+        nxt = self._next
+        if kind is TurnDone:
+            if nxt is None:
                 await self._outbox.put_end(turn)  # type: ignore[arg-type]
-            else:
-                await self._next.put(item)
+            elif not nxt.try_put(item):
+                await nxt.put(item)
             return
         if self.subscribed:
             if type(item) is AudioChunk:
                 await self._outbox.put_audio(self.name, item)
-            elif item.to_message(self.name) is not None:
+            elif kind not in SILENT_ITEMS:
                 await self._outbox.put_message(self.name, turn, item)
-        if self._next is not None and item.downstream:
-            await self._next.put(item)
+        if nxt is not None and item.downstream and not nxt.try_put(item):
+            await nxt.put(item)
 
 
 class StageRunner:
     """The task of one stage: take an item, drop it if its turn is over, hand it to the stage."""
 
-    def __init__(self, name: str, stage: Stage, inbox: asyncio.Queue[Any], emitter: StageEmitter, host: GraphHost):
+    def __init__(self, name: str, stage: Stage, inbox: Inbox[Any], emitter: StageEmitter, host: GraphHost):
         self.name = name
         self.stage = stage
         self.inbox = inbox
