@@ -331,8 +331,8 @@ async def mem(p: dict[str, Any]) -> dict[str, Any]:
 async def interrupt(p: dict[str, Any]) -> dict[str, Any]:
     n = int(p.get("interrupts", 1000))
     rng = random.Random(p.get("seed", 1))
-    lo_ms, hi_ms = p.get("delay_ms", [10, 80])
-    settle_s = float(p.get("settle_ms", 30)) / 1000
+    lo_ms, hi_ms = p.get("delay_ms", [10, 60])
+    settle_s = float(p.get("settle_ms", 25)) / 1000
     writes: list[float] = []
     acks: list[float] = []
     acked = asyncio.Event()

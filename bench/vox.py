@@ -241,8 +241,8 @@ async def interrupt(p: dict[str, Any]) -> dict[str, Any]:
     """B4: a turn streams 4x faster than real time into the paced outbox; interrupt at a random time."""
     n = int(p.get("interrupts", 1000))
     rng = random.Random(p.get("seed", 1))
-    lo_ms, hi_ms = p.get("delay_ms", [10, 80])
-    settle_s = float(p.get("settle_ms", 30)) / 1000
+    lo_ms, hi_ms = p.get("delay_ms", [10, 60])
+    settle_s = float(p.get("settle_ms", 25)) / 1000
     specs = build_pipeline([{"name": "tts", "engine": "bench_stream", "speed": 4.0, "pieces": 200}])
     audio_log: list[tuple[float, int]] = []
     acks: dict[int, float] = {}

@@ -79,6 +79,9 @@ class Session:
             lead_ms=defaults.lead_ms,
             max_items=defaults.outbox_max_items,
         )
+        self._input_types = [spec.input_type for spec in specs]
+        # where client audio enters: the first stage that takes raw audio or speech
+        self._audio_index = next((i for i, t in enumerate(self._input_types) if t in ("audio", "speech")), None)
         subscribed = subscribed_stages(hello.subscribe, [s.name for s in specs])
         # Overflow policy per edge: raw client audio (counted in ~20 ms messages) drops the oldest,
         # every other edge blocks its producer (text is never dropped).
@@ -185,15 +188,17 @@ class Session:
         cut = [t for t in self.turns.values() if t.responding and (before_turn is None or t.id < before_turn)]
         for turn in cut:
             del self.turns[turn.id]  # the gate closes first: nothing of this turn leaves from now on
-            for runner in self.runners:
-                runner.cancel_turn(turn.id)
             self.outbox.drop_turn(turn.id)
             played = turn.played_ms(now)
             spoken = turn.spoken_text(played, has_audio=self.has_audio_out)
             self._cut_history(turn, spoken)
+            # queued before the cancellations, so the outbox wakes (and tells the client) before the
+            # cancelled tasks unwind
+            self.outbox.control(m.Interrupted(turn=turn.id, played_ms=round(played, 1), text=spoken))
+            for runner in self.runners:
+                runner.cancel_turn(turn.id)
             INTERRUPTIONS_TOTAL.inc(cause=cause)
             TURNS_TOTAL.inc(outcome="interrupted")
-            self.outbox.control(m.Interrupted(turn=turn.id, played_ms=round(played, 1), text=spoken))
         return [t.id for t in cut]
 
     def _cut_history(self, turn: Turn, spoken: str) -> None:
@@ -297,11 +302,9 @@ class Session:
         return None
 
     def _audio_entry(self) -> int | None:
-        for i, spec in enumerate(self.specs):
-            if spec.input_type in ("audio", "speech"):
-                return i
-        self.error("unknown_stage", "audio: this graph has no audio stage")
-        return None
+        if self._audio_index is None:
+            self.error("unknown_stage", "audio: this graph has no audio stage")
+        return self._audio_index
 
     async def _audio(self, pcm: bytes, index: int | None) -> None:
         if index is None:
@@ -310,8 +313,7 @@ class Session:
             self.error("bad_audio", f"audio: {len(pcm)} bytes is not a whole number of PCM16 samples (> 0)")
             return
         now = time.monotonic()
-        spec = self.specs[index]
-        if spec.input_type == "audio":
+        if self._input_types[index] == "audio":
             if put_drop_oldest(self.inboxes[index], AudioIn(pcm, self.in_rate_hz, now), "audio_in"):
                 self.audio_in_dropped += 1
             return

@@ -130,6 +130,8 @@ def put_drop_oldest(queue: Inbox[Any], item: Any, edge: str) -> bool:
 
     Returns True when something was dropped (counted in ``voxpipe_queue_drops_total``).
     """
+    if queue.try_put(item):
+        return False
     dropped = False
     while queue.full():
         queue.get_nowait()
