@@ -24,7 +24,6 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import median  # noqa: E402
 from bench.report import write_markdown  # noqa: E402
 
 PIPECAT_VENV = BENCH / ".venv-pipecat"
@@ -122,7 +121,21 @@ def b2_contended(point: dict[str, Any]) -> bool:
     return "error" not in point and point["cpu_frac"] <= B2_CPU and point.get("waited_frac", 0.0) > 0.10
 
 
-def b2_search(system: str, start_k: int, max_points: int, measure: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+def b2_estimate(k: int, cpu: float, history: list[dict[str, Any]]) -> int:
+    """K expected at 80 % CPU: a line through every kept-up point so far, else proportional to this one."""
+    pts = [(p["k"], p["cpu_frac"]) for p in history if "error" not in p and p.get("delivered", 0) >= 0.97]
+    if len({x for x, _ in pts}) >= 2:
+        n = len(pts)
+        mk, mc = sum(x for x, _ in pts) / n, sum(c for _, c in pts) / n
+        slope = sum((x - mk) * (c - mc) for x, c in pts) / sum((x - mk) ** 2 for x, _ in pts)
+        if slope > 0:
+            return round((B2_CPU - (mc - slope * mk)) / slope * 0.97)
+    return round(k * B2_CPU / max(cpu, 0.01) * 0.97)
+
+
+def b2_search(
+    system: str, start_k: int, max_points: int, measure: dict[str, Any], history: list[dict[str, Any]]
+) -> tuple[int, list[dict[str, Any]]]:
     """Bracket the largest passing K to within ~8 %, stepping by the CPU estimate first.
 
     A point that fails only because neighbours held the CPU is measured again (once per search).
@@ -135,6 +148,7 @@ def b2_search(system: str, start_k: int, max_points: int, measure: dict[str, Any
         point = run(system, "rt", {"k": k, **measure})
         point.setdefault("k", k)
         points.append(point)
+        history.append(point)
         ok = b2_ok(point)
         if "error" in point:
             detail = point["error"]
@@ -155,7 +169,7 @@ def b2_search(system: str, start_k: int, max_points: int, measure: dict[str, Any
         if good and bad and bad - good <= max(1, round(0.08 * good)):
             break
         cpu = point.get("cpu_frac") or 1.0
-        estimate = round(k * B2_CPU / max(cpu, 0.01) * 0.97)
+        estimate = b2_estimate(k, cpu, history)
         if not bad:
             k = min(max(estimate, round(k * 1.1) + 1), k * 3)
         elif not good:
@@ -230,7 +244,7 @@ def main() -> int:
         interrupts = {k: max(30, v // 10) for k, v in interrupts.items()}
     rt_measure = {"warm_s": 0.7, "measure_s": 2.0 if not quick else 1.0}
     wire_params = {} if not quick else {"round_trips": 300, "messages": 1000}
-    b2_start = {"voxpipe": 150, "pipecat-lean": 20, "pipecat-default": 10}
+    b2_start = {"voxpipe": 200, "pipecat-lean": 20, "pipecat-default": 10}
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
     def add(workload: str, system: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -270,9 +284,11 @@ def main() -> int:
                         log(f"   B5 {server:8} {framing:8} rtt p50 {p50:.0f} us  p99 {p99:.0f} us  {rate:.0f} msg/s")
         if "b2" in only:
             for system in order:
-                prior = [x["k"] for x in raw.get("b2", {}).get(system, []) if x["k"]]
-                start = int(median(prior)) if prior else b2_start[system]
-                best, points = b2_search(system, start, 3 if prior else 5, rt_measure)
+                runs = raw.get("b2", {}).get(system, [])
+                prior = [x["k"] for x in runs if x["k"]]
+                start = max(prior) if prior else b2_start[system]
+                history = [p for x in runs for p in x["points"]]
+                best, points = b2_search(system, start, 4 if prior else 5, rt_measure, history)
                 add("b2", system, {"k": best, "points": points})
                 log(f"   B2 {system:16} => {best} sessions on one core")
 
