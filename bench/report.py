@@ -31,27 +31,6 @@ def _stale(raw: dict[str, Any], system: str) -> float:
     return float(sum(r["stale_chunks"] for r in runs)) if runs else NA
 
 
-def cpu_fit(raw: dict[str, Any], system: str) -> tuple[float, float, float]:
-    """B2 by CPU time alone: fit CPU share = a + b*K over the sweep's points that kept up (delivered
-    >= 97 %) and return (a, b, K at 80 % of a core). Neighbours' load barely moves CPU time, so this
-    holds on a shared machine where the lateness criterion does not."""
-    pts = [
-        (p["k"], p["cpu_frac"])
-        for run in raw.get("b2", {}).get(system, [])
-        for p in run.get("points", [])
-        if "error" not in p and p.get("delivered", 0) >= 0.97
-    ]
-    if len({k for k, _ in pts}) < 2:
-        return NA, NA, NA
-    n = len(pts)
-    mean_k = sum(k for k, _ in pts) / n
-    mean_c = sum(c for _, c in pts) / n
-    var = sum((k - mean_k) ** 2 for k, _ in pts)
-    b = sum((k - mean_k) * (c - mean_c) for k, c in pts) / var
-    a = mean_c - b * mean_k
-    return a, b, (0.8 - a) / b if b > 0 else NA
-
-
 def _count(raw: dict[str, Any], system: str) -> int:
     return sum(r["interrupts"] for r in raw.get("b4", {}).get(system, []) if "error" not in r)
 
@@ -107,15 +86,6 @@ def summarize(data: dict[str, Any]) -> list[Row]:
         target="≥ 400",
         ok=lambda v: v >= 400,
     )
-    row(
-        "B2 sessions at 80 % of one core (CPU-time fit)",
-        "sessions",
-        lambda s: cpu_fit(raw, s)[2],
-        lower_is_better=False,
-        target="≥ 400",
-        ok=lambda v: v >= 400,
-    )
-    row("B2 CPU per session", "% of a core", lambda s: cpu_fit(raw, s)[1] * 100, lower_is_better=True)
     row(
         "B3 memory per idle session (RSS)",
         "KiB",

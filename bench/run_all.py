@@ -123,10 +123,11 @@ def b2_contended(point: dict[str, Any]) -> bool:
 
 def b2_estimate(k: int, cpu: float, history: list[dict[str, Any]]) -> int:
     """K expected at 80 % CPU: a line through every kept-up point so far, else proportional to this one."""
-    pts = [(p["k"], p["cpu_frac"]) for p in history if "error" not in p and p.get("delivered", 0) >= 0.97]
+    pts = [(int(p["k"]), float(p["cpu_frac"])) for p in history if "error" not in p and p.get("delivered", 0) >= 0.97]
     if len({x for x, _ in pts}) >= 2:
         n = len(pts)
-        mk, mc = sum(x for x, _ in pts) / n, sum(c for _, c in pts) / n
+        mk: float = sum(x for x, _ in pts) / n
+        mc: float = sum(c for _, c in pts) / n
         slope = sum((x - mk) * (c - mc) for x, c in pts) / sum((x - mk) ** 2 for x, _ in pts)
         if slope > 0:
             return round((B2_CPU - (mc - slope * mk)) / slope * 0.97)

@@ -46,6 +46,10 @@ vox_engines.register()
 Send = Callable[[Any], Any]
 
 
+def traced_bytes() -> int:
+    return tracemalloc.get_traced_memory()[0]
+
+
 class Running:
     """One session running its graph; ``queue`` is its client message stream (the socket reader's role)."""
 
@@ -216,7 +220,7 @@ async def mem(p: dict[str, Any]) -> dict[str, Any]:
         gc.collect()
         if mode == "traced":
             tracemalloc.start()
-        measure = (lambda: tracemalloc.get_traced_memory()[0]) if mode == "traced" else rss_bytes
+        measure: Callable[[], int] = traced_bytes if mode == "traced" else rss_bytes
         base = measure()
         bench = RealTime(k)
         bench.start()

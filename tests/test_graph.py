@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from stages.graph import SILENT_ITEMS, Inbox, put_drop_oldest
-from stages.items import AudioIn, Commit, SpeechAudio, TurnDone
+from stages.items import AudioIn, Commit, Item, SpeechAudio, TurnDone
 
 
 async def test_inbox_is_a_bounded_fifo_whose_put_waits_for_room() -> None:
@@ -66,6 +66,6 @@ async def test_drop_oldest_keeps_the_newest_audio() -> None:
 
 
 def test_silent_items_have_no_client_message() -> None:
-    samples = [AudioIn(b"\0\0", 16000, 0.0), Commit(0.0), SpeechAudio(1, b"\0\0", 16000), TurnDone(1)]
+    samples: list[Item] = [AudioIn(b"\0\0", 16000, 0.0), Commit(0.0), SpeechAudio(1, b"\0\0", 16000), TurnDone(1)]
     assert {type(s) for s in samples} == SILENT_ITEMS
     assert all(s.to_message("stage") is None for s in samples)
