@@ -57,6 +57,7 @@ class BenchVad(_NoLoad):
 
 class _BenchVadStage(BaseStage):
     interruptible: ClassVar[bool] = False
+    inline: ClassVar[bool] = True  # like voxpipe's VAD stage
     _SILENCE = bytes(FRAME_BYTES)
 
     def __init__(self, ctx: StageContext) -> None:

@@ -97,6 +97,10 @@ class Session:
             emitter = StageEmitter(spec.name, self, self.outbox, nxt, spec.name in subscribed)
             stage = spec.engine.new_stage(self.ctx)
             self.runners.append(StageRunner(spec.name, stage, self.inboxes[i], emitter, self))
+        for upstream, downstream in zip(self.runners, self.runners[1:], strict=False):
+            # Only from a non-interruptible stage: an interrupted child task must not cut a cheap stage's work.
+            if downstream.inlinable and not upstream.stage.interruptible:
+                upstream.emitter.inline_next = downstream
 
     def ready(self) -> m.Ready:
         graph = [m.GraphNode(s.name, s.engine_name, s.input_type, s.output_type) for s in self.specs]
@@ -314,7 +318,11 @@ class Session:
             return
         now = time.monotonic()
         if self._input_types[index] == "audio":
-            if put_drop_oldest(self.inboxes[index], AudioIn(pcm, self.in_rate_hz, now), "audio_in"):
+            item = AudioIn(pcm, self.in_rate_hz, now)
+            runner = self.runners[index]
+            if runner.try_inline():  # an idle cheap first stage (VAD) takes it in this task
+                await runner.run_inline(item)
+            elif put_drop_oldest(self.inboxes[index], item, "audio_in"):
                 self.audio_in_dropped += 1
             return
         if self._speech_entry is None or self._speech_entry[0] != index:

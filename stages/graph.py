@@ -142,7 +142,7 @@ def put_drop_oldest(queue: Inbox[Any], item: Any, edge: str) -> bool:
 
 
 class StageEmitter:
-    __slots__ = ("_host", "_next", "_observe", "_outbox", "_turns", "name", "subscribed")
+    __slots__ = ("_host", "_next", "_observe", "_outbox", "_turns", "inline_next", "name", "subscribed")
 
     def __init__(
         self,
@@ -159,6 +159,8 @@ class StageEmitter:
         self._turns = host.turns
         self._outbox = outbox
         self._next = next_inbox
+        # the next stage's runner when it takes inline hand-offs from this (non-interruptible) stage
+        self.inline_next: StageRunner | None = None
 
     async def emit(self, item: Item) -> None:
         """Cancellation-safe: a cancelled emit has handed the item to nobody or to all its receivers but the
@@ -172,15 +174,22 @@ class StageEmitter:
         if kind is TurnDone:
             if nxt is None:
                 await self._outbox.put_end(turn)  # type: ignore[arg-type]
-            elif not nxt.try_put(item):
-                await nxt.put(item)
+            else:
+                await self._forward(nxt, item)
             return
         if self.subscribed:
             if type(item) is AudioChunk:
                 await self._outbox.put_audio(self.name, item)
             elif kind not in SILENT_ITEMS:
                 await self._outbox.put_message(self.name, turn, item)
-        if nxt is not None and item.downstream and not nxt.try_put(item):
+        if nxt is not None and item.downstream:
+            await self._forward(nxt, item)
+
+    async def _forward(self, nxt: Inbox[Any], item: Item) -> None:
+        runner = self.inline_next
+        if runner is not None and runner.try_inline():
+            await runner.run_inline(item)
+        elif not nxt.try_put(item):
             await nxt.put(item)
 
 
@@ -195,12 +204,24 @@ class StageRunner:
         self.host = host
         self._current: tuple[int | None, asyncio.Task[None]] | None = None
         self._failed_turns: set[int] = set()
+        # Inline hand-offs (``try_inline``): only for cheap non-interruptible stages that declare ``inline``.
+        self.inlinable = bool(getattr(stage, "inline", False)) and not stage.interruptible
+        self._parked = False  # waiting in ``inbox.get()`` on an empty inbox
+        self._inline_busy = False
+        self._inline_done = asyncio.Event()
 
     async def run(self) -> None:
         turns = self.host.turns
         interruptible = self.stage.interruptible
+        inbox = self.inbox
         while True:
-            item = await self.inbox.get()
+            self._parked = True
+            try:
+                item = await inbox.get()
+            finally:
+                self._parked = False
+            while self._inline_busy:  # an item handed over inline came before this one: let it finish
+                await self._inline_done.wait()
             turn = item.turn
             if turn is not None and turn not in turns:
                 continue  # an item of a finished or interrupted turn: drop it
@@ -222,6 +243,28 @@ class StageRunner:
             # only the child was cancelled (its turn was interrupted): carry on with the next item
         finally:
             self._current = None
+
+    def try_inline(self) -> bool:
+        """Claim this stage for one inline hand-off: True when it is idle on an empty inbox.
+
+        The caller must then ``await run_inline(item)``. Items that arrive meanwhile wait in the inbox
+        and are handled after it, so order is kept; so is the one-item-at-a-time rule.
+        """
+        if self.inlinable and self._parked and not self._inline_busy and not self.inbox.qsize():
+            self._inline_busy = True
+            self._inline_done.clear()
+            return True
+        return False
+
+    async def run_inline(self, item: Item) -> None:
+        """Handle ``item`` in the caller's task, exactly as the runner's own loop would."""
+        try:
+            turn = item.turn
+            if turn is None or turn in self.host.turns:
+                await self._handle(item)
+        finally:
+            self._inline_busy = False
+            self._inline_done.set()
 
     def cancel_turn(self, turn: int) -> None:
         """Cancel the in-flight work of ``turn`` at once (task cancellation, not a flag polled later)."""
