@@ -189,6 +189,10 @@ def markdown(data: dict[str, Any]) -> str:
             f"| {r['name']} | {r['unit']} | {_fmt(r['voxpipe'])} | {_fmt(r['pipecat_lean'])} | "
             f"{_fmt(r['pipecat_default'])} | {_fmt(r['floor'])} | {ratio} | {r['target']} | {r['met']} |"
         )
+    per_round = {
+        s: "/".join(str(r["k"]) for r in data["raw"].get("b2", {}).get(s, []))
+        for s in ("voxpipe", "pipecat-lean", "pipecat-default")
+    }
     n = data.get("b4_interrupts", {})
     lines += [
         "",
@@ -196,7 +200,9 @@ def markdown(data: dict[str, Any]) -> str:
         "websockets echo floor (round trips: voxpipe ÷ floor; throughput: floor ÷ voxpipe).",
         f"Medians of {meta['rounds']} interleaved rounds, each run in a fresh process pinned to one core; B4 pools "
         f"{n.get('voxpipe', 0)} / {n.get('pipecat-lean', 0)} / {n.get('pipecat-default', 0)} interrupts "
-        "(voxpipe / lean / default) over the rounds.",
+        "(voxpipe / lean / default) over the rounds. B2 per round: "
+        + "; ".join(f"{s} {v}" for s, v in per_round.items() if v)
+        + ".",
         f"pipecat-ai {meta['pipecat']}, Python {meta['python']}, {meta['machine']}; load average before/after "
         f"{meta['load_avg_before'][0]:.1f} / {meta['load_avg_after'][0]:.1f} ({meta['shared_machine']}).",
         f"Run took {meta['elapsed_s'] / 60:.1f} min.",

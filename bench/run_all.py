@@ -123,7 +123,11 @@ def b2_contended(point: dict[str, Any]) -> bool:
 
 def b2_estimate(k: int, cpu: float, history: list[dict[str, Any]]) -> int:
     """K expected at 80 % CPU: a line through every kept-up point so far, else proportional to this one."""
-    pts = [(int(p["k"]), float(p["cpu_frac"])) for p in history if "error" not in p and p.get("delivered", 0) >= 0.97]
+    pts = [
+        (int(p["k"]), float(p["cpu_frac"]))
+        for p in history
+        if "error" not in p and p.get("delivered", 0) >= 0.97 and p.get("waited_frac", 0) < 0.05
+    ]
     if len({x for x, _ in pts}) >= 2:
         n = len(pts)
         mk: float = sum(x for x, _ in pts) / n
@@ -139,13 +143,14 @@ def b2_search(
 ) -> tuple[int, list[dict[str, Any]]]:
     """Bracket the largest passing K to within ~8 %, stepping by the CPU estimate first.
 
-    A point that fails only because neighbours held the CPU is measured again (once per search).
+    A point that fails while neighbours held the CPU (waited > 10 %) is measured again, up to three
+    times per search; after that it counts as a failure.
     """
     good, bad = 0, 0
     k = max(1, start_k)
     points: list[dict[str, Any]] = []
-    retries = 1
-    while len(points) < max_points + 1 - retries:
+    retries = 3
+    while len(points) < max_points + 3 - retries:
         point = run(system, "rt", {"k": k, **measure})
         point.setdefault("k", k)
         points.append(point)
@@ -172,7 +177,7 @@ def b2_search(
         cpu = point.get("cpu_frac") or 1.0
         estimate = b2_estimate(k, cpu, history)
         if not bad:
-            k = min(max(estimate, round(k * 1.1) + 1), k * 3)
+            k = min(max(estimate, round(k * 1.2) + 1), k * 3)
         elif not good:
             k = max(1, min(estimate, round(k * 0.85))) if cpu > B2_CPU else max(1, round(k * 0.7))
         else:
@@ -289,7 +294,7 @@ def main() -> int:
                 prior = [x["k"] for x in runs if x["k"]]
                 start = max(prior) if prior else b2_start[system]
                 history = [p for x in runs for p in x["points"]]
-                best, points = b2_search(system, start, 4 if prior else 5, rt_measure, history)
+                best, points = b2_search(system, start, 5 if prior else 6, rt_measure, history)
                 add("b2", system, {"k": best, "points": points})
                 log(f"   B2 {system:16} => {best} sessions on one core")
 
