@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,15 +18,22 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.frames import CloseCode
+from websockets.typing import Origin
 
+from server.admission import Admission, Ticket
+from server.auth import Authenticator
 from server.config import Config
+from server.echo_guard import echo_guard_options
 from server.errors import ProtocolError
 from server.http import DEFAULT_WEB_ROOT, Routes
 from server.metrics import METRICS, SESSIONS_OPEN, SESSIONS_TOTAL
 from server.session import Session, validate_hello
 from stages.registry import StageSpec, build_pipeline, describe_chain, load_all
 from transports import messages as m
-from transports.websocket import Send, handle_connection
+from transports.webrtc import CallIn, WebrtcHub
+from transports.websocket import Send, close_bounded, handle_connection, reap_closing
+
+log = logging.getLogger("voxpipe.app")
 
 
 class RunningServer:
@@ -40,6 +48,14 @@ class RunningServer:
         self.ws_server: Server | None = None
         self.port = 0
         self.accepting = True
+        self.echo_guard = echo_guard_options(config.extra)  # ConfigError at start, naming the bad key
+        self.admission = Admission(
+            Authenticator(config.auth),
+            config.limits,
+            max_sessions=config.server.max_sessions,
+            accepting=lambda: self.accepting,
+        )
+        self.webrtc = WebrtcHub.from_config(config.extra.get("webrtc"))  # validates the webrtc section
         METRICS.add_collector(lambda: SESSIONS_OPEN.set(len(self.sessions)))
 
     @property
@@ -65,14 +81,21 @@ class RunningServer:
         return {
             "status": "ok" if self.accepting else "draining",
             "sessions": len(self.sessions),
+            "connections": self.admission.connections,
+            "tasks": len(asyncio.all_tasks()),  # leak checks (bench/soak.py)
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "graph": [
                 {"name": s.name, "engine": s.engine_name, "in": s.input_type, "out": s.output_type} for s in self.specs
             ],
         }
 
-    def open_session(self, hello: m.Hello, send: Send, ws: ServerConnection) -> Session:
+    def open_session(self, hello: m.Hello, send: Send, ticket: Ticket) -> Session:
+        identity = self.admission.admit_user(ticket, hello.token)  # unauthorized: close 1008
         validate_hello(hello, [s.name for s in self.specs])
+        prompt = hello.session.system_prompt if hello.session else None
+        max_chars = self.config.limits.max_text_chars
+        if prompt is not None and max_chars is not None and len(prompt) > max_chars:
+            raise ProtocolError("too_long", f"hello.session.system_prompt: over {max_chars} characters")
         if not self.accepting:
             raise ProtocolError(
                 "shutting_down", "the server is shutting down", fatal=True, close_code=CloseCode.GOING_AWAY
@@ -84,22 +107,36 @@ class RunningServer:
                 fatal=True,
                 close_code=CloseCode.TRY_AGAIN_LATER,
             )
-        return Session(hello, self.specs, self.config.session, send)
+        self.admission.check_ip(ticket)
+        session = Session(hello, self.specs, self.config.session, send, echo_guard=self.echo_guard)
+        self.log_session(session, ticket, identity.user)
+        return session
+
+    def log_session(self, session: Session, ticket: Ticket, user: str | None) -> None:
+        log.info("session %s opened: ip %s user %s", session.id, ticket.ip, user or "-")
 
     async def handler(self, ws: ServerConnection) -> None:
-        def open_session(hello: m.Hello, send: Send, conn: ServerConnection) -> Session:
-            session = self.open_session(hello, send, conn)
+        def open_session(hello: m.Hello, send: Send, conn: ServerConnection) -> CallIn:
+            call = self.webrtc.call_in(send)  # routes agent audio to a WebRTC track once a call is up
+            session = self.open_session(hello, call.send, ticket)
             self.sessions[session.id] = session
             SESSIONS_TOTAL.inc()
             opened.append(session)
-            return session
+            return call.attach(session)
 
         opened: list[Session] = []
-        try:
-            await handle_connection(ws, hello_timeout_s=self.config.server.hello_timeout_s, open_session=open_session)
-        finally:
-            for session in opened:
-                self.sessions.pop(session.id, None)
+        with self.admission.connection(ws) as ticket:
+            try:
+                await handle_connection(
+                    ws,
+                    hello_timeout_s=self.config.server.hello_timeout_s,
+                    open_session=open_session,
+                    limits=self.config.limits,
+                    max_frame_bytes=self.config.server.max_frame_bytes,
+                )
+            finally:
+                for session in opened:
+                    self.sessions.pop(session.id, None)
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Stop accepting, let the turns in flight finish (up to ``timeout_s``), then close all with 1001."""
@@ -112,9 +149,38 @@ class RunningServer:
             t.responding for s in self.sessions.values() for t in s.turns.values()
         ):
             await asyncio.sleep(0.05)
-        if self.ws_server is not None:
-            self.ws_server.close(close_connections=True, code=CloseCode.GOING_AWAY, reason="server shutting down")
-            await self.ws_server.wait_closed()
+        server = self.ws_server
+        if server is None:
+            return
+        # websockets' own close waits for every client to read its close frame; a client that stopped
+        # reading would hold the shutdown, so each close is bounded and then aborted.
+        closing = [
+            asyncio.create_task(close_bounded(ws, CloseCode.GOING_AWAY, "server shutting down"))
+            for ws in server.connections
+        ]
+        if closing:
+            await asyncio.wait(closing)
+        server.close(close_connections=False)  # websockets' close task: waits for the handlers to return
+        close_s = self.config.server.close_timeout_s or 5.0
+        try:
+            async with asyncio.timeout(close_s):
+                await server.wait_closed()
+        except TimeoutError:
+            for ws in list(server.all_connections):  # open or stuck closing: abort them all
+                ws.transport.abort()
+            try:
+                async with asyncio.timeout(close_s):
+                    await server.wait_closed()
+            except TimeoutError:
+                self.log("voxpipe: some connections did not finish closing; stopping anyway")
+
+
+def _origins(config: Config) -> list[Origin | None] | None:
+    """websockets' Origin check (HTTP 403): the allowed list, plus None (no header) for non-browser clients."""
+    if config.auth.allowed_origins is None:
+        return None
+    allowed: list[Origin | None] = [Origin(o) for o in config.auth.allowed_origins]
+    return [*allowed, None] if config.auth.allow_missing_origin else allowed
 
 
 def _stderr_log(text: str) -> None:
@@ -136,12 +202,15 @@ async def serve(
     running = RunningServer(config, specs, say)
     opts = config.server
     web_root = Path(opts.web_root) if opts.web_root else DEFAULT_WEB_ROOT
-    routes = Routes(ws_path=opts.ws_path, web_root=web_root, health=running.health)
+    routes = Routes(
+        ws_path=opts.ws_path, web_root=web_root, health=running.health, admit=running.admission.check_handshake
+    )
     ws_server = await ws_serve(
         running.handler,
         opts.host,
         opts.port,
         process_request=routes,
+        origins=_origins(config),
         max_size=opts.max_frame_bytes,
         compression=None,
         ping_interval=opts.ping_interval_s,
@@ -155,9 +224,13 @@ async def serve(
     running.ws_server = ws_server
     running.port = ws_server.sockets[0].getsockname()[1]
     say(f"voxpipe: serving the demo page at {running.http_url} (WebSocket {running.url})")
+    reaper = asyncio.create_task(reap_closing(ws_server, min(1.0, opts.close_timeout_s or 1.0)), name="reaper")
     try:
         yield running
     finally:
-        await running.drain(timeout_s=0 if quiet else None)
+        try:
+            await running.drain(timeout_s=0 if quiet else None)
+        finally:
+            reaper.cancel()
         for spec in specs:
             await spec.engine.aclose()

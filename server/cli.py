@@ -1,4 +1,5 @@
-"""``voxpipe serve`` and ``voxpipe check-config``: start-up banner, and SIGINT/SIGTERM drain."""
+"""``voxpipe serve``, ``voxpipe check-config`` and ``voxpipe token``: start-up banner, SIGINT/SIGTERM drain,
+and HS256 tokens for ``auth.mode: jwt``."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
+from server.auth import issue_token, resolve_secret
 from server.config import Config, load_config
 from server.errors import ConfigError
 from stages.registry import build_pipeline, describe_chain
@@ -40,6 +43,17 @@ async def _serve(config: Config) -> None:
         print("voxpipe: shutting down: finishing current turns, then closing sessions (1001)", flush=True)
 
 
+def _print_token(path: str, user: str, ttl_s: float) -> int:
+    auth = load_config(path).auth
+    if auth.mode != "jwt":
+        raise ConfigError(f"auth.mode is {auth.mode!r}: tokens are issued only for mode 'jwt'")
+    if not user or ttl_s <= 0:
+        raise ConfigError("token: --user must not be empty and --ttl-s must be > 0")
+    secret = resolve_secret(auth, os.environ)
+    print(issue_token(secret, user, ttl_s=ttl_s, issuer=auth.issuer, audience=auth.audience))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voxpipe", description="Realtime voice-agent server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--log-level", default="WARNING", help="Python logging level (default: WARNING)")
     check = sub.add_parser("check-config", help="validate a config file and print the stage chain")
     check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    tok = sub.add_parser("token", help="print an HS256 JWT for a user (auth.mode: jwt)")
+    tok.add_argument("--config", default=DEFAULT_CONFIG, help="config file with the auth section")
+    tok.add_argument("--user", required=True, help="the user id (JWT subject; per-user caps count it)")
+    tok.add_argument("--ttl-s", type=float, default=3600.0, help="validity in seconds (default: 3600)")
     args = parser.parse_args(argv)
 
     try:
@@ -59,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{Path(args.config)}: ok")
             print(describe_chain(specs))
             return 0
+        if args.command == "token":
+            return _print_token(args.config, args.user, args.ttl_s)
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
         config = _load(args.config, args.host, args.port)
         asyncio.run(_serve(config))

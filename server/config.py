@@ -12,7 +12,9 @@ from typing import Any
 
 import yaml
 
+from server.auth import AuthOptions
 from server.errors import ConfigError
+from server.limits import LimitOptions
 from server.options import build, require
 
 
@@ -42,7 +44,7 @@ class ServerOptions:
 
 @dataclass(frozen=True, slots=True)
 class SessionDefaults:
-    system_prompt: str = "You are a helpful voice assistant. Answer briefly, in one or two sentences."
+    system_prompt: str = "You are a helpful assistant. Reply in one short sentence."
     voice: str | None = None
     language: str | None = "en"
     lead_ms: float = 200.0  # how far audio may run ahead of real-time playback
@@ -67,12 +69,14 @@ class Config:
     session: SessionDefaults = field(default_factory=SessionDefaults)
     # Raw stage entries; ``stages.registry.build_pipeline`` validates them against each engine.
     pipeline: list[dict[str, Any]] = field(default_factory=list)
-    # Free-form sections other issues add (auth, limits, upstream pools ...), validated by their owners.
+    auth: AuthOptions = field(default_factory=AuthOptions)  # server/auth.py
+    limits: LimitOptions = field(default_factory=LimitOptions)  # server/limits.py
+    # Free-form sections other issues add (upstream pools ...), validated by their owners.
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-KNOWN_SECTIONS = ("server", "session", "pipeline")
-EXTRA_SECTIONS = ("auth", "limits", "webrtc", "upstreams", "echo_guard")
+KNOWN_SECTIONS = ("server", "session", "pipeline", "auth", "limits")
+EXTRA_SECTIONS = ("webrtc", "upstreams", "echo_guard")
 
 
 def parse_config(data: Any, source: str = "config") -> Config:
@@ -94,6 +98,8 @@ def parse_config(data: Any, source: str = "config") -> Config:
         server=build(ServerOptions, data.get("server"), "server"),
         session=build(SessionDefaults, data.get("session"), "session"),
         pipeline=pipeline,
+        auth=build(AuthOptions, data.get("auth"), "auth"),
+        limits=build(LimitOptions, data.get("limits"), "limits"),
         extra={k: data[k] for k in EXTRA_SECTIONS if k in data},
     )
 

@@ -30,6 +30,7 @@ _EXTRA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "a
 def response(status: int, body: bytes, content_type: str, *, extra: dict[str, str] | None = None) -> Response:
     reasons = {
         200: "OK",
+        401: "Unauthorized",
         403: "Forbidden",
         404: "Not Found",
         405: "Method Not Allowed",
@@ -71,15 +72,23 @@ def _static(web_root: Path, path: str) -> Response | None:
 class Routes:
     """``process_request`` for the server: returns a Response, or None to go on with the handshake."""
 
-    def __init__(self, *, ws_path: str, web_root: Path, health: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        *,
+        ws_path: str,
+        web_root: Path,
+        health: Callable[[], dict[str, Any]],
+        admit: Callable[[Any, Request], Response | None] | None = None,
+    ) -> None:
         self.ws_path = ws_path
         self.web_root = web_root
         self.health = health
+        self.admit = admit  # the WebSocket path's gate (auth, caps): a Response refuses the handshake
 
     def __call__(self, connection: Any, request: Request) -> Response | None:
         path = unquote(urlsplit(request.path).path)
         if path == self.ws_path:
-            return None
+            return self.admit(connection, request) if self.admit is not None else None
         if path == "/healthz":
             return json_response(200, self.health())
         if path == "/schema":

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from server.config import SessionDefaults
+from server.echo_guard import EchoGuard, EchoGuardOptions
 from server.errors import ProtocolError
 from server.metrics import ERRORS_TOTAL, INTERRUPTIONS_TOTAL, TURNS_TOTAL
 from server.outbox import Outbox
@@ -43,6 +44,7 @@ class Session:
         send: Send,
         *,
         session_id: str | None = None,
+        echo_guard: EchoGuardOptions | None = None,
     ) -> None:
         self.id = session_id or uuid.uuid4().hex[:12]
         self.hello = hello
@@ -59,6 +61,11 @@ class Session:
         self._tg: asyncio.TaskGroup | None = None
         self._speech_entry: tuple[int, int] | None = None  # (stage index, open turn) for entries at ASR
         self.audio_in_dropped = 0
+        # Clients without echo cancellation: the agent's audio leaving through ``send`` is the reference
+        # the guard compares the mic with (see server/echo_guard.py).
+        self.echo_guard = EchoGuard.for_hello(hello, echo_guard, time.monotonic())
+        if self.echo_guard is not None:
+            send = self.echo_guard.tap(send, time.monotonic)
         options = hello.session or m.SessionOptions()
         self.ctx = StageContext(
             session_id=self.id,
@@ -102,6 +109,11 @@ class Session:
             if downstream.inlinable and not upstream.stage.interruptible:
                 upstream.emitter.inline_next = downstream
 
+    @property
+    def busy(self) -> bool:
+        """A turn is open (the user is speaking or the agent is answering): the session is not idle."""
+        return bool(self.turns)
+
     def ready(self) -> m.Ready:
         graph = [m.GraphNode(s.name, s.engine_name, s.input_type, s.output_type) for s in self.specs]
         return m.Ready(session=self.id, graph=graph, audio_in=self.hello.audio_in, audio_out=self.hello.audio_out)
@@ -144,6 +156,8 @@ class Session:
         task = self._tg.create_task(self._guard(coro))
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
+        # a task cancelled before its first step never starts ``coro``: close it (no "never awaited" warning)
+        task.add_done_callback(lambda _task: coro.close())
         return task
 
     async def _guard(self, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -263,7 +277,8 @@ class Session:
 
     def error(self, code: str, message: str, *, turn: int | None = None, fatal: bool = False) -> None:
         ERRORS_TOTAL.inc(code=code)
-        self.outbox.control(m.Error(code=code, message=message, fatal=fatal, turn=turn))
+        # a client that sends bad messages without reading must not grow the control lane: drop when full
+        self.outbox.control(m.Error(code=code, message=message, fatal=fatal, turn=turn), droppable=not fatal)
 
     # ------------------------------------------------------------ client messages
 
@@ -278,6 +293,8 @@ class Session:
                 self.error("bad_field", "played.ms: must be >= 0")
             elif turn is not None:
                 turn.played_ack_ms = max(turn.played_ack_ms or 0.0, msg.ms)
+                if self.echo_guard is not None:
+                    self.echo_guard.played(msg.turn, msg.ms, time.monotonic())
         elif kind is m.Text:
             await self._text(msg.text, self._entry_of_kind("llm", "text"))
         elif kind is m.Say:
@@ -318,6 +335,10 @@ class Session:
             return
         now = time.monotonic()
         if self._input_types[index] == "audio":
+            if self.echo_guard is not None:
+                pcm = self.echo_guard.process(pcm, now)  # echo-only frames silenced before the VAD
+                if not pcm:
+                    return
             item = AudioIn(pcm, self.in_rate_hz, now)
             runner = self.runners[index]
             if runner.try_inline():  # an idle cheap first stage (VAD) takes it in this task

@@ -3,6 +3,11 @@
 Partials re-decode the growing buffer at most every ``partial_interval_ms`` and never more than one
 at a time, in the background, so audio keeps flowing while a partial decodes; a slow backend simply
 yields fewer partials (it never falls behind real time). Backends implement ``AsrBackend``.
+
+Speculative final: when the user pauses (``pause_decode_ms`` of trailing silence, as reported by the
+VAD), the utterance so far is decoded as a final right away. If the VAD then ends the utterance with
+no voice heard since, that decode *is* the final transcript, so the endpoint silence and the final
+decode overlap instead of adding up; if the user speaks again, it is dropped.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from server.errors import StageError
 from server.options import build, require
 from stages.base import BaseStage, Emitter, Engine, StageContext
 from stages.items import Item, SpeechAudio, Transcript
@@ -35,9 +41,11 @@ class Options:
     partial_interval_ms: float = 700.0  # 0 turns partial transcripts off
     min_partial_audio_ms: float = 300.0
     max_utterance_ms: float = 30000.0  # older audio of a longer utterance is dropped
+    pause_decode_ms: float = 120.0  # trailing silence that starts a speculative final decode; 0 turns it off
 
     def validate(self) -> None:
         require(self.partial_interval_ms >= 0, "partial_interval_ms", "must be >= 0")
+        require(self.pause_decode_ms >= 0, "pause_decode_ms", "must be >= 0")
         require(self.max_utterance_ms >= 1000, "max_utterance_ms", "must be >= 1000")
 
 
@@ -72,16 +80,23 @@ class AsrStage(BaseStage):
         self.ctx = ctx
         self.turn: int | None = None
         self.buffer = bytearray()
+        self.received_bytes = 0  # of this utterance, at the backend's rate (the buffer may be trimmed)
         self.rate_hz = 16000
         self.resampler: Any = None
         self.partial_task: asyncio.Task[None] | None = None
         self.decoded_bytes = 0  # buffer length at the last partial
         self.last_partial = ""
+        # speculative final: its task, and received_bytes / trailing silence when it started
+        self.pause_task: asyncio.Task[str | None] | None = None
+        self.pause_at_bytes = 0
+        self.pause_silence_ms = 0.0
 
     def _reset(self, turn: int, rate_hz: int) -> None:
         self._cancel_partial()
+        self._drop_pause_decode()
         self.turn = turn
         self.buffer.clear()
+        self.received_bytes = 0
         self.decoded_bytes = 0
         self.last_partial = ""
         self.resampler = None
@@ -97,6 +112,11 @@ class AsrStage(BaseStage):
             self.partial_task.cancel()
         self.partial_task = None
 
+    def _drop_pause_decode(self) -> None:
+        if self.pause_task is not None and not self.pause_task.done():
+            self.pause_task.cancel()
+        self.pause_task = None
+
     async def process(self, item: Item, out: Emitter) -> None:
         if not isinstance(item, SpeechAudio):
             return
@@ -104,10 +124,35 @@ class AsrStage(BaseStage):
             self._reset(item.turn, item.rate_hz)
         pcm = item.pcm if self.resampler is None else self.resampler.process(item.pcm)
         self.buffer += pcm
+        self.received_bytes += len(pcm)
         max_bytes = int(self.options.max_utterance_ms * self.rate_hz / 1000) * 2
         if len(self.buffer) > max_bytes:
             del self.buffer[: len(self.buffer) - max_bytes]
-        self._maybe_partial(out)
+        self._track_pause(item.trailing_silence_ms)
+        if self.pause_task is None:
+            self._maybe_partial(out)
+
+    def _track_pause(self, trailing_silence_ms: float) -> None:
+        """Start a speculative final at a pause; drop it when voice came back since."""
+        bytes_per_ms = self.rate_hz * 2 / 1000
+        if self.pause_task is not None:
+            # while nobody speaks, the silence run grows as fast as the audio does
+            expected_ms = self.pause_silence_ms + (self.received_bytes - self.pause_at_bytes) / bytes_per_ms
+            if trailing_silence_ms < expected_ms - 40.0:
+                self._drop_pause_decode()
+            return
+        pause_ms = self.options.pause_decode_ms
+        if pause_ms > 0 and trailing_silence_ms >= pause_ms and len(self.buffer) >= 100 * bytes_per_ms:
+            self._cancel_partial()  # the speculative final supersedes it
+            self.pause_at_bytes = self.received_bytes
+            self.pause_silence_ms = trailing_silence_ms
+            self.pause_task = self.ctx.spawn(self._speculate(bytes(self.buffer)))
+
+    async def _speculate(self, pcm: bytes) -> str | None:
+        try:
+            return await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=True, ctx=self.ctx)
+        except StageError:
+            return None  # the real final decode will run (and report a persistent failure)
 
     def _maybe_partial(self, out: Emitter) -> None:
         interval = self.options.partial_interval_ms
@@ -133,15 +178,19 @@ class AsrStage(BaseStage):
             await out.emit(Transcript(turn, "", final=True))
             return
         self._cancel_partial()
+        pause_task, self.pause_task = self.pause_task, None
         if self.resampler is not None:
             self.buffer += self.resampler.flush()
         pcm = bytes(self.buffer)
         self.buffer.clear()
         self.turn = None
-        text = ""
-        if pcm:
-            text = (await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=True, ctx=self.ctx)).strip()
-        await out.emit(Transcript(turn, text, final=True))
+        text: str | None = None
+        if pause_task is not None and not pause_task.cancelled():
+            text = await pause_task  # decoded at the pause, with no voice since: the final transcript
+        if text is None and pcm:
+            text = await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=True, ctx=self.ctx)
+        await out.emit(Transcript(turn, (text or "").strip(), final=True))
 
     async def close(self) -> None:
         self._cancel_partial()
+        self._drop_pause_decode()

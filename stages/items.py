@@ -59,13 +59,16 @@ class SpeechAudio:
     """Audio of one utterance (turn), PCM16 LE mono at ``rate_hz``.
 
     ``voiced_ms`` is the voiced time of the current sustained run of speech (short gaps bridged):
-    the session compares it with ``barge_in_min_ms`` for barge-in.
+    the session compares it with ``barge_in_min_ms`` for barge-in. ``trailing_silence_ms`` is the
+    unvoiced time at the end of this piece (0 when its last frame is voiced): the ASR stage starts
+    a speculative final decode when the user pauses.
     """
 
     turn: int
     pcm: bytes
     rate_hz: int
     voiced_ms: float = 0.0
+    trailing_silence_ms: float = 0.0
     downstream: ClassVar[bool] = True
 
     def to_message(self, stage: str) -> None:

@@ -1,8 +1,11 @@
 """TTS stage: speaks reply text clause by clause as soon as each clause is complete.
 
 A clause ends at sentence punctuation (after ``min_clause_chars``) or at ``max_clause_chars``
-(split at a space). Audio is resampled to the session's output rate and cut into ``chunk_ms``
-chunks; the first chunk of each clause carries its text so the session knows what was spoken.
+(split at a space). The first clause of a turn is cut sooner, at a comma too or at a space before
+``first_clause_max_chars``: engines such as Piper synthesize a clause at once, so a short first
+clause is the shortest path to the first audio; later clauses are synthesized while it plays.
+Audio is resampled to the session's output rate and cut into ``chunk_ms`` chunks; the first chunk
+of each clause carries its text so the session knows what was spoken.
 Backends implement ``TtsBackend.synthesize``.
 """
 
@@ -37,11 +40,17 @@ class Options:
     chunk_ms: int = 20  # audio message duration
     min_clause_chars: int = 12  # shorter sentences wait for the next one
     max_clause_chars: int = 160  # longer text is split at a space
+    first_clause_max_chars: int = 60  # a turn's first clause also ends at a comma, or at a space here; 0: off
 
     def validate(self) -> None:
         require(self.chunk_ms in (10, 20, 30, 40, 60, 80, 100), "chunk_ms", "must be 10/20/30/40/60/80/100")
         require(self.min_clause_chars >= 1, "min_clause_chars", "must be >= 1")
         require(self.max_clause_chars >= self.min_clause_chars, "max_clause_chars", "must be >= min_clause_chars")
+        require(
+            self.first_clause_max_chars == 0 or self.first_clause_max_chars > self.min_clause_chars,
+            "first_clause_max_chars",
+            "must be 0 (off) or > min_clause_chars",
+        )
 
 
 class TtsEngine:
@@ -91,6 +100,24 @@ def split_clauses(buffer: str, *, min_chars: int, max_chars: int, final: bool) -
     return [c.strip() for c in clauses if c.strip()], rest
 
 
+_FIRST_CLAUSE_END = re.compile(r"[,.!?;:…\n]+[\"')\]]*(\s+|$)")
+
+
+def first_clause(buffer: str, *, min_chars: int, max_chars: int) -> tuple[str | None, str]:
+    """A turn's first clause, cut early: at any clause punctuation including a comma (after
+    ``min_chars``), else at the last space before ``max_chars`` once the text is longer; and the rest."""
+    for match in _FIRST_CLAUSE_END.finditer(buffer):
+        if match.end() == len(buffer) and not match.group(1):
+            break  # "3," may be "3,000": wait for what follows
+        if match.end() >= min_chars and buffer[: match.end()].strip():
+            return buffer[: match.end()].strip(), buffer[match.end() :]
+    if len(buffer) > max_chars:
+        cut = buffer.rfind(" ", min_chars, max_chars)
+        if cut > 0:
+            return buffer[:cut].strip(), buffer[cut:]
+    return None, buffer
+
+
 class TtsStage(BaseStage):
     interruptible: ClassVar[bool] = True
 
@@ -100,6 +127,7 @@ class TtsStage(BaseStage):
         self.ctx = ctx
         self.turn: int | None = None
         self.buffer = ""
+        self.first_pending = False  # the turn's first clause is still to be cut
         self.rate_hz = ctx.out_rate_hz
         self.chunk_bytes = int(self.rate_hz * options.chunk_ms / 1000) * 2
 
@@ -111,7 +139,16 @@ class TtsStage(BaseStage):
             return
         if item.turn != self.turn:
             self.turn, self.buffer = item.turn, ""
+            self.first_pending = self.options.first_clause_max_chars > 0
         self.buffer += text
+        if self.first_pending:
+            clause, self.buffer = first_clause(
+                self.buffer, min_chars=self.options.min_clause_chars, max_chars=self.options.first_clause_max_chars
+            )
+            if clause is None:
+                return
+            self.first_pending = False
+            await self._speak(self.turn, clause, out)
         clauses, self.buffer = split_clauses(
             self.buffer,
             min_chars=self.options.min_clause_chars,

@@ -144,7 +144,9 @@ class VadStage(BaseStage):
 
     async def _flush(self, speech: bytearray, out: Emitter) -> None:
         if speech and self.turn is not None:
-            await out.emit(SpeechAudio(self.turn, bytes(speech), self.rate_hz, self.voiced_ms))
+            await out.emit(
+                SpeechAudio(self.turn, bytes(speech), self.rate_hz, self.voiced_ms, self.silence_run_ms)
+            )
 
     async def _start(self, out: Emitter) -> None:
         self.turn = self.ctx.new_turn()

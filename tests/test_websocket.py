@@ -9,7 +9,7 @@ import urllib.request
 import msgpack
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.client import Client, running_server, test_config
 from transports.messages import CLIENT_MESSAGES, SERVER_MESSAGES
@@ -131,16 +131,29 @@ async def test_bye_closes_1000() -> None:
         assert c.ws.close_code == 1000
 
 
-async def test_session_limit_refuses_with_1013() -> None:
+async def test_session_limit_refuses_with_503_at_the_handshake() -> None:
     async with running_server(test_config(server={"max_sessions": 1})) as srv, Client.connect(srv.url):
-        async with connect(srv.url) as ws:
-            await ws.send(json.dumps({"type": "hello", "protocol": 1}))
-            err = json.loads(await ws.recv())
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(srv.url):
+                pass
+        assert info.value.response.status_code == 503
+        assert json.loads(info.value.response.body)["code"] == "server_full"
+
+
+async def test_session_limit_after_the_handshake_refuses_with_1013() -> None:
+    """Two handshakes that both passed the early check: the second hello is refused (1013)."""
+    async with running_server(test_config(server={"max_sessions": 1})) as srv:
+        srv.admission.max_sessions = 2  # as if both handshakes had raced past the early check
+        async with connect(srv.url) as first, connect(srv.url) as second:
+            await first.send(json.dumps({"type": "hello", "protocol": 1}))
+            assert json.loads(await first.recv())["type"] == "ready"
+            await second.send(json.dumps({"type": "hello", "protocol": 1}))
+            err = json.loads(await second.recv())
             assert err["code"] == "server_full"
             assert err["fatal"] is True
             with pytest.raises(ConnectionClosed):
-                await ws.recv()
-            assert ws.close_code == 1013
+                await second.recv()
+            assert second.close_code == 1013
 
 
 async def test_hello_timeout_closes() -> None:

@@ -12,6 +12,7 @@ import binascii
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -90,6 +91,8 @@ def _check_bytes(value: Any, framing: Framing) -> bytes:
 def _check_any(value: Any, _: Framing) -> Any:
     if isinstance(value, dict | list | msgpack.Timestamp):
         raise _FieldError("must be a scalar")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _FieldError("must be a finite number")  # echoed values must encode in JSON too
     return value
 
 
@@ -236,11 +239,32 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack ext type {code} is not accepted")
 
 
+# A JSON escape of a UTF-16 surrogate (\\ud800-\\udfff); paired ones decode fine, lone ones cannot be
+# encoded back to UTF-8 (an echo or a reply containing one would fail on the way out).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_unicode(obj: Any) -> None:
+    """Raise ``UnicodeEncodeError`` when a string (or key) in ``obj`` holds a lone surrogate."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            item.encode("utf-8")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def parse_frame(frame: Frame) -> dict[str, Any]:
     """Decode one frame into its top-level map, or raise ``ProtocolError('bad_frame'|'bad_message')``."""
     try:
         if isinstance(frame, str):
             obj = json.loads(frame, parse_constant=_reject_constant)
+            if _SURROGATE_ESCAPE.search(frame):
+                _check_unicode(obj)
         else:
             obj = msgpack.unpackb(
                 frame, raw=False, strict_map_key=True, ext_hook=_reject_ext, timestamp=0, use_list=True

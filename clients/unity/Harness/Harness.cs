@@ -1,0 +1,237 @@
+// Console harness for VoxpipeClient: proves the client against a running voxpipe server.
+//   mono harness.exe ws://127.0.0.1:8765/ws out.wav [--rate 24000]
+// 1. say  -> every audio chunk of the turn until turn_end (seq 0,1,2..., one turn) -> out.wav
+// 2. text -> prints the streamed reply, then waits for turn_end
+// 3. a long say, interrupt after its first audio -> interrupted arrives, and no audio / turn_end of
+//    that turn follows it.
+// Exit code 0 only when every check held; 1 with "FAIL: ..." lines otherwise; 2 when it could not run.
+using System;
+using System.Collections.Concurrent;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.IO;
+using Voxpipe;
+
+static class Harness
+{
+    static readonly BlockingCollection<object> Events = new BlockingCollection<object>(new ConcurrentQueue<object>(), 100000);
+    static readonly List<string> Failures = new List<string>();
+    static VoxpipeClient client;
+
+    sealed class TurnEnded { public int Turn; }
+    sealed class ClosedEvent { public Exception Failure; }
+
+    static int Main(string[] args)
+    {
+        if (args.Length < 2)
+        {
+            Console.Error.WriteLine("usage: harness.exe WS_URL OUT.wav [--rate HZ]");
+            return 2;
+        }
+        int rate = 16000;
+        for (int i = 2; i + 1 < args.Length; i++)
+            if (args[i] == "--rate") rate = int.Parse(args[i + 1]);
+        try
+        {
+            return Run(new Uri(args[0]), args[1], rate);
+        }
+        catch (Exception exc)
+        {
+            Console.Error.WriteLine("ERROR: " + exc.GetType().Name + ": " + exc.Message);
+            return 2;
+        }
+    }
+
+    static int Run(Uri url, string wavPath, int rate)
+    {
+        client = new VoxpipeClient(new VoxpipeOptions { InputRate = 16000, OutputRate = rate });
+        client.Audio += e => Events.Add(e);
+        client.Reply += e => Events.Add(e);
+        client.TurnEnd += t => Events.Add(new TurnEnded { Turn = t });
+        client.Interrupted += e => Events.Add(e);
+        client.Error += e => Events.Add(e);
+        client.Closed += exc => Events.Add(new ClosedEvent { Failure = exc });
+
+        var ready = client.ConnectAsync(url).GetAwaiter().GetResult();
+        var stages = new List<string>();
+        foreach (var s in ready.Graph) stages.Add(s.Name + "(" + s.Engine + ")");
+        Console.WriteLine("ready: session " + ready.Session + ", graph " + string.Join(" -> ", stages) + ", audio_out " + ready.OutputRate + " Hz");
+        Check(ready.OutputRate == rate, "ready.audio_out.rate is " + ready.OutputRate + ", asked " + rate);
+
+        SayToWav(wavPath, ready.OutputRate);
+        TextReply();
+        InterruptLongSay();
+
+        client.CloseAsync().GetAwaiter().GetResult();
+        client.Dispose();
+        if (Failures.Count == 0)
+        {
+            Console.WriteLine("OK: all checks held");
+            return 0;
+        }
+        foreach (var f in Failures) Console.WriteLine("FAIL: " + f);
+        return 1;
+    }
+
+    static void Check(bool ok, string what)
+    {
+        if (!ok) Failures.Add(what);
+    }
+
+    static object Next(int timeoutMs)
+    {
+        object e;
+        if (!Events.TryTake(out e, timeoutMs)) return null;
+        var err = e as ErrorEvent;
+        if (err != null) Failures.Add("server error " + err.Code + ": " + err.Message);
+        var closed = e as ClosedEvent;
+        if (closed != null) throw new Exception("connection closed" + (closed.Failure != null ? ": " + closed.Failure.Message : ""));
+        return e;
+    }
+
+    static int TurnOf(object e)
+    {
+        if (e is AudioEvent) return ((AudioEvent)e).Turn;
+        if (e is ReplyEvent) return ((ReplyEvent)e).Turn;
+        if (e is TurnEnded) return ((TurnEnded)e).Turn;
+        if (e is InterruptedEvent) return ((InterruptedEvent)e).Turn;
+        return -1;
+    }
+
+    // ------------------------------------------------------------ 1. say -> WAV
+
+    static void SayToWav(string wavPath, int rate)
+    {
+        client.Say("Hello from the Unity harness. Every chunk of this turn goes into a wave file.");
+        var samples = new List<short>();
+        int turn = -1, nextSeq = 0, chunks = 0;
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            var e = Next(10000);
+            if (e == null) { Failures.Add("say: no turn_end within 10 s"); break; }
+            if (e is ErrorEvent) break;  // recorded by Next; this step cannot complete
+            if (turn < 0 && TurnOf(e) >= 0) turn = TurnOf(e);
+            var audio = e as AudioEvent;
+            if (audio != null)
+            {
+                Check(audio.Turn == turn, "say: audio of turn " + audio.Turn + " inside turn " + turn);
+                Check(audio.Seq == nextSeq, "say: audio seq " + audio.Seq + ", expected " + nextSeq);
+                nextSeq = audio.Seq + 1;
+                chunks++;
+                samples.AddRange(audio.Samples);
+                // A real player acks what it has played; here playback starts at the first chunk.
+                double receivedMs = samples.Count * 1000.0 / rate;
+                client.Played(audio.Turn, Math.Min(receivedMs, clock.Elapsed.TotalMilliseconds));
+                continue;
+            }
+            if (e is InterruptedEvent) { Failures.Add("say: the turn was interrupted"); break; }
+            var end = e as TurnEnded;
+            if (end != null && end.Turn == turn) break;
+        }
+        int peak = 0;
+        foreach (var s in samples) peak = Math.Max(peak, Math.Abs((int)s));
+        Check(chunks > 0, "say: no audio received");
+        Check(peak > 1000, "say: the audio is silent (peak " + peak + ")");
+        WriteWav(wavPath, samples.ToArray(), rate);
+        Console.WriteLine("say: turn " + turn + ", " + chunks + " chunks, " + (samples.Count * 1000 / rate) + " ms, peak " + peak + " -> " + wavPath);
+    }
+
+    static void WriteWav(string path, short[] samples, int rate)
+    {
+        using (var w = new BinaryWriter(File.Create(path)))
+        {
+            int dataBytes = samples.Length * 2;
+            w.Write(new[] { 'R', 'I', 'F', 'F' }); w.Write(36 + dataBytes);
+            w.Write(new[] { 'W', 'A', 'V', 'E' });
+            w.Write(new[] { 'f', 'm', 't', ' ' }); w.Write(16); w.Write((short)1); w.Write((short)1);
+            w.Write(rate); w.Write(rate * 2); w.Write((short)2); w.Write((short)16);
+            w.Write(new[] { 'd', 'a', 't', 'a' }); w.Write(dataBytes);
+            foreach (var s in samples) w.Write(s); // BinaryWriter writes little-endian
+        }
+    }
+
+    // ------------------------------------------------------------ 2. text -> streamed reply
+
+    static void TextReply()
+    {
+        client.SendText("hello from unity");
+        int turn = -1;
+        bool final = false;
+        var text = new System.Text.StringBuilder();
+        Console.Write("reply: ");
+        while (true)
+        {
+            var e = Next(10000);
+            if (e == null) { Failures.Add("text: no turn_end within 10 s"); break; }
+            if (e is ErrorEvent) break;
+            if (turn < 0 && TurnOf(e) >= 0) turn = TurnOf(e);
+            var reply = e as ReplyEvent;
+            if (reply != null)
+            {
+                Check(!final, "text: a reply delta after the final one");
+                Console.Write(reply.Text);
+                text.Append(reply.Text);
+                if (reply.Final) final = true;
+                continue;
+            }
+            if (e is InterruptedEvent) { Failures.Add("text: the turn was interrupted"); break; }
+            var end = e as TurnEnded;
+            if (end != null && end.Turn == turn) break;
+        }
+        Console.WriteLine();
+        Check(text.ToString().Trim().Length > 0, "text: empty reply");
+        Check(final, "text: no final reply message");
+    }
+
+    // ------------------------------------------------------------ 3. interrupt a long say
+
+    static void InterruptLongSay()
+    {
+        var words = new List<string>();
+        for (int i = 0; i < 60; i++) words.Add("word" + i);
+        client.Say("This is a long answer that will be cut off. " + string.Join(" ", words) + ".");
+        int turn = -1;
+        var clock = Stopwatch.StartNew();
+        double interruptAt = -1, interruptedAt = -1;
+        int audioBefore = 0, audioAfter = 0;
+        bool sawEnd = false;
+        InterruptedEvent cut = null;
+        while (true)
+        {
+            int wait = cut == null ? 10000 : (int)Math.Max(1, interruptedAt + 1000 - clock.Elapsed.TotalMilliseconds);
+            var e = Next(wait);
+            if (e == null)
+            {
+                if (cut == null) Failures.Add("interrupt: no interrupted within 10 s");
+                break;  // after interrupted: 1 s of quiet has passed
+            }
+            if (e is ErrorEvent) break;
+            if (turn < 0 && TurnOf(e) >= 0) turn = TurnOf(e);
+            if (TurnOf(e) != turn) continue;
+            if (e is AudioEvent)
+            {
+                if (cut != null) audioAfter++;
+                else audioBefore++;
+                if (interruptAt < 0)
+                {
+                    client.Interrupt();
+                    interruptAt = clock.Elapsed.TotalMilliseconds;
+                }
+            }
+            else if (e is TurnEnded) sawEnd = true;
+            else if (e is InterruptedEvent && cut == null)
+            {
+                cut = (InterruptedEvent)e;
+                interruptedAt = clock.Elapsed.TotalMilliseconds;
+            }
+        }
+        Check(cut != null, "interrupt: no interrupted message for turn " + turn);
+        Check(audioAfter == 0, "interrupt: " + audioAfter + " audio chunks of turn " + turn + " after interrupted");
+        Check(!sawEnd, "interrupt: turn_end for the interrupted turn " + turn);
+        if (cut != null)
+            Console.WriteLine("interrupt: turn " + turn + ", " + audioBefore + " chunks before, interrupted " +
+                              (interruptedAt - interruptAt).ToString("0") + " ms after interrupt, played_ms " + cut.PlayedMs +
+                              ", spoken \"" + cut.Text + "\", " + audioAfter + " chunks after");
+    }
+}

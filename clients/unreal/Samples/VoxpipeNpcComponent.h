@@ -1,0 +1,81 @@
+// Sample (not built by the repository's tests): a voice NPC component for Unreal Engine 5.3+.
+// Transport: Unreal's IWebSocket (WebSockets module), binary frames carrying msgpack via the
+// engine-free voxpipe_protocol.hpp. Playback: USoundWaveProcedural fed as audio arrives, reset on
+// `interrupted`. Mic: Audio::FAudioCapture (AudioCaptureCore), resampled to 16 kHz, sent from Tick.
+#pragma once
+
+#include "AudioCaptureCore.h"
+#include "Components/ActorComponent.h"
+#include "Containers/Queue.h"
+#include "CoreMinimal.h"
+#include "IWebSocket.h"
+#include "VoxpipeNpcComponent.generated.h"
+
+class UAudioComponent;
+class USoundWaveProcedural;
+
+DECLARE_DYNAMIC_MULTICAST_DELEGATE_TwoParams(FVoxpipeTextEvent, int32, Turn, const FString&, Text);
+
+UCLASS(ClassGroup = (Audio), meta = (BlueprintSpawnableComponent))
+class UVoxpipeNpcComponent : public UActorComponent
+{
+    GENERATED_BODY()
+
+public:
+    UVoxpipeNpcComponent();
+
+    UPROPERTY(EditAnywhere, Category = "Voxpipe")
+    FString ServerUrl = TEXT("ws://127.0.0.1:8765/ws");
+
+    // Leave false for speakers + an open mic: the server's echo guard keeps the NPC from interrupting itself.
+    UPROPERTY(EditAnywhere, Category = "Voxpipe")
+    bool bClientHasEchoCancellation = false;
+
+    UPROPERTY(EditAnywhere, Category = "Voxpipe")
+    FString SystemPrompt = TEXT("You are a blacksmith in a medieval village. Answer in one short sentence.");
+
+    UPROPERTY(BlueprintAssignable, Category = "Voxpipe")
+    FVoxpipeTextEvent OnReply;        // reply deltas as they stream
+
+    UPROPERTY(BlueprintAssignable, Category = "Voxpipe")
+    FVoxpipeTextEvent OnTranscript;   // what the player said (final transcripts)
+
+    UFUNCTION(BlueprintCallable, Category = "Voxpipe")
+    void Say(const FString& Line);
+
+    UFUNCTION(BlueprintCallable, Category = "Voxpipe")
+    void Ask(const FString& Text);
+
+    UFUNCTION(BlueprintCallable, Category = "Voxpipe")
+    void StopTalking();
+
+protected:
+    virtual void BeginPlay() override;
+    virtual void EndPlay(const EEndPlayReason::Type Reason) override;
+    virtual void TickComponent(float DeltaTime, ELevelTick TickType, FActorComponentTickFunction* Tick) override;
+
+private:
+    void SendFrame(const struct FVoxpipeFrame& Frame);
+    void OnRawMessage(const void* Data, SIZE_T Size, SIZE_T BytesRemaining);
+    void HandleMessage(const TArray<uint8>& Bytes);
+    void StartMicrophone();
+
+    TSharedPtr<IWebSocket> Socket;
+    TArray<uint8> Partial;                     // fragments of the binary frame being received
+    bool bReady = false;
+
+    UPROPERTY()
+    TObjectPtr<USoundWaveProcedural> Wave;
+    UPROPERTY()
+    TObjectPtr<UAudioComponent> Speaker;
+    int32 OutRate = 24000;
+    int32 PlayingTurn = -1;
+    int64 QueuedBytesOfTurn = 0;               // bytes of PlayingTurn handed to Wave
+    TSet<int32> CutTurns;
+    float AckTimer = 0.f;
+
+    Audio::FAudioCapture Capture;
+    TQueue<TArray<int16>, EQueueMode::Spsc> MicFrames;  // capture thread -> game thread
+    TArray<int16> MicPending;                  // capture thread only
+    double MicResamplePos = 0.0;               // capture thread only
+};

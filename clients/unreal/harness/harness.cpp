@@ -1,0 +1,233 @@
+// Console harness for voxpipe::Client: proves the C++ core against a running voxpipe server.
+//   ./harness ws://127.0.0.1:8765/ws out.wav [--rate 24000] [--json]
+// 1. say  -> every audio chunk of the turn until turn_end (seq 0,1,2..., one turn) -> out.wav
+// 2. text -> prints the streamed reply, then waits for turn_end
+// 3. a long say, interrupt after its first audio -> interrupted arrives, and no audio / turn_end of
+//    that turn follows it.
+// Exit code 0 only when every check held; 1 with "FAIL: ..." lines otherwise; 2 when it could not run.
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "../Source/VoxpipeCore/voxpipe_client.hpp"
+
+using Clock = std::chrono::steady_clock;
+using voxpipe::Message;
+
+namespace {
+
+// Messages from the I/O thread, consumed in order by main.
+class Inbox {
+public:
+    void push(Message m) {
+        std::lock_guard<std::mutex> lock(mu_);
+        items_.push_back(std::move(m));
+        cv_.notify_one();
+    }
+    std::optional<Message> pop(std::chrono::milliseconds timeout) {
+        std::unique_lock<std::mutex> lock(mu_);
+        if (!cv_.wait_for(lock, timeout, [this] { return !items_.empty(); })) return std::nullopt;
+        Message m = std::move(items_.front());
+        items_.pop_front();
+        return m;
+    }
+
+private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<Message> items_;
+};
+
+Inbox inbox;
+std::vector<std::string> failures;
+
+void check(bool ok, const std::string& what) {
+    if (!ok) failures.push_back(what);
+}
+
+std::optional<Message> next(std::chrono::milliseconds timeout) {
+    auto m = inbox.pop(timeout);
+    if (!m) return m;
+    if (m->type == "closed") throw std::runtime_error("connection closed: " + m->problem);
+    if (m->type == "error") failures.push_back("server error " + m->code + ": " + m->message);
+    if (m->type.empty()) failures.push_back("undecodable frame: " + m->problem);
+    return m;
+}
+
+double ms_since(Clock::time_point t) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+void write_wav(const std::string& path, const std::vector<std::int16_t>& pcm, int rate) {
+    std::ofstream f(path, std::ios::binary);
+    auto u32 = [&](std::uint32_t v) { for (int i = 0; i < 4; ++i) f.put(char((v >> (8 * i)) & 0xff)); };
+    auto u16 = [&](std::uint16_t v) { f.put(char(v & 0xff)); f.put(char(v >> 8)); };
+    std::uint32_t data_bytes = std::uint32_t(pcm.size() * 2);
+    f.write("RIFF", 4); u32(36 + data_bytes); f.write("WAVE", 4);
+    f.write("fmt ", 4); u32(16); u16(1); u16(1); u32(std::uint32_t(rate)); u32(std::uint32_t(rate * 2)); u16(2); u16(16);
+    f.write("data", 4); u32(data_bytes);
+    for (auto s : pcm) u16(static_cast<std::uint16_t>(s));
+}
+
+void say_to_wav(voxpipe::Client& client, const std::string& wav_path, int rate) {
+    client.say("Hello from the Unreal harness. Every chunk of this turn goes into a wave file.");
+    std::vector<std::int16_t> samples;
+    int turn = -1, next_seq = 0, chunks = 0;
+    auto start = Clock::now();
+    while (true) {
+        auto m = next(std::chrono::seconds(10));
+        if (!m) { failures.push_back("say: no turn_end within 10 s"); break; }
+        if (m->type == "error") break;  // recorded by next(); this step cannot complete
+        if (turn < 0 && m->turn >= 0) turn = m->turn;
+        if (m->type == "audio") {
+            check(m->turn == turn, "say: audio of turn " + std::to_string(m->turn) + " inside turn " + std::to_string(turn));
+            check(m->seq == next_seq, "say: audio seq " + std::to_string(m->seq) + ", expected " + std::to_string(next_seq));
+            next_seq = m->seq + 1;
+            ++chunks;
+            samples.insert(samples.end(), m->pcm.begin(), m->pcm.end());
+            // A real player acks what it has played; here playback starts at the first chunk.
+            client.played(m->turn, std::min(samples.size() * 1000.0 / rate, ms_since(start)));
+        } else if (m->type == "interrupted") {
+            failures.push_back("say: the turn was interrupted");
+            break;
+        } else if (m->type == "turn_end" && m->turn == turn) {
+            break;
+        }
+    }
+    int peak = 0;
+    for (auto s : samples) peak = std::max(peak, std::abs(int(s)));
+    check(chunks > 0, "say: no audio received");
+    check(peak > 1000, "say: the audio is silent (peak " + std::to_string(peak) + ")");
+    write_wav(wav_path, samples, rate);
+    std::cout << "say: turn " << turn << ", " << chunks << " chunks, " << samples.size() * 1000 / rate
+              << " ms, peak " << peak << " -> " << wav_path << std::endl;
+}
+
+void text_reply(voxpipe::Client& client) {
+    client.send_text("hello from unreal");
+    int turn = -1;
+    bool final = false;
+    std::string text;
+    std::cout << "reply: " << std::flush;
+    while (true) {
+        auto m = next(std::chrono::seconds(10));
+        if (!m) { failures.push_back("text: no turn_end within 10 s"); break; }
+        if (m->type == "error") break;
+        if (turn < 0 && m->turn >= 0) turn = m->turn;
+        if (m->type == "reply") {
+            check(!final, "text: a reply delta after the final one");
+            std::cout << m->text << std::flush;
+            text += m->text;
+            final = final || m->final;
+        } else if (m->type == "interrupted") {
+            failures.push_back("text: the turn was interrupted");
+            break;
+        } else if (m->type == "turn_end" && m->turn == turn) {
+            break;
+        }
+    }
+    std::cout << std::endl;
+    check(text.find_first_not_of(" \t\n") != std::string::npos, "text: empty reply");
+    check(final, "text: no final reply message");
+}
+
+void interrupt_long_say(voxpipe::Client& client) {
+    std::string words = "This is a long answer that will be cut off.";
+    for (int i = 0; i < 60; ++i) words += " word" + std::to_string(i);
+    client.say(words + ".");
+    int turn = -1, before = 0, after = 0;
+    bool saw_end = false;
+    std::optional<Message> cut;
+    auto start = Clock::now();
+    double interrupt_at = -1, interrupted_at = -1;
+    while (true) {
+        auto wait = cut ? std::chrono::milliseconds(std::max<long>(1, long(interrupted_at + 1000 - ms_since(start))))
+                        : std::chrono::milliseconds(10000);
+        auto m = next(wait);
+        if (!m) {
+            if (!cut) failures.push_back("interrupt: no interrupted within 10 s");
+            break;  // after interrupted: 1 s of quiet has passed
+        }
+        if (m->type == "error") break;
+        if (turn < 0 && m->turn >= 0) turn = m->turn;
+        if (m->turn != turn) continue;
+        if (m->type == "audio") {
+            (cut ? after : before)++;
+            if (interrupt_at < 0) {
+                client.interrupt();
+                interrupt_at = ms_since(start);
+            }
+        } else if (m->type == "turn_end") {
+            saw_end = true;
+        } else if (m->type == "interrupted" && !cut) {
+            cut = m;
+            interrupted_at = ms_since(start);
+        }
+    }
+    check(bool(cut), "interrupt: no interrupted message for turn " + std::to_string(turn));
+    check(after == 0, "interrupt: " + std::to_string(after) + " audio chunks of turn " + std::to_string(turn) + " after interrupted");
+    check(!saw_end, "interrupt: turn_end for the interrupted turn " + std::to_string(turn));
+    if (cut)
+        std::cout << "interrupt: turn " << turn << ", " << before << " chunks before, interrupted "
+                  << int(interrupted_at - interrupt_at) << " ms after interrupt, played_ms " << cut->played_ms
+                  << ", spoken \"" << cut->text << "\", " << after << " chunks after" << std::endl;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 3) {
+        std::cerr << "usage: harness WS_URL OUT.wav [--rate HZ] [--json]" << std::endl;
+        return 2;
+    }
+    std::string url = argv[1], wav = argv[2];
+    voxpipe::HelloOptions options;
+    voxpipe::Framing framing = voxpipe::Framing::Msgpack;
+    for (int i = 3; i < argc; ++i) {
+        std::string arg = argv[i];
+        if (arg == "--rate" && i + 1 < argc) options.out_rate = std::atoi(argv[++i]);
+        else if (arg == "--json") framing = voxpipe::Framing::Json;
+    }
+    try {
+        voxpipe::Client client(framing);
+        client.on_message = [](const Message& m) { inbox.push(m); };
+        client.on_closed = [](const std::string& why) {
+            Message m;
+            m.type = "closed";
+            m.problem = why.empty() ? "by the server" : why;
+            inbox.push(std::move(m));
+        };
+        const Message& ready = client.connect(url, options);
+        std::string graph;
+        if (ready.raw.contains("graph") && ready.raw["graph"].is_array())
+            for (const auto& node : ready.raw["graph"])
+                graph += (graph.empty() ? "" : " -> ") + node.value("name", std::string("?")) + "(" + node.value("engine", std::string("?")) + ")";
+        std::cout << "ready: session " << ready.session << ", graph " << graph << ", audio_out " << ready.out_rate
+                  << " Hz, " << (framing == voxpipe::Framing::Json ? "JSON" : "msgpack") << " framing" << std::endl;
+        check(ready.out_rate == options.out_rate,
+              "ready.audio_out.rate is " + std::to_string(ready.out_rate) + ", asked " + std::to_string(options.out_rate));
+
+        say_to_wav(client, wav, ready.out_rate);
+        text_reply(client);
+        interrupt_long_say(client);
+        client.close();
+    } catch (const std::exception& exc) {
+        std::cerr << "ERROR: " << exc.what() << std::endl;
+        return 2;
+    }
+    if (failures.empty()) {
+        std::cout << "OK: all checks held" << std::endl;
+        return 0;
+    }
+    for (const auto& f : failures) std::cout << "FAIL: " << f << std::endl;
+    return 1;
+}

@@ -1,0 +1,211 @@
+"""What the HTTP backends share: a base with ``load``/``aclose`` around ``stages.upstream.Upstream``, and the
+body formats they read (SSE events, NDJSON lines, a streamed WAV) or send (a WAV file for upload).
+
+Parsers raise ``UpstreamError('upstream_bad_response')`` on a malformed body, so the upstream call can
+retry it (before the first item) or end the reply with that code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import wave
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from server.errors import UpstreamError
+from stages.upstream import HttpOptions, Upstream
+
+
+class HttpBackend:
+    """Base of every HTTP backend: one ``Upstream`` (endpoints, breakers, pooled client) per config entry."""
+
+    engine: str = "http"
+
+    def __init__(self, options: HttpOptions) -> None:
+        self.upstream = Upstream(options, backend=self.engine)
+
+    def load(self, log: Callable[[str], None]) -> None:
+        self.upstream.check_keys()
+        urls = ", ".join(ep.name for ep in self.upstream.pool.endpoints)
+        log(f"voxpipe: {self.engine} upstream: {urls} ({self.upstream.options.strategy})")
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+def bad(message: str) -> UpstreamError:
+    return UpstreamError(message, code="upstream_bad_response")
+
+
+def parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise bad(f"malformed JSON in {what}: {text[:120]!r}") from None
+
+
+# ------------------------------------------------------------------ server-sent events
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    event: str  # "message" when the server named none
+    data: str
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[SseEvent]:
+    """Events of a ``text/event-stream`` body (data lines joined by newlines; comments skipped).
+
+    An event is dispatched at its blank line; one still pending when the body ends is dispatched too
+    (some servers omit the last blank line).
+    """
+    event = ""
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield SseEvent(event or "message", "\n".join(data))
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue  # comment / keep-alive
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+        elif name not in ("id", "retry"):
+            raise bad(f"malformed server-sent event line: {line[:120]!r}")
+    if data:
+        yield SseEvent(event or "message", "\n".join(data))
+
+
+async def ndjson_objects(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """One JSON object per non-empty line (``application/x-ndjson``)."""
+    async for line in response.aiter_lines():
+        if not line.strip():
+            continue
+        obj = parse_json(line, "NDJSON line")
+        if not isinstance(obj, dict):
+            raise bad(f"NDJSON line is not an object: {line[:120]!r}")
+        yield obj
+
+
+# ------------------------------------------------------------------ audio bodies
+
+
+def wav_bytes(pcm: bytes, rate_hz: int) -> bytes:
+    """A PCM16 mono WAV file (for upload)."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate_hz)
+        out.writeframes(pcm)
+    return buf.getvalue()
+
+
+class WavStreamReader:
+    """Incremental WAV reader: ``feed`` pieces of a streamed ``.wav`` body, get PCM16 back.
+
+    Streaming servers write a header whose sizes are 0 or 0xFFFFFFFF (length unknown): then all bytes
+    after the ``data`` chunk header are audio. A real size is respected (chunks after the data are
+    ignored). Only PCM16 mono is accepted; ``rate_hz`` is known once the header has been read.
+    """
+
+    def __init__(self) -> None:
+        self.rate_hz: int | None = None
+        self._head = bytearray()
+        self._in_data = False
+        self._data_left: int | None = None  # None: until the end of the body
+
+    def feed(self, piece: bytes) -> bytes:
+        if self._in_data:
+            return self._take(piece)
+        self._head += piece
+        return self._parse_header()
+
+    def _take(self, piece: bytes) -> bytes:
+        if self._data_left is None:
+            return piece
+        piece = piece[: self._data_left]
+        self._data_left -= len(piece)
+        return piece
+
+    def _parse_header(self) -> bytes:
+        head = self._head
+        if len(head) < 12:
+            return b""
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            raise bad(f"not a WAV body (starts with {bytes(head[:12])!r})")
+        pos = 12
+        while len(head) >= pos + 8:
+            chunk_id, size = bytes(head[pos : pos + 4]), struct.unpack_from("<I", head, pos + 4)[0]
+            if chunk_id == b"data":
+                if self.rate_hz is None:
+                    raise bad("WAV body has no fmt chunk before its data")
+                self._in_data = True
+                self._data_left = None if size in (0, 0xFFFFFFFF) else size
+                rest = bytes(head[pos + 8 :])
+                self._head = bytearray()
+                return self._take(rest)
+            if len(head) < pos + 8 + size:
+                return b""  # wait for the rest of this chunk
+            if chunk_id == b"fmt ":
+                fmt, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", head, pos + 8)
+                if fmt not in (1, 0xFFFE) or bits != 16 or channels != 1:
+                    raise bad(f"WAV is not PCM16 mono (format {fmt}, {bits} bits, {channels} channels)")
+                self.rate_hz = rate
+            pos += 8 + size + (size & 1)
+        return b""
+
+
+class Pcm16Aligner:
+    """Network pieces split samples anywhere; hand on whole 2-byte samples only."""
+
+    def __init__(self) -> None:
+        self._odd = b""
+
+    def align(self, piece: bytes) -> bytes:
+        piece = self._odd + piece
+        cut = len(piece) & ~1
+        self._odd = piece[cut:]
+        return piece[:cut]
+
+
+async def audio_body(
+    response: httpx.Response, *, media: str, want_hz: int, learned: Callable[[int], None]
+) -> AsyncIterator[bytes]:
+    """PCM16 at ``want_hz`` from a streamed ``pcm``/``raw`` or ``wav`` body.
+
+    A WAV header tells the service's real rate: ``learned(rate)`` is called with it (the backend then
+    asks for that rate next time), and this body is resampled to ``want_hz`` if it differs.
+    """
+    reader = WavStreamReader() if media == "wav" else None
+    aligner = Pcm16Aligner()
+    resampler: Any = None
+    async for piece in response.aiter_bytes():
+        if reader is not None:
+            had_rate = reader.rate_hz is not None
+            piece = reader.feed(piece)
+            if not had_rate and reader.rate_hz is not None:
+                learned(reader.rate_hz)
+                if reader.rate_hz != want_hz:
+                    from stages.resample import Resampler
+
+                    resampler = Resampler(reader.rate_hz, want_hz)
+        pcm = aligner.align(piece)
+        if resampler is not None and pcm:
+            pcm = resampler.process(pcm)
+        if pcm:
+            yield pcm
+    if reader is not None and reader.rate_hz is None:
+        raise bad("the WAV body ended before its header was complete")
+    if resampler is not None and (tail := resampler.flush()):
+        yield tail

@@ -1,0 +1,71 @@
+"""OpenAI-compatible speech as a TTS backend: ``POST /v1/audio/speech``, the audio streamed in the body.
+
+``response_format: pcm`` is raw PCM16 mono at 24 kHz (OpenAI's fixed rate; ``sample_rate_hz`` for
+servers that differ); ``wav`` carries its rate in the header, which the backend then adopts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from server.options import require
+from stages.base import StageContext
+from stages.engines.http_common import HttpBackend, audio_body
+from stages.upstream import HttpCall, HttpOptions
+
+
+class OpenAiTts(HttpBackend):
+    kind: ClassVar[str] = "tts"
+    engine = "openai_tts"
+
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class Options(HttpOptions):
+        model: str = "tts-1"
+        voice: str = "alloy"  # the session's ``voice`` overrides it
+        path: str = "/v1/audio/speech"
+        response_format: Literal["pcm", "wav"] = "pcm"
+        sample_rate_hz: int = 24000  # rate of ``pcm`` output
+        speed: float | None = None
+        instructions: str | None = None  # gpt-4o-mini-tts: how to speak
+
+        def validate(self) -> None:
+            HttpOptions.validate(self)
+            require(bool(self.model), "model", "must not be empty")
+            require(self.path.startswith("/"), "path", "must start with '/'")
+            require(8000 <= self.sample_rate_hz <= 96000, "sample_rate_hz", "must be 8000..96000")
+            require(self.speed is None or 0.25 <= self.speed <= 4.0, "speed", "must be 0.25..4.0")
+
+    def __init__(self, options: OpenAiTts.Options) -> None:
+        super().__init__(options)
+        self.options = options
+        self.rate_hz: int | None = options.sample_rate_hz
+
+    def _learned(self, rate_hz: int) -> None:
+        self.rate_hz = rate_hz
+
+    def request_body(self, text: str, ctx: StageContext) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.options.model,
+            "input": text,
+            "voice": ctx.voice or self.options.voice,
+            "response_format": self.options.response_format,
+        }
+        if self.options.speed is not None:
+            body["speed"] = self.options.speed
+        if self.options.instructions:
+            body["instructions"] = self.options.instructions
+        return body
+
+    async def synthesize(self, text: str, *, rate_hz: int, ctx: StageContext) -> AsyncIterator[bytes]:
+        media = self.options.response_format
+
+        def parse(response: Any) -> AsyncIterator[bytes]:
+            return audio_body(response, media=media, want_hz=rate_hz, learned=self._learned)
+
+        pieces = self.upstream.stream(HttpCall("POST", self.options.path, json=self.request_body(text, ctx)), parse)
+        async with contextlib.aclosing(pieces):
+            async for pcm in pieces:
+                yield pcm

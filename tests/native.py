@@ -1,0 +1,120 @@
+"""Building and running the game-engine client harnesses (clients/unity, clients/unreal) for the tests.
+
+Builds are cached in the temp dir under a hash of the sources, the command and the compiler's version,
+so a second run starts at once. A missing toolchain is a ``pytest.skip`` with the reason printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(tempfile.gettempdir()) / "voxpipe-native-builds"
+INSTALL_HINT = "apt-get install {pkgs} (or scripts/install-system-deps.sh)"
+
+
+def require_tools(*tools: str, pkgs: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        reason = f"{', '.join(missing)} not found: {INSTALL_HINT.format(pkgs=pkgs)}"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+
+
+def require_headers(*headers: str, pkgs: str) -> None:
+    """Skip unless g++ finds every header (checked by preprocessing a one-line file)."""
+    source = "".join(f"#include <{h}>\n" for h in headers)
+    proc = subprocess.run(
+        ["g++", "-std=c++17", "-E", "-x", "c++", "-", "-o", os.devnull],
+        input=source, capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        reason = f"C++ headers {', '.join(headers)} not usable: {INSTALL_HINT.format(pkgs=pkgs)}"
+        print(f"SKIP: {reason}\n{proc.stderr[-500:]}")
+        pytest.skip(reason)
+
+
+def _tool_version(tool: str) -> str:
+    proc = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False)
+    return proc.stdout.splitlines()[0] if proc.stdout else tool
+
+
+def build_cached(name: str, sources: list[Path], command: list[str]) -> Path:
+    """Run ``command`` (``{out}`` in an argument stands for the output path) unless a build of the same
+    inputs is cached; returns the built file."""
+    digest = hashlib.sha256()
+    digest.update(repr(command).encode())
+    digest.update(_tool_version(command[0]).encode())
+    for source in sorted(sources):
+        digest.update(str(source.relative_to(ROOT)).encode())
+        digest.update(source.read_bytes())
+    folder = CACHE_DIR / f"{name}-{digest.hexdigest()[:16]}"
+    target = folder / name
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f"{name}.partial-{os.getpid()}"
+    args = [arg.replace("{out}", str(partial)) for arg in command]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"building {name} failed ({' '.join(args)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    partial.replace(target)  # atomic: a concurrent run never sees half a binary
+    return target
+
+
+@dataclass(frozen=True, slots=True)
+class HarnessRun:
+    returncode: int
+    output: str
+
+
+async def run_harness(args: list[str], timeout_s: float = 60.0) -> HarnessRun:
+    """Run a harness without blocking the event loop (the server under test runs in the same loop)."""
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        stdout, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"{args[0]} did not finish within {timeout_s} s") from None
+    output = stdout.decode(errors="replace")
+    print(output)
+    return HarnessRun(proc.returncode if proc.returncode is not None else -1, output)
+
+
+@dataclass(frozen=True, slots=True)
+class WavInfo:
+    rate_hz: int
+    channels: int
+    sample_width: int
+    duration_ms: float
+    peak: int
+    rms_dbfs: float
+
+
+def read_wav(path: Path) -> WavInfo:
+    with wave.open(str(path), "rb") as w:
+        frames = w.readframes(w.getnframes())
+        samples = np.frombuffer(frames, dtype="<i2").astype(np.float64)
+        rms = float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
+        return WavInfo(
+            rate_hz=w.getframerate(),
+            channels=w.getnchannels(),
+            sample_width=w.getsampwidth(),
+            duration_ms=1000.0 * w.getnframes() / w.getframerate(),
+            peak=int(np.max(np.abs(samples))) if samples.size else 0,
+            rms_dbfs=20 * np.log10(rms / 32768.0) if rms > 0 else -120.0,
+        )

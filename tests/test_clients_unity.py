@@ -1,0 +1,54 @@
+"""clients/unity: the C# VoxpipeClient's console harness, built with Debian's mcs, against the real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.client import running_server, test_config
+from tests.native import ROOT, build_cached, read_wav, require_tools, run_harness
+
+UNITY = ROOT / "clients" / "unity"
+PKGS = "mono-mcs mono-runtime"
+
+
+@pytest.fixture(scope="module")
+def harness_exe() -> Path:
+    require_tools("mcs", "mono", pkgs=PKGS)
+    sources = [*sorted((UNITY / "Runtime").glob("*.cs")), UNITY / "Harness" / "Harness.cs"]
+    command = ["mcs", "-nologo", "-warnaserror+", "-out:{out}", *[str(s) for s in sources]]
+    return build_cached("harness.exe", sources, command)
+
+
+@pytest.mark.timeout(180)
+async def test_harness_passes_against_the_real_server(harness_exe: Path, tmp_path: Path) -> None:
+    wav = tmp_path / "say.wav"
+    async with running_server(test_config()) as srv:
+        run = await run_harness(["mono", str(harness_exe), srv.url, str(wav), "--rate", "24000"])
+    assert run.returncode == 0, run.output
+    assert "OK: all checks held" in run.output
+    assert "reply: You said: hello from unity." in run.output
+    info = read_wav(wav)
+    assert (info.rate_hz, info.channels, info.sample_width) == (24000, 1, 2)
+    # 15 words x 100 ms tones (the test TTS)
+    assert info.duration_ms == pytest.approx(1500, abs=1)
+    assert info.peak > 8000
+    assert info.rms_dbfs > -20
+
+
+@pytest.mark.timeout(180)
+async def test_harness_fails_loudly_when_a_check_does_not_hold(harness_exe: Path, tmp_path: Path) -> None:
+    # No TTS stage: `say` gets error unknown_stage and no audio, so the harness must exit nonzero.
+    pipeline = test_config()["pipeline"][:3]
+    async with running_server(test_config(pipeline=pipeline)) as srv:
+        run = await run_harness(["mono", str(harness_exe), srv.url, str(tmp_path / "x.wav")], timeout_s=90)
+    assert run.returncode == 1, run.output
+    assert "FAIL: server error unknown_stage" in run.output
+    assert "FAIL: say: no audio received" in run.output
+
+
+async def test_harness_exits_2_when_it_cannot_connect(harness_exe: Path, tmp_path: Path) -> None:
+    run = await run_harness(["mono", str(harness_exe), "ws://127.0.0.1:9/ws", str(tmp_path / "x.wav")])
+    assert run.returncode == 2, run.output
+    assert "ERROR:" in run.output

@@ -1,0 +1,65 @@
+"""clients/unreal: the C++ core's console harness, built with g++ + Boost.Beast + nlohmann, against the real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.client import running_server, test_config
+from tests.native import ROOT, build_cached, read_wav, require_headers, require_tools, run_harness
+
+UNREAL = ROOT / "clients" / "unreal"
+PKGS = "g++ libboost-dev nlohmann-json3-dev"
+
+
+@pytest.fixture(scope="module")
+def harness_bin() -> Path:
+    require_tools("g++", pkgs=PKGS)
+    require_headers("boost/beast/websocket.hpp", "nlohmann/json.hpp", pkgs=PKGS)
+    sources = [
+        UNREAL / "harness" / "harness.cpp",
+        UNREAL / "Source" / "VoxpipeCore" / "voxpipe_client.hpp",
+        UNREAL / "Source" / "VoxpipeCore" / "voxpipe_protocol.hpp",
+    ]
+    command = ["g++", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-o", "{out}", str(sources[0]), "-lpthread"]
+    # Beast is header-only and heavy: about a minute on one core, once (cached in the temp dir).
+    return build_cached("harness", sources, command)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("framing", "rate_hz"), [("msgpack", 24000), ("json", 16000)])
+async def test_harness_passes_against_the_real_server(
+    harness_bin: Path, tmp_path: Path, framing: str, rate_hz: int
+) -> None:
+    wav = tmp_path / "say.wav"
+    args = [str(harness_bin), "", str(wav), "--rate", str(rate_hz)] + (["--json"] if framing == "json" else [])
+    async with running_server(test_config()) as srv:
+        args[1] = srv.url
+        run = await run_harness(args)
+    assert run.returncode == 0, run.output
+    assert "OK: all checks held" in run.output
+    assert f"{'JSON' if framing == 'json' else 'msgpack'} framing" in run.output
+    assert "reply: You said: hello from unreal." in run.output
+    info = read_wav(wav)
+    assert (info.rate_hz, info.channels, info.sample_width) == (rate_hz, 1, 2)
+    assert info.duration_ms == pytest.approx(1500, abs=1)  # 15 words x 100 ms tones (the test TTS)
+    assert info.peak > 8000
+    assert info.rms_dbfs > -20
+
+
+@pytest.mark.timeout(300)
+async def test_harness_fails_loudly_when_a_check_does_not_hold(harness_bin: Path, tmp_path: Path) -> None:
+    pipeline = test_config()["pipeline"][:3]  # no TTS: `say` gets unknown_stage and no audio
+    async with running_server(test_config(pipeline=pipeline)) as srv:
+        run = await run_harness([str(harness_bin), srv.url, str(tmp_path / "x.wav")], timeout_s=90)
+    assert run.returncode == 1, run.output
+    assert "FAIL: server error unknown_stage" in run.output
+    assert "FAIL: say: no audio received" in run.output
+
+
+@pytest.mark.timeout(300)
+async def test_harness_exits_2_when_it_cannot_connect(harness_bin: Path, tmp_path: Path) -> None:
+    run = await run_harness([str(harness_bin), "ws://127.0.0.1:9/ws", str(tmp_path / "x.wav")])
+    assert run.returncode == 2, run.output
+    assert "ERROR:" in run.output
