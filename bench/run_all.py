@@ -116,9 +116,12 @@ def b2_ok(point: dict[str, Any]) -> bool:
     )
 
 
-def b2_contended(point: dict[str, Any]) -> bool:
-    """Failed on lateness while under budget and waiting >10% of the time for a CPU taken by neighbours."""
-    return "error" not in point and point["cpu_frac"] <= B2_CPU and point.get("waited_frac", 0.0) > 0.10
+def b2_recheck(point: dict[str, Any], points: list[dict[str, Any]]) -> bool:
+    """Measure a failed K again: the first failure at each K, and any failure while neighbours held the CPU."""
+    if "error" in point:
+        return False
+    first_at_k = sum(1 for p in points if p.get("k") == point["k"]) == 1
+    return first_at_k or point.get("waited_frac", 0.0) > 0.10
 
 
 def b2_estimate(k: int, cpu: float, history: list[dict[str, Any]]) -> int:
@@ -143,8 +146,8 @@ def b2_search(
 ) -> tuple[int, list[dict[str, Any]]]:
     """Bracket the largest passing K to within ~8 %, stepping by the CPU estimate first.
 
-    A point that fails while neighbours held the CPU (waited > 10 %) is measured again, up to three
-    times per search; after that it counts as a failure.
+    A failed point is measured again (once per K, or while neighbours held the CPU), three times per
+    search at most; a K fails when its last measurement does.
     """
     good, bad = 0, 0
     k = max(1, start_k)
@@ -164,7 +167,7 @@ def b2_search(
                 f"waited {point.get('waited_frac', 0):.0%}"
             )
         log(f"   B2 {system:16} K={k:4}  {detail}  {'ok' if ok else 'over'}")
-        if not ok and retries and b2_contended(point):
+        if not ok and retries and b2_recheck(point, points):
             retries -= 1
             point["retried"] = True
             continue

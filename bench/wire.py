@@ -42,6 +42,8 @@ async def serve_voxpipe() -> None:
         {
             "server": {"host": "127.0.0.1", "port": 0},
             "session": {"lead_ms": 1e9},
+            # the per-session flood limits would (rightly) stop a client sending audio at 100x real time
+            "limits": {"messages_per_s": None, "audio_max_realtime": None},
             "pipeline": [{"name": "vad", "engine": "bench_vad"}],
         }
     )
