@@ -146,14 +146,14 @@ def b2_search(
 ) -> tuple[int, list[dict[str, Any]]]:
     """Bracket the largest passing K to within ~8 %, stepping by the CPU estimate first.
 
-    A failed point is measured again (once per K, or while neighbours held the CPU), three times per
-    search at most; a K fails when its last measurement does.
+    A failed point is measured again (once per K, or while neighbours held the CPU), twice per search
+    at most; a K fails when its last measurement does.
     """
     good, bad = 0, 0
     k = max(1, start_k)
     points: list[dict[str, Any]] = []
-    retries = 3
-    while len(points) < max_points + 3 - retries:
+    retries = 2
+    while len(points) < max_points + 2 - retries:
         point = run(system, "rt", {"k": k, **measure})
         point.setdefault("k", k)
         points.append(point)
@@ -247,11 +247,11 @@ def main() -> int:
 
     # pipecat is 10-20x slower per frame: fewer frames keep the run inside 15 minutes (cost per frame is flat in N)
     frames = {"voxpipe": 100_000, "floor": 100_000, "pipecat-lean": 30_000, "pipecat-default": 12_000}
-    interrupts = {"voxpipe": 1000, "pipecat-lean": 1000, "pipecat-default": 300}
+    interrupts = {"voxpipe": 1000, "pipecat-lean": 1000, "pipecat-default": 200}
     if quick:
         frames = {k: v // 10 for k, v in frames.items()}
         interrupts = {k: max(30, v // 10) for k, v in interrupts.items()}
-    rt_measure = {"warm_s": 0.7, "measure_s": 2.0 if not quick else 1.0}
+    rt_measure = {"warm_s": 0.5, "measure_s": 1.5 if not quick else 1.0}
     wire_params = {} if not quick else {"round_trips": 300, "messages": 1000}
     b2_start = {"voxpipe": 200, "pipecat-lean": 20, "pipecat-default": 10}
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
