@@ -194,20 +194,27 @@ async def _drive(
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"\n{result['cycles']} cycles (warm-up included), {result['concurrency']} concurrent, "
-          f"{result['elapsed_s']} s ({result['cycles_per_s']} cycles/s; "
-          f"p50 {result['cycle_ms_p50']} ms, p99 {result['cycle_ms_p99']} ms)")
+    print(
+        f"\n{result['cycles']} cycles (warm-up included), {result['concurrency']} concurrent, "
+        f"{result['elapsed_s']} s ({result['cycles_per_s']} cycles/s; "
+        f"p50 {result['cycle_ms_p50']} ms, p99 {result['cycle_ms_p99']} ms)"
+    )
     print(f"outcomes: {result['outcomes']}")
     print(f"{'':<16}{'cycles':>8}{'RSS MiB':>10}{'fds':>6}{'tasks':>7}{'sessions':>10}{'conns':>7}")
     for s in result["snapshots"]:
-        print(f"{s['label']:<16}{s['after_cycles']:>8}{s['rss_mib']:>10}{s['fds']:>6}{s['tasks']:>7}"
-              f"{s['sessions']:>10}{s['connections']:>7}")
+        print(
+            f"{s['label']:<16}{s['after_cycles']:>8}{s['rss_mib']:>10}{s['fds']:>6}{s['tasks']:>7}"
+            f"{s['sessions']:>10}{s['connections']:>7}"
+        )
     ok_rss = result["rss_growth_from_warm_pct"] < 5
     ok_leaks = result["leaked_tasks"] <= 0 and result["leaked_fds"] <= 0
-    print(f"RSS growth: {result['rss_growth_from_warm_pct']} % from warm-up ({'ok' if ok_rss else 'OVER 5 %'}), "
-          f"{result['rss_growth_from_start_pct']} % from start")
-    print(f"leaked tasks: {result['leaked_tasks']}, leaked fds: {result['leaked_fds']} "
-          f"({'ok' if ok_leaks else 'LEAK'})")
+    print(
+        f"RSS growth: {result['rss_growth_from_warm_pct']} % from warm-up ({'ok' if ok_rss else 'OVER 5 %'}), "
+        f"{result['rss_growth_from_start_pct']} % from start"
+    )
+    print(
+        f"leaked tasks: {result['leaked_tasks']}, leaked fds: {result['leaked_fds']} ({'ok' if ok_leaks else 'LEAK'})"
+    )
 
 
 def main() -> int:

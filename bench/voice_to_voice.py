@@ -207,8 +207,11 @@ def summarize(turns: list[TurnResult]) -> dict[str, dict[str, float]]:
             if stage in t.first_output_ms:
                 rows.setdefault(f"{stage} first output", []).append(t.first_output_ms[stage])
         fo = t.first_output_ms
-        for a, b, name in (("vad", "asr", "asr after endpoint"), ("asr", "llm", "llm first token after asr"),
-                           ("llm", "tts", "tts first audio after llm")):
+        for a, b, name in (
+            ("vad", "asr", "asr after endpoint"),
+            ("asr", "llm", "llm first token after asr"),
+            ("llm", "tts", "tts first audio after llm"),
+        ):
             if a in fo and b in fo:
                 rows.setdefault(name, []).append(fo[b] - fo[a])
         if t.voice_to_voice_ms is not None:

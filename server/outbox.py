@@ -23,6 +23,9 @@ from transports import messages as m
 
 Send = Callable[[Any], Awaitable[None]]
 _END = object()  # audio-lane marker: the turn's last stage is done
+# A send up to this late keeps the playout clock where it was (client jitter buffers absorb it);
+# later than this, the client ran dry and playback restarts from now.
+CLOCK_SLACK_S = 0.010
 
 
 class _Lane:
@@ -35,6 +38,12 @@ class _Lane:
         self.max_items = max_items
         self._room = asyncio.Event()
         self._room.set()
+
+    def try_put(self, entry: Any) -> bool:
+        if len(self.items) >= self.max_items:
+            return False
+        self.items.append(entry)
+        return True
 
     async def put(self, entry: Any) -> None:
         while len(self.items) >= self.max_items:
@@ -89,11 +98,16 @@ class Outbox:
         self._wakeup.set()
 
     async def put_message(self, stage: str, turn: int | None, item: Any) -> None:
-        await self._messages.put((stage, turn, item))
+        """A stage output for the client; ``item.to_message(stage)`` is built when it is sent (None: skipped)."""
+        entry = (stage, turn, item)
+        if not self._messages.try_put(entry):
+            await self._messages.put(entry)
         self._wakeup.set()
 
     async def put_audio(self, stage: str, chunk: AudioChunk) -> None:
-        await self._audio.put((stage, chunk.turn, chunk))
+        entry = (stage, chunk.turn, chunk)
+        if not self._audio.try_put(entry):
+            await self._audio.put(entry)
         self._wakeup.set()
 
     async def put_end(self, turn: int) -> None:
@@ -128,7 +142,9 @@ class Outbox:
             if self._messages.items:
                 stage, turn, item = self._messages.popleft()
                 if turn is None or turn in turns:
-                    await self._send(item.to_message(stage))
+                    message = item.to_message(stage)
+                    if message is not None:
+                        await self._send(message)
                 continue
             if self._audio.items:
                 stage, turn, item = self._audio.items[0]
@@ -144,12 +160,16 @@ class Outbox:
                 duration_s = item.duration_ms / 1000.0
                 ahead_s = self.playhead_at - now
                 if ahead_s > 0 and ahead_s + duration_s > self.lead_s:
-                    await self._sleep(ahead_s + duration_s - self.lead_s)
+                    # until the chunk fits in the lead, or the client's buffer runs dry (lead < one chunk)
+                    await self._sleep(min(ahead_s, ahead_s + duration_s - self.lead_s))
                     continue
                 self._audio.popleft()
                 state = turns[turn]
                 message = m.AudioOut(stage=stage, turn=turn, seq=state.seq, data=item.pcm)
-                self.playhead_at = max(self.playhead_at, now) + duration_s
+                # The clock runs on through a send that is a little late (a timer's wake-up, a busy loop):
+                # restarting it from ``now`` each time made it drift behind real time chunk by chunk.
+                late_s = now - self.playhead_at
+                self.playhead_at = (now if late_s > CLOCK_SLACK_S else self.playhead_at) + duration_s
                 state.audio_sent(item.duration_ms, item.text, item.text_ms, now)
                 await self._send(message)
                 continue

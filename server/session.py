@@ -25,7 +25,7 @@ from server.metrics import ERRORS_TOTAL, INTERRUPTIONS_TOTAL, TURNS_TOTAL
 from server.outbox import Outbox
 from server.turns import Turn
 from stages.base import StageContext
-from stages.graph import StageEmitter, StageRunner, put_drop_oldest, stage_error
+from stages.graph import Inbox, StageEmitter, StageRunner, put_drop_oldest, stage_error
 from stages.items import AudioIn, Commit, Item, ReplyDelta, SpeechAudio, Transcript, TurnDone, VadEvent
 from stages.registry import StageSpec
 from transports import messages as m
@@ -86,12 +86,15 @@ class Session:
             lead_ms=defaults.lead_ms,
             max_items=defaults.outbox_max_items,
         )
+        self._input_types = [spec.input_type for spec in specs]
+        # where client audio enters: the first stage that takes raw audio or speech
+        self._audio_index = next((i for i, t in enumerate(self._input_types) if t in ("audio", "speech")), None)
         subscribed = subscribed_stages(hello.subscribe, [s.name for s in specs])
         # Overflow policy per edge: raw client audio (counted in ~20 ms messages) drops the oldest,
         # every other edge blocks its producer (text is never dropped).
         audio_items = max(8, int(defaults.audio_in_queue_ms / 20))
-        self.inboxes: list[asyncio.Queue[Any]] = [
-            asyncio.Queue(maxsize=audio_items if spec.input_type == "audio" else defaults.stage_queue_items)
+        self.inboxes: list[Inbox[Any]] = [
+            Inbox(audio_items if spec.input_type == "audio" else defaults.stage_queue_items)
             for spec in specs
         ]
         self._spawned: set[asyncio.Task[Any]] = set()
@@ -101,6 +104,10 @@ class Session:
             emitter = StageEmitter(spec.name, self, self.outbox, nxt, spec.name in subscribed)
             stage = spec.engine.new_stage(self.ctx)
             self.runners.append(StageRunner(spec.name, stage, self.inboxes[i], emitter, self))
+        for upstream, downstream in zip(self.runners, self.runners[1:], strict=False):
+            # Only from a non-interruptible stage: an interrupted child task must not cut a cheap stage's work.
+            if downstream.inlinable and not upstream.stage.interruptible:
+                upstream.emitter.inline_next = downstream
 
     @property
     def busy(self) -> bool:
@@ -199,15 +206,17 @@ class Session:
         cut = [t for t in self.turns.values() if t.responding and (before_turn is None or t.id < before_turn)]
         for turn in cut:
             del self.turns[turn.id]  # the gate closes first: nothing of this turn leaves from now on
-            for runner in self.runners:
-                runner.cancel_turn(turn.id)
             self.outbox.drop_turn(turn.id)
             played = turn.played_ms(now)
             spoken = turn.spoken_text(played, has_audio=self.has_audio_out)
             self._cut_history(turn, spoken)
+            # queued before the cancellations, so the outbox wakes (and tells the client) before the
+            # cancelled tasks unwind
+            self.outbox.control(m.Interrupted(turn=turn.id, played_ms=round(played, 1), text=spoken))
+            for runner in self.runners:
+                runner.cancel_turn(turn.id)
             INTERRUPTIONS_TOTAL.inc(cause=cause)
             TURNS_TOTAL.inc(outcome="interrupted")
-            self.outbox.control(m.Interrupted(turn=turn.id, played_ms=round(played, 1), text=spoken))
         return [t.id for t in cut]
 
     def _cut_history(self, turn: Turn, spoken: str) -> None:
@@ -225,9 +234,8 @@ class Session:
     # ------------------------------------------------------------ stage outputs
 
     def observe(self, stage: str, item: Item) -> None:
-        """Every stage output passes here first (hot path: keep it cheap)."""
-        kind = type(item)
-        if isinstance(item, SpeechAudio):
+        """Every stage output passes here first (hot path: keep it cheap; items are final classes)."""
+        if type(item) is SpeechAudio:
             if item.voiced_ms >= self.barge_in_min_ms and self._agent_busy(item.turn):
                 self.interrupt("barge_in", before_turn=item.turn)
             return
@@ -237,18 +245,24 @@ class Session:
         turn = self.turns.get(turn_id)
         if turn is None:
             return
-        now = time.monotonic()
-        if isinstance(item, VadEvent):
+        if type(item) is VadEvent:
             if item.event == "speech_end":
+                now = time.monotonic()
                 turn.input_end_at = item.voiced_until or now
                 turn.mark_output(stage, now)
             return
-        if isinstance(item, ReplyDelta):
+        if type(item) is ReplyDelta:
             turn.reply_parts.append(item.text)
             if item.final:
                 self._record_reply(turn)
-        if item.downstream and kind is not TurnDone:
-            turn.mark_output(stage, now)
+        # the first output of each stage once the input is complete (the clock is read only then)
+        if (
+            turn.input_end_at is not None
+            and stage not in turn.first_output_at
+            and type(item) is not TurnDone
+            and item.downstream
+        ):
+            turn.mark_output(stage, time.monotonic())
 
     def _agent_busy(self, user_turn: int) -> bool:
         return any(t.responding and t.id < user_turn for t in self.turns.values())
@@ -309,11 +323,9 @@ class Session:
         return None
 
     def _audio_entry(self) -> int | None:
-        for i, spec in enumerate(self.specs):
-            if spec.input_type in ("audio", "speech"):
-                return i
-        self.error("unknown_stage", "audio: this graph has no audio stage")
-        return None
+        if self._audio_index is None:
+            self.error("unknown_stage", "audio: this graph has no audio stage")
+        return self._audio_index
 
     async def _audio(self, pcm: bytes, index: int | None) -> None:
         if index is None:
@@ -322,13 +334,16 @@ class Session:
             self.error("bad_audio", f"audio: {len(pcm)} bytes is not a whole number of PCM16 samples (> 0)")
             return
         now = time.monotonic()
-        spec = self.specs[index]
-        if spec.input_type == "audio":
+        if self._input_types[index] == "audio":
             if self.echo_guard is not None:
                 pcm = self.echo_guard.process(pcm, now)  # echo-only frames silenced before the VAD
                 if not pcm:
                     return
-            if put_drop_oldest(self.inboxes[index], AudioIn(pcm, self.in_rate_hz, now), "audio_in"):
+            item = AudioIn(pcm, self.in_rate_hz, now)
+            runner = self.runners[index]
+            if runner.try_inline():  # an idle cheap first stage (VAD) takes it in this task
+                await runner.run_inline(item)
+            elif put_drop_oldest(self.inboxes[index], item, "audio_in"):
                 self.audio_in_dropped += 1
             return
         if self._speech_entry is None or self._speech_entry[0] != index:

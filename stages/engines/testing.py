@@ -165,6 +165,7 @@ class Passthrough(_NoLoad):
 
 class _PassthroughStage(BaseStage):
     interruptible: ClassVar[bool] = False
+    inline: ClassVar[bool] = True
 
     async def process(self, item: Item, out: Emitter) -> None:
         await out.emit(item)

@@ -1,0 +1,111 @@
+"""Shared by every benchmark process (the project's venv and pipecat's): stdlib only.
+
+Each workload runs in a fresh process that prints one ``RESULT {json}`` line; ``run_all.py``
+interleaves the systems' runs and takes medians.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+RATE_HZ = 16000
+FRAME_MS = 20
+FRAME_S = FRAME_MS / 1000
+FRAME_BYTES = RATE_HZ * FRAME_MS // 1000 * 2  # 640 bytes of PCM16 mono
+# The load generator: sessions are spread over GROUPS phases of SLOT_S; one wake-up feeds a group.
+GROUPS = 10
+SLOT_S = FRAME_S / GROUPS
+VOICED_THRESHOLD = 8  # high byte of a PCM16 sample: about -72 dBFS
+
+
+def pcm_frame(level: int = 0x20) -> bytes:
+    """20 ms of PCM16 whose samples all have the high byte ``level`` (a crude square "voice")."""
+    return bytes([0x00, level]) * (FRAME_BYTES // 2)
+
+
+def voiced(pcm: bytes) -> bool:
+    """The cheap VAD-like decision both systems run per 20 ms frame (16 sampled high bytes)."""
+    return max(pcm[1::40]) >= VOICED_THRESHOLD
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[rank]
+
+
+def median(values: list[float]) -> float:
+    return percentile(values, 50)
+
+
+def pin_cpu(cpu: int | None) -> None:
+    """Run this process on one core, so 'sessions per core' means one core."""
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
+NICE = -10
+
+
+def raise_priority() -> int:
+    """Nice -10 where allowed (root), so a shared machine's neighbours disturb the timings less.
+
+    Returns the niceness in effect. Both systems get the same treatment.
+    """
+    try:
+        return os.nice(NICE - os.nice(0))
+    except OSError:
+        return os.nice(0)
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def waited_s() -> float:
+    """Time this process spent runnable but waiting for a CPU (neighbours' load), from /proc schedstat."""
+    try:
+        with open("/proc/self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def rss_bytes() -> int:
+    """Resident set size now (from /proc, falls back to the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def args() -> tuple[str, dict[str, Any]]:
+    """``script.py WORKLOAD '{json params}'``."""
+    workload = sys.argv[1]
+    params = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    pin_cpu(params.get("cpu"))
+    params["niceness"] = raise_priority()
+    return workload, params
+
+
+def emit(result: dict[str, Any]) -> None:
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+async def sleep_until(deadline: float) -> None:
+    """Sleep until ``time.monotonic()`` reaches ``deadline`` (no sleep when it has passed)."""
+    import asyncio
+
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
