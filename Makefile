@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= config.yaml
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: run test lint install system-deps bench soak clean
 
@@ -40,8 +41,10 @@ $(STAMP): pyproject.toml
 system-deps:
 	@if [ -x scripts/install-system-deps.sh ]; then scripts/install-system-deps.sh || echo "!! system packages not installed; tests that need them will say so"; fi
 
+# B1-B5 side by side with pipecat (installed into bench/.venv-pipecat on first use), ~9 min;
+# `make bench BENCH_ARGS="--rounds 1 --quick"` is a ~3 min smoke run. Results: bench/results/.
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 soak: install
 	$(PY) bench/soak.py

@@ -114,6 +114,11 @@ class Outbox:
         await self._audio.put((None, turn, _END))
         self._wakeup.set()
 
+    def has_room(self, items: int) -> bool:
+        """Whether ``items`` more messages and chunks fit without waiting."""
+        lanes = (self._messages, self._audio)
+        return all(lane.max_items - len(lane.items) >= items for lane in lanes)
+
     def drop_turn(self, turn: int) -> None:
         """Forget everything queued for ``turn`` (interrupted); the client flushes its buffer, so does the clock."""
         self._messages.purge(turn)

@@ -30,6 +30,9 @@ from stages.items import AudioIn, Commit, Item, ReplyDelta, SpeechAudio, Transcr
 from stages.registry import StageSpec
 from transports import messages as m
 
+# more than the VAD emits for one frame (speech_start, pre-roll and speech, speech_end, the turn's end)
+INLINE_OUTPUTS = 6
+
 log = logging.getLogger("voxpipe.session")
 Send = Callable[[Any], Awaitable[None]]
 _ids = itertools.count(1)
@@ -341,7 +344,10 @@ class Session:
                     return
             item = AudioIn(pcm, self.in_rate_hz, now)
             runner = self.runners[index]
-            if runner.try_inline():  # an idle cheap first stage (VAD) takes it in this task
+            # An idle cheap first stage (VAD) takes the frame in this task, but only when its outputs
+            # (fewer than INLINE_OUTPUTS per frame) fit: the reader must never wait on a slow stage, it
+            # keeps reading interrupts; a busy graph gets the drop-oldest inbox, as before.
+            if runner.emitter.has_room(INLINE_OUTPUTS) and runner.try_inline():
                 await runner.run_inline(item)
             elif put_drop_oldest(self.inboxes[index], item, "audio_in"):
                 self.audio_in_dropped += 1

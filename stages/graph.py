@@ -185,6 +185,13 @@ class StageEmitter:
         if nxt is not None and item.downstream:
             await self._forward(nxt, item)
 
+    def has_room(self, items: int) -> bool:
+        """Whether ``items`` outputs fit downstream and in the client lane without waiting."""
+        nxt = self._next
+        if nxt is not None and nxt.maxsize - nxt.qsize() < items:
+            return False
+        return not self.subscribed or self._outbox.has_room(items)
+
     async def _forward(self, nxt: Inbox[Any], item: Item) -> None:
         runner = self.inline_next
         if runner is not None and runner.try_inline():

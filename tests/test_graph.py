@@ -15,6 +15,7 @@ from stages.base import BaseStage, Emitter, StageContext
 from stages.graph import SILENT_ITEMS, Inbox, put_drop_oldest
 from stages.items import AudioIn, Commit, Item, ReplyDelta, SpeechAudio, TurnDone
 from stages.registry import StageSpec, build_stage
+from tests.client import tone
 from transports import messages as m
 
 
@@ -162,3 +163,59 @@ async def test_inline_hand_off_keeps_order_and_one_item_at_a_time() -> None:
     assert gate.seen == ["a", "b", "c"]
     assert replies == ["a", "b", "c"]
     assert gate.max_active == 1
+
+
+
+class _Held(BaseStage):
+    """A non-interruptible stage stuck on its first item until ``hold`` is set."""
+
+    def __init__(self) -> None:
+        self.hold = asyncio.Event()
+        self.handled = 0
+
+    async def process(self, item: Item, out: Emitter) -> None:
+        await self.hold.wait()
+        self.handled += 1
+
+
+class _HeldEngine(_GateEngine):
+    input_type: ClassVar[str] = "speech"
+
+    def __init__(self) -> None:
+        self.stage = _Held()  # type: ignore[assignment]
+
+
+async def test_a_busy_graph_never_stalls_the_reader() -> None:
+    """The VAD takes frames in the reader's task only while its outputs fit downstream: with the next
+    stage stuck and its inbox full, ``handle(audio)`` still returns at once (the reader goes on reading
+    interrupts) and the frames meet the stated overflow policy of client audio, drop-oldest."""
+    held_engine = _HeldEngine()
+    specs = [
+        build_stage({"name": "vad", "engine": "energy", "start_ms": 20, "end_ms": 200}, "pipeline[0]"),
+        StageSpec(name="held", engine_name="held", kind="custom", engine=held_engine),
+    ]
+
+    async def send(message: Any) -> None:
+        return None
+
+    session = Session(m.Hello(protocol=1), specs, SessionDefaults(stage_queue_items=4), send)
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def messages() -> AsyncIterator[Any]:
+        await never
+        yield None
+
+    running = asyncio.create_task(session.run(messages()))
+    await asyncio.sleep(0.01)
+    frame = tone(20)
+    for _ in range(200):  # 4 s of speech into a graph whose second stage handles nothing
+        async with asyncio.timeout(1.0):
+            await session.handle(m.Audio(data=frame))
+        await asyncio.sleep(0)
+    assert session.inboxes[1].full()
+    assert session.audio_in_dropped > 0
+    held_engine.stage.hold.set()  # type: ignore[attr-defined]
+    never.cancel()
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
