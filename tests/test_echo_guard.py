@@ -292,16 +292,17 @@ async def test_piper_echo_never_interrupts_in_20_turns() -> None:
 @pytest.mark.timeout(400)
 async def test_piper_person_talking_over_the_echo_interrupts_the_agent() -> None:
     piper_or_skip()
-    # barge_in_min_ms 250 (the production default); with 100 this test hung on the person's follow-up turns
-    config = test_config(pipeline=piper_pipeline(), session={"barge_in_min_ms": 250})
+    config = test_config(pipeline=piper_pipeline(), session={"barge_in_min_ms": 250})  # the production default
     line = "The road north is dangerous at night, and wolves have been seen near the old mill, so take a torch."
-    # the agent's echo is about -27 dBFS here (Piper speaks near -21 dBFS, -6 dB on the way back)
-    voice = piper_other_voice("Wait, stop, I need to ask you about the quest right now.", rms_dbfs_at_mic=-27.0)
+    # The person opens with a continuous phrase: an opening like "Wait, stop," (200 ms of voice, then a
+    # 240 ms pause) is below the 250 ms sustained-voice rule by design, and measured 850 ms for that reason.
+    # The agent's echo is about -27 dBFS here (Piper speaks near -21 dBFS, -6 dB on the way back).
+    voice = piper_other_voice("Hold on a second, I need to ask you about the quest right now.", rms_dbfs_at_mic=-27.0)
     async with room(config) as (r, _srv):
         latencies = await double_talk_turns(r, line, voice, 5)
     print(f"\ndouble talk, Piper: interruption after {latencies} ms")
-    # Known gap (issue 9 note): the first double-talk turn of a session has measured 0.9-1.4 s, the
-    # others 310-345 ms on a quiet machine; only "every turn is interrupted" is asserted here.
+    # The 400 ms target is measured (bench/results/echo_guard.md: 300-390 ms), not asserted: wall-clock
+    # bounds flake on a loaded machine. Asserted: every turn is cut while the agent still speaks.
     assert all(lat is not None for lat in latencies), latencies
 
 
