@@ -7,7 +7,7 @@ normalized cross-correlation; a frame the agent's voice explains (peak NCC >= ``
 before the VAD, while a person talking over the agent lowers the correlation and passes unchanged.
 Chosen over a raised VAD threshold and a per-band residual gate by measurement (bench/results/echo_guard.md;
 rates through the real server: bench/echo_guard.py).
-The analysis runs at 8 kHz (both signals low-passed at 3.4 kHz, then decimated): it only decides,
+The analysis runs at 8 kHz (both signals low-passed at 2.5 kHz, then decimated): it only decides,
 nobody hears it; what the VAD gets is the client's audio, whole or silenced per frame.
 """
 
