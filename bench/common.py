@@ -11,7 +11,8 @@ import os
 import resource
 import sys
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 RATE_HZ = 16000
 FRAME_MS = 20
@@ -109,3 +110,53 @@ async def sleep_until(deadline: float) -> None:
     delay = deadline - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
+
+
+def hop_result(n: int, wall_s: float, cpu_s: float) -> dict[str, Any]:
+    """B1's figures for ``n`` frames through 4 hops."""
+    return {
+        "frames": n,
+        "hops": 4,
+        "us_per_hop": cpu_s / n / 4 * 1e6,  # CPU time: what the work costs, whatever the neighbours do
+        "wall_us_per_hop": wall_s / n / 4 * 1e6,
+    }
+
+
+class RealTimeBench(Protocol):
+    """What both systems' B2 drivers offer ``measure_rt``."""
+
+    t0: float
+    window: tuple[float, float]
+    late_s: list[float]
+
+    def drive(self, until: float) -> Awaitable[None]: ...
+
+    def close(self) -> Awaitable[None]: ...
+
+
+async def measure_rt(bench: RealTimeBench, k: int, p: dict[str, Any]) -> dict[str, Any]:
+    """B2: run a started driver through its warm-up and measuring window; lateness and CPU share of one core."""
+    import asyncio
+
+    warm_s, measure_s = float(p.get("warm_s", 1.0)), float(p.get("measure_s", 3.0))
+    lo = bench.t0 + warm_s
+    hi = lo + measure_s
+    bench.window = (lo, hi)
+    driver = asyncio.ensure_future(bench.drive(hi + 0.1))
+    await sleep_until(lo)
+    c0, q0, w0 = cpu_seconds(), waited_s(), time.perf_counter()
+    await sleep_until(hi)
+    c1, q1, w1 = cpu_seconds(), waited_s(), time.perf_counter()
+    await driver
+    await bench.close()
+    late_ms = [x * 1000 for x in bench.late_s]
+    expected = k * measure_s / FRAME_S
+    return {
+        "k": k,
+        "cpu_frac": (c1 - c0) / (w1 - w0),
+        "waited_frac": (q1 - q0) / (w1 - w0),  # runnable but not running: the neighbours' share
+        "p50_ms": percentile(late_ms, 50),
+        "p99_ms": percentile(late_ms, 99),
+        "max_ms": max(late_ms, default=float("nan")),
+        "delivered": len(late_ms) / expected,
+    }

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import args, emit  # noqa: E402
+from bench.common import args, emit, hop_result  # noqa: E402
 
 
 async def b1(p: dict[str, Any]) -> dict[str, Any]:
@@ -51,12 +51,7 @@ async def b1(p: dict[str, Any]) -> dict[str, Any]:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     wall_s, cpu_s = results[-1]
-    return {
-        "frames": n,
-        "hops": 4,
-        "us_per_hop": cpu_s / n / 4 * 1e6,  # CPU time: what the work costs, whatever the neighbours do
-        "wall_us_per_hop": wall_s / n / 4 * 1e6,
-    }
+    return hop_result(n, wall_s, cpu_s)
 
 
 if __name__ == "__main__":

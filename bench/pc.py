@@ -50,14 +50,14 @@ from bench.common import (  # noqa: E402
     RATE_HZ,
     SLOT_S,
     args,
-    cpu_seconds,
     emit,
+    hop_result,
+    measure_rt,
     pcm_frame,
     percentile,
     rss_bytes,
     sleep_until,
     voiced,
-    waited_s,
 )
 
 
@@ -207,12 +207,7 @@ async def b1(p: dict[str, Any]) -> dict[str, Any]:
         results.append((time.perf_counter() - t0, time.process_time() - c0))
     await bot.close()
     wall_s, cpu_s = results[-1]
-    return {
-        "frames": n,
-        "hops": 4,
-        "us_per_hop": cpu_s / n / 4 * 1e6,  # CPU time: what the work costs, whatever the neighbours do
-        "wall_us_per_hop": wall_s / n / 4 * 1e6,
-    }
+    return hop_result(n, wall_s, cpu_s)
 
 
 # ---------------------------------------------------------------- B2 / B3
@@ -268,31 +263,9 @@ class RealTime:
 
 async def rt(p: dict[str, Any]) -> dict[str, Any]:
     k = int(p["k"])
-    warm_s, measure_s = float(p.get("warm_s", 1.0)), float(p.get("measure_s", 3.0))
     bench = RealTime(k, p["mode"])
     await bench.start()
-    lo = bench.t0 + warm_s
-    hi = lo + measure_s
-    bench.window = (lo, hi)
-    driver = asyncio.create_task(bench.drive(hi + 0.1))
-    await sleep_until(lo)
-    c0, q0, w0 = cpu_seconds(), waited_s(), time.perf_counter()
-    await sleep_until(hi)
-    c1, q1, w1 = cpu_seconds(), waited_s(), time.perf_counter()
-    await driver
-    await bench.close()
-    late_ms = [x * 1000 for x in bench.late_s]
-    expected = k * measure_s / FRAME_S
-    return {
-        "k": k,
-        "cpu_frac": (c1 - c0) / (w1 - w0),
-        "waited_frac": (q1 - q0) / (w1 - w0),  # runnable but not running: the neighbours' share
-        "p50_ms": percentile(late_ms, 50),
-        "p99_ms": percentile(late_ms, 99),
-        "max_ms": max(late_ms, default=float("nan")),
-        "delivered": len(late_ms) / expected,
-        "dropped": 0,
-    }
+    return {**(await measure_rt(bench, k, p)), "dropped": 0}
 
 
 async def mem(p: dict[str, Any]) -> dict[str, Any]:

@@ -119,6 +119,26 @@ class _GateEngine:
         return None
 
 
+@contextlib.asynccontextmanager
+async def graph_running(session: Session) -> AsyncIterator[None]:
+    """The session's graph running with no client messages (items are put into its inboxes directly)."""
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def messages() -> AsyncIterator[Any]:
+        await never
+        yield None
+
+    running = asyncio.create_task(session.run(messages()))
+    await asyncio.sleep(0.01)
+    try:
+        yield
+    finally:
+        never.cancel()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
 async def test_inline_hand_off_keeps_order_and_one_item_at_a_time() -> None:
     gate_engine = _GateEngine()
     specs = [
@@ -133,37 +153,25 @@ async def test_inline_hand_off_keeps_order_and_one_item_at_a_time() -> None:
 
     session = Session(m.Hello(protocol=1, subscribe=["gate"]), specs, SessionDefaults(), send)
     assert session.runners[0].emitter.inline_next is session.runners[1]
-    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def messages() -> AsyncIterator[Any]:
-        await never
-        yield None
-
-    running = asyncio.create_task(session.run(messages()))
-    await asyncio.sleep(0.01)
-    turn = session.new_turn(from_speech=False)
     gate = gate_engine.stage
-    gate.hold.clear()
-    await session.inboxes[0].put(ReplyDelta(turn, "a"))  # first -> gate inline, held mid-item
-    await asyncio.sleep(0.01)
-    assert gate.seen == ["a"]
-    await session.inboxes[1].put(ReplyDelta(turn, "b"))  # straight into gate's inbox while "a" is held
-    await session.inboxes[0].put(ReplyDelta(turn, "c"))  # gate is busy: queued behind "b"
-    await asyncio.sleep(0.01)
-    assert gate.seen == ["a"]
-    gate.hold.set()
-    for _ in range(100):
-        if len(replies) == 3:
-            break
+    async with graph_running(session):
+        turn = session.new_turn(from_speech=False)
+        gate.hold.clear()
+        await session.inboxes[0].put(ReplyDelta(turn, "a"))  # first -> gate inline, held mid-item
         await asyncio.sleep(0.01)
-    never.cancel()
-    running.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
+        assert gate.seen == ["a"]
+        await session.inboxes[1].put(ReplyDelta(turn, "b"))  # straight into gate's inbox while "a" is held
+        await session.inboxes[0].put(ReplyDelta(turn, "c"))  # gate is busy: queued behind "b"
+        await asyncio.sleep(0.01)
+        assert gate.seen == ["a"]
+        gate.hold.set()
+        for _ in range(100):
+            if len(replies) == 3:
+                break
+            await asyncio.sleep(0.01)
     assert gate.seen == ["a", "b", "c"]
     assert replies == ["a", "b", "c"]
     assert gate.max_active == 1
-
 
 
 class _Held(BaseStage):
@@ -199,23 +207,12 @@ async def test_a_busy_graph_never_stalls_the_reader() -> None:
         return None
 
     session = Session(m.Hello(protocol=1), specs, SessionDefaults(stage_queue_items=4), send)
-    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def messages() -> AsyncIterator[Any]:
-        await never
-        yield None
-
-    running = asyncio.create_task(session.run(messages()))
-    await asyncio.sleep(0.01)
     frame = tone(20)
-    for _ in range(200):  # 4 s of speech into a graph whose second stage handles nothing
-        async with asyncio.timeout(1.0):
-            await session.handle(m.Audio(data=frame))
-        await asyncio.sleep(0)
-    assert session.inboxes[1].full()
-    assert session.audio_in_dropped > 0
-    held_engine.stage.hold.set()  # type: ignore[attr-defined]
-    never.cancel()
-    running.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
+    async with graph_running(session):
+        for _ in range(200):  # 4 s of speech into a graph whose second stage handles nothing
+            async with asyncio.timeout(1.0):
+                await session.handle(m.Audio(data=frame))
+            await asyncio.sleep(0)
+        assert session.inboxes[1].full()
+        assert session.audio_in_dropped > 0
+        held_engine.stage.hold.set()  # type: ignore[attr-defined]
