@@ -25,7 +25,7 @@ from server.auth import Authenticator
 from server.config import Config
 from server.echo_guard import echo_guard_options
 from server.errors import ProtocolError
-from server.http import DEFAULT_WEB_ROOT, Routes
+from server.http import DEFAULT_WEB_ROOT, Routes, metrics_token
 from server.metrics import METRICS, SESSIONS_OPEN, SESSIONS_TOTAL
 from server.session import Session, validate_hello
 from stages.registry import StageSpec, build_pipeline, describe_chain, load_all
@@ -193,6 +193,7 @@ async def serve(
 ) -> AsyncIterator[RunningServer]:
     """Build, load and start the server; on exit, drain and close it."""
     say = log or ((lambda _text: None) if quiet else _stderr_log)
+    token = metrics_token(config.server.metrics_token_env)  # before the models load: fail fast
     specs = build_pipeline(config.pipeline)
     say(f"voxpipe: pipeline {describe_chain(specs)}")
     started = time.monotonic()
@@ -203,7 +204,11 @@ async def serve(
     opts = config.server
     web_root = Path(opts.web_root) if opts.web_root else DEFAULT_WEB_ROOT
     routes = Routes(
-        ws_path=opts.ws_path, web_root=web_root, health=running.health, admit=running.admission.check_handshake
+        ws_path=opts.ws_path,
+        web_root=web_root,
+        health=running.health,
+        admit=running.admission.check_handshake,
+        metrics_token=token,
     )
     ws_server = await ws_serve(
         running.handler,

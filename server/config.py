@@ -34,6 +34,9 @@ class ServerOptions:
     max_sessions: int = 200
     drain_timeout_s: float = 10.0  # SIGTERM: how long current turns may finish
     web_root: str | None = None  # folder served at GET /; default: clients/web next to the code
+    # GET /metrics needs "Authorization: Bearer <token>" when set: the token comes from this environment
+    # variable (a missing or empty variable is a start-up error). null: /metrics is open (restrict it at a proxy).
+    metrics_token_env: str | None = None
 
     def validate(self) -> None:
         require(0 <= self.port <= 65535, "port", "must be 0..65535")

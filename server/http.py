@@ -6,9 +6,11 @@ WebSocket path falls through to the handshake.
 
 from __future__ import annotations
 
+import hmac
 import json
 import mimetypes
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from server.errors import ConfigError
 from server.metrics import METRICS
 from transports.schema import build_schema
 
@@ -69,6 +72,16 @@ def _static(web_root: Path, path: str) -> Response | None:
     return response(200, target.read_bytes(), kind)
 
 
+def metrics_token(env_name: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The /metrics bearer token from the environment variable ``server.metrics_token_env`` names, or None."""
+    if env_name is None:
+        return None
+    value = (os.environ if environ is None else environ).get(env_name, "")
+    if not value:
+        raise ConfigError(f"server.metrics_token_env: environment variable {env_name} is not set (or empty)")
+    return value
+
+
 class Routes:
     """``process_request`` for the server: returns a Response, or None to go on with the handshake."""
 
@@ -79,11 +92,25 @@ class Routes:
         web_root: Path,
         health: Callable[[], dict[str, Any]],
         admit: Callable[[Any, Request], Response | None] | None = None,
+        metrics_token: str | None = None,
     ) -> None:
         self.ws_path = ws_path
         self.web_root = web_root
         self.health = health
         self.admit = admit  # the WebSocket path's gate (auth, caps): a Response refuses the handshake
+        self._metrics_auth = None if metrics_token is None else f"Bearer {metrics_token}".encode()
+
+    def _metrics(self, request: Request) -> Response:
+        if self._metrics_auth is not None:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, self._metrics_auth):
+                return response(
+                    401,
+                    b"/metrics needs a bearer token\n",
+                    "text/plain; charset=utf-8",
+                    extra={"WWW-Authenticate": 'Bearer realm="voxpipe metrics"'},
+                )
+        return response(200, METRICS.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
 
     def __call__(self, connection: Any, request: Request) -> Response | None:
         path = unquote(urlsplit(request.path).path)
@@ -94,7 +121,7 @@ class Routes:
         if path == "/schema":
             return response(200, _schema_bytes(), "application/schema+json")
         if path == "/metrics":
-            return response(200, METRICS.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+            return self._metrics(request)
         found = _static(self.web_root, path)
         if found is not None:
             return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 
 import msgpack
@@ -11,6 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from server.errors import ConfigError
 from tests.client import Client, running_server, test_config
 from transports.messages import CLIENT_MESSAGES, SERVER_MESSAGES
 
@@ -67,6 +69,32 @@ async def test_metrics_count_sessions_turns_and_errors() -> None:
         assert "voxpipe_sessions_open 1" in text
         assert 'voxpipe_turns_total{outcome="end"}' in text
         assert 'voxpipe_errors_total{code="unknown_type"}' in text
+
+
+async def test_metrics_token_guards_the_metrics_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOXPIPE_TEST_METRICS_TOKEN", "s3cret-metrics")
+    config = test_config(server={"metrics_token_env": "VOXPIPE_TEST_METRICS_TOKEN"})
+    async with running_server(config) as srv:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-metrics"}):
+            request = urllib.request.Request(srv.http_url + "metrics", headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as info:
+                await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
+            assert info.value.code == 401
+            assert info.value.headers["WWW-Authenticate"].startswith("Bearer")
+        request = urllib.request.Request(srv.http_url + "metrics", headers={"Authorization": "Bearer s3cret-metrics"})
+        with await asyncio.to_thread(urllib.request.urlopen, request, timeout=5) as resp:
+            assert resp.status == 200
+            assert b"voxpipe_sessions_open 0" in resp.read()
+        status, _, _ = await get(srv.http_url + "healthz")  # the health probe stays open
+        assert status == 200
+
+
+async def test_metrics_token_env_must_be_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VOXPIPE_TEST_METRICS_TOKEN", raising=False)
+    config = test_config(server={"metrics_token_env": "VOXPIPE_TEST_METRICS_TOKEN"})
+    with pytest.raises(ConfigError, match=r"server\.metrics_token_env: .* VOXPIPE_TEST_METRICS_TOKEN is not set"):
+        async with running_server(config):
+            pass
 
 
 @pytest.mark.parametrize("first", ['{"type": "text", "text": "hi"}', "garbage", msgpack.packb({"type": "ping"})])
