@@ -55,7 +55,11 @@ class RunningServer:
             max_sessions=config.server.max_sessions,
             accepting=lambda: self.accepting,
         )
-        self.webrtc = WebrtcHub.from_config(config.extra.get("webrtc"))  # validates the webrtc section
+        self.webrtc = WebrtcHub.from_config(  # validates the webrtc section
+            config.extra.get("webrtc"),
+            audio_max_realtime=config.limits.audio_max_realtime,
+            audio_burst_s=config.limits.audio_burst_s,
+        )
         METRICS.add_collector(lambda: SESSIONS_OPEN.set(len(self.sessions)))
 
     @property

@@ -46,6 +46,7 @@ class PcmTrack(MediaStreamTrack):
         self._pcm = bytearray()
         self._start: float | None = None
         self._pts = 0
+        self.speed = 1.0  # > 1: a flooding caller, frames faster than real time
 
     def play(self, pcm: bytes) -> None:
         self._pcm += pcm
@@ -53,7 +54,7 @@ class PcmTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self._start is None:
             self._start = time.monotonic()
-        wait = self._start + self._pts / RATE_HZ - time.monotonic()
+        wait = self._start + self._pts / RATE_HZ / self.speed - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
         chunk = bytes(self._pcm[: FRAME_SAMPLES * 2]).ljust(FRAME_SAMPLES * 2, b"\0")
@@ -152,6 +153,25 @@ async def test_speech_in_over_webrtc_agent_audio_out_on_the_track() -> None:
         idle = c.heard.frames[before:]
         assert len(idle) >= 10
         assert all(level <= VOICED_DBFS for _, level in idle)
+
+
+async def test_call_audio_faster_than_the_audio_limit_loses_the_call() -> None:
+    """A caller whose track sends 4x real time runs out of the audio budget (2x, 1 s burst here): the call is
+    closed with a clear error, the conversation goes on over the WebSocket."""
+    async with running_server(test_config(limits={"audio_burst_s": 1.0})) as server, call(server.url) as c:
+        c.mic.speed = 4.0
+        c.mic.play(silence(6000, RATE_HZ))
+        errors = await c.client.recv_until(lambda msg: msg["type"] == "error", timeout=10)
+        err = errors[-1]
+        assert err["code"] == "webrtc_closed"
+        assert "faster than 2x real time" in err["message"]
+        assert err["fatal"] is False
+        session = c.client.ready["session"]
+        assert server.webrtc.calls[session].peer is None
+        await c.client.send({"type": "text", "text": "still here"})
+        messages = await c.client.turn(timeout=10)
+        reply = "".join(msg["text"] for msg in messages if msg["type"] == "reply")
+        assert "still here" in reply, messages
 
 
 async def test_interrupt_stops_the_track_audio_within_100_ms() -> None:

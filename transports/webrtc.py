@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from server.limits import TokenBucket
 from server.metrics import METRICS, QUEUE_DROPS_TOTAL
 from server.options import build, require
 from transports import messages as m
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("voxpipe.webrtc")
 Send = Callable[[Any], Awaitable[None]]
 PEERS_OPEN = METRICS.gauge("voxpipe_webrtc_peers_open", "WebRTC peer connections open now")
+CALL_FLOODS_TOTAL = METRICS.counter(
+    "voxpipe_webrtc_floods_total", "Calls closed because their audio arrived faster than the audio limit"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +77,23 @@ class SessionLike(Protocol):
 class WebrtcHub:
     """Server-wide: the options and the peer cap."""
 
-    def __init__(self, options: WebrtcOptions) -> None:
+    def __init__(
+        self, options: WebrtcOptions, *, audio_max_realtime: float | None = 2.0, audio_burst_s: float = 10.0
+    ) -> None:
         self.options = options
+        # the WebSocket's audio budget (config limits) holds for call audio too: a flood loses the call
+        self.audio_max_realtime = audio_max_realtime
+        self.audio_burst_s = audio_burst_s
         self.peers = 0
         self.calls: dict[str, CallIn] = {}  # by session id, while the session runs
         METRICS.add_collector(lambda: PEERS_OPEN.set(self.peers))
 
     @classmethod
-    def from_config(cls, section: Any) -> WebrtcHub:
-        return cls(build(WebrtcOptions, section, "webrtc"))
+    def from_config(
+        cls, section: Any, *, audio_max_realtime: float | None = 2.0, audio_burst_s: float = 10.0
+    ) -> WebrtcHub:
+        options = build(WebrtcOptions, section, "webrtc")
+        return cls(options, audio_max_realtime=audio_max_realtime, audio_burst_s=audio_burst_s)
 
     def call_in(self, send: Send) -> CallIn:
         return CallIn(self, send)
@@ -113,6 +126,8 @@ class CallIn:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tg: asyncio.TaskGroup | None = None
         self._closing: set[asyncio.Future[None]] = set()  # peer connections still closing
+        self._audio_budget: TokenBucket | None = None  # per call, set up with its answer
+        self._flooded = False
 
     # ------------------------------------------------------------ the transport's view
 
@@ -178,6 +193,16 @@ class CallIn:
             self._wakeup.set()
 
     def _from_call(self, msg: Any) -> None:
+        if type(msg) is m.Audio and self._audio_budget is not None:
+            if self._flooded:
+                return  # the call is closing: what still arrives from it is dropped
+            if not self._audio_budget.take(len(msg.data), time.monotonic()):
+                self._flooded = True
+                CALL_FLOODS_TOTAL.inc()
+                factor = self.hub.audio_max_realtime
+                reason = f"the call's audio arrived faster than {factor:g}x real time (rate_limited)"
+                self._spawn(self._close_peer(reason=reason), "webrtc-flood")
+                return
         if len(self._rtc_in) >= self._rtc_in_max:
             self._rtc_in.popleft()
             QUEUE_DROPS_TOTAL.inc(edge="webrtc_in")
@@ -199,6 +224,13 @@ class CallIn:
                 yield self._rtc_in.popleft()
             if not progressed:
                 await self._wakeup.wait()
+
+    def _new_audio_budget(self, in_rate_hz: int) -> TokenBucket | None:
+        factor = self.hub.audio_max_realtime
+        if factor is None:
+            return None
+        bytes_per_s = in_rate_hz * 2
+        return TokenBucket(factor * bytes_per_s, self.hub.audio_burst_s * bytes_per_s, time.monotonic())
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         assert self._tg is not None
@@ -248,6 +280,8 @@ class CallIn:
             on_played=lambda turn, ms: self._from_call(m.Played(turn=turn, ms=ms)),
         )
         peer = _Peer(pc, track)
+        self._audio_budget = self._new_audio_budget(session.in_rate_hz)
+        self._flooded = False
         this_task = asyncio.current_task()
         if this_task is not None:
             peer.tasks.add(this_task)  # a newer offer or the session's end cancels this negotiation
