@@ -22,7 +22,7 @@ test: install system-deps
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy server stages transports
+	$(VENV)/bin/mypy server stages transports tests
 
 install: $(STAMP)
 

@@ -215,4 +215,4 @@ async def test_a_busy_graph_never_stalls_the_reader() -> None:
             await asyncio.sleep(0)
         assert session.inboxes[1].full()
         assert session.audio_in_dropped > 0
-        held_engine.stage.hold.set()  # type: ignore[attr-defined]
+        held_engine.stage.hold.set()

@@ -75,7 +75,12 @@ async def page(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[
         try:
             tab = context.pages[0] if context.pages else await context.new_page()
             tab.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-            tab.on("console", lambda msg: msg.type == "error" and problems.append(f"console error: {msg.text}"))
+
+            def on_console(msg: Any) -> None:
+                if msg.type == "error":
+                    problems.append(f"console error: {msg.text}")
+
+            tab.on("console", on_console)
             yield tab
         finally:
             with contextlib.suppress(Exception):

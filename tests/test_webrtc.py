@@ -84,6 +84,7 @@ async def _listen(track: MediaStreamTrack, heard: Heard) -> None:
             frame = await track.recv()
         except MediaStreamError:
             return
+        assert isinstance(frame, av.AudioFrame)
         samples = frame.to_ndarray().reshape(-1)
         level = dbfs(samples)
         heard.frames.append((time.monotonic(), level))
