@@ -30,7 +30,7 @@ class ServerOptions:
     close_timeout_s: float | None = 5.0
     hello_timeout_s: float = 10.0  # handshake done -> hello received
     write_limit_bytes: int = 64 * 1024  # websockets' write buffer high-water mark
-    max_queue_frames: int = 16  # websockets' incoming frame queue
+    max_queue_frames: int = 4  # websockets' incoming frame queue: 4 x max_frame_bytes worst case per connection
     max_sessions: int = 200
     drain_timeout_s: float = 10.0  # SIGTERM: how long current turns may finish
     web_root: str | None = None  # folder served at GET /; default: clients/web next to the code
