@@ -11,7 +11,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 RATE_HZ = 16000
@@ -160,3 +160,35 @@ async def measure_rt(bench: RealTimeBench, k: int, p: dict[str, Any]) -> dict[st
         "max_ms": max(late_ms, default=float("nan")),
         "delivered": len(late_ms) / expected,
     }
+
+
+async def measure_mem(start: Callable[[int], Awaitable[RealTimeBench]], k: int, p: dict[str, Any]) -> dict[str, Any]:
+    """B3: RSS delta, then tracemalloc delta, per idle and per active session of ``k`` started by ``start``."""
+    import asyncio
+    import gc
+    import tracemalloc
+
+    active_s = float(p.get("active_s", 1.0))
+    out: dict[str, Any] = {"k": k}
+    warm = await start(2)  # imports, first allocations and caches happen outside the measurement
+    await warm.drive(warm.t0 + 0.3)
+    await warm.close()
+    for mode in ("rss", "traced"):
+        gc.collect()
+        if mode == "traced":
+            tracemalloc.start()
+        measure: Callable[[], int] = (lambda: tracemalloc.get_traced_memory()[0]) if mode == "traced" else rss_bytes
+        base = measure()
+        bench = await start(k)
+        await asyncio.sleep(0.5)  # every task started and parked on its queue
+        gc.collect()
+        idle = measure()
+        bench.t0 = time.perf_counter()
+        await bench.drive(bench.t0 + active_s)
+        active = measure()
+        await bench.close()
+        if mode == "traced":
+            tracemalloc.stop()
+        out[f"{mode}_idle_kib"] = (idle - base) / k / 1024
+        out[f"{mode}_active_kib"] = (active - base) / k / 1024
+    return out

@@ -10,11 +10,9 @@ the write and then sleeps on a 20 ms playout clock, as pipecat's WebSocket trans
 from __future__ import annotations
 
 import asyncio
-import gc
 import random
 import sys
 import time
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +50,10 @@ from bench.common import (  # noqa: E402
     args,
     emit,
     hop_result,
+    measure_mem,
     measure_rt,
     pcm_frame,
     percentile,
-    rss_bytes,
     sleep_until,
     voiced,
 )
@@ -269,33 +267,12 @@ async def rt(p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def mem(p: dict[str, Any]) -> dict[str, Any]:
-    k = int(p.get("k", 200))
-    active_s = float(p.get("active_s", 1.0))
-    out: dict[str, Any] = {"k": k}
-    warm = RealTime(2, p["mode"])
-    await warm.start()
-    await warm.drive(warm.t0 + 0.3)
-    await warm.close()
-    for mode in ("rss", "traced"):
-        gc.collect()
-        if mode == "traced":
-            tracemalloc.start()
-        measure = (lambda: tracemalloc.get_traced_memory()[0]) if mode == "traced" else rss_bytes
-        base = measure()
-        bench = RealTime(k, p["mode"])
+    async def start(n: int) -> RealTime:
+        bench = RealTime(n, p["mode"])
         await bench.start()
-        await asyncio.sleep(0.5)
-        gc.collect()
-        idle = measure()
-        bench.t0 = time.perf_counter()
-        await bench.drive(time.perf_counter() + active_s)
-        active = measure()
-        await bench.close()
-        if mode == "traced":
-            tracemalloc.stop()
-        out[f"{mode}_idle_kib"] = (idle - base) / k / 1024
-        out[f"{mode}_active_kib"] = (active - base) / k / 1024
-    return out
+        return bench
+
+    return await measure_mem(start, int(p.get("k", 200)), p)
 
 
 # ---------------------------------------------------------------- B4

@@ -9,11 +9,9 @@ client messages fed through ``run``'s message stream (as the WebSocket reader do
 from __future__ import annotations
 
 import asyncio
-import gc
 import random
 import sys
 import time
-import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -30,10 +28,10 @@ from bench.common import (  # noqa: E402
     args,
     emit,
     hop_result,
+    measure_mem,
     measure_rt,
     pcm_frame,
     percentile,
-    rss_bytes,
     sleep_until,
 )
 from server.config import SessionDefaults  # noqa: E402
@@ -44,10 +42,6 @@ from transports import messages as m  # noqa: E402
 
 vox_engines.register()
 Send = Callable[[Any], Any]
-
-
-def traced_bytes() -> int:
-    return tracemalloc.get_traced_memory()[0]
 
 
 class Running:
@@ -183,33 +177,13 @@ async def rt(p: dict[str, Any]) -> dict[str, Any]:
 
 async def mem(p: dict[str, Any]) -> dict[str, Any]:
     """B3: RSS delta per idle / active session, then the same with tracemalloc."""
-    k = int(p.get("k", 200))
-    active_s = float(p.get("active_s", 1.0))
-    out: dict[str, Any] = {"k": k}
-    warm = RealTime(2)
-    warm.start()
-    await warm.drive(warm.t0 + 0.3)
-    await warm.close()
-    for mode in ("rss", "traced"):
-        gc.collect()
-        if mode == "traced":
-            tracemalloc.start()
-        measure: Callable[[], int] = traced_bytes if mode == "traced" else rss_bytes
-        base = measure()
-        bench = RealTime(k)
+
+    async def start(n: int) -> RealTime:
+        bench = RealTime(n)
         bench.start()
-        await asyncio.sleep(0.5)  # every task started and parked on its queue
-        gc.collect()
-        idle = measure()
-        bench.t0 = time.perf_counter()
-        await bench.drive(bench.t0 + active_s)
-        active = measure()
-        await bench.close()
-        if mode == "traced":
-            tracemalloc.stop()
-        out[f"{mode}_idle_kib"] = (idle - base) / k / 1024
-        out[f"{mode}_active_kib"] = (active - base) / k / 1024
-    return out
+        return bench
+
+    return await measure_mem(start, int(p.get("k", 200)), p)
 
 
 # ---------------------------------------------------------------- B4
