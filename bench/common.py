@@ -192,3 +192,16 @@ async def measure_mem(start: Callable[[int], Awaitable[RealTimeBench]], k: int, 
         out[f"{mode}_idle_kib"] = (idle - base) / k / 1024
         out[f"{mode}_active_kib"] = (active - base) / k / 1024
     return out
+
+
+def interrupt_result(prop_ms: list[float], stale_total: int, before_counts: list[int]) -> dict[str, Any]:
+    """B4's figures: interrupt -> last old-turn chunk out (ms), and old-turn chunks that left after it."""
+    return {
+        "interrupts": len(prop_ms),
+        "p50_ms": percentile(prop_ms, 50),
+        "p99_ms": percentile(prop_ms, 99),
+        "max_ms": max(prop_ms),
+        "stale_chunks": stale_total,
+        "chunks_before_p50": percentile([float(c) for c in before_counts], 50),
+        "samples_ms": prop_ms,
+    }

@@ -28,10 +28,10 @@ from bench.common import (  # noqa: E402
     args,
     emit,
     hop_result,
+    interrupt_result,
     measure_mem,
     measure_rt,
     pcm_frame,
-    percentile,
     sleep_until,
 )
 from server.config import SessionDefaults  # noqa: E402
@@ -229,15 +229,7 @@ async def interrupt(p: dict[str, Any]) -> dict[str, Any]:
         stale_total += len(stale)
         prop_ms.append((max([acks[turn], *stale]) - t_i) * 1000)
     await run.close()
-    return {
-        "interrupts": n,
-        "p50_ms": percentile(prop_ms, 50),
-        "p99_ms": percentile(prop_ms, 99),
-        "max_ms": max(prop_ms),
-        "stale_chunks": stale_total,
-        "chunks_before_p50": percentile([float(c) for c in before_counts], 50),
-        "samples_ms": prop_ms,
-    }
+    return interrupt_result(prop_ms, stale_total, before_counts)
 
 
 WORKLOADS = {"b1": b1, "rt": rt, "mem": mem, "interrupt": interrupt}

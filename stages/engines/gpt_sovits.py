@@ -7,18 +7,16 @@ models, 24 kHz for v3, 48 kHz for v4). A failure is HTTP 400 with ``{"message", 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from server.options import require
 from stages.base import StageContext
-from stages.engines.http_common import HttpBackend, audio_body
-from stages.upstream import HttpCall, HttpOptions
+from stages.engines.http_common import HttpTtsBackend
+from stages.upstream import HttpOptions
 
 
-class GptSovitsTts(HttpBackend):
+class GptSovitsTts(HttpTtsBackend):
     kind: ClassVar[str] = "tts"
     engine = "gpt_sovits"
 
@@ -53,12 +51,8 @@ class GptSovitsTts(HttpBackend):
             require(self.speed_factor > 0, "speed_factor", "must be > 0")
 
     def __init__(self, options: GptSovitsTts.Options) -> None:
-        super().__init__(options)
+        super().__init__(options, path=options.path, media=options.media_type, sample_rate_hz=options.sample_rate_hz)
         self.options = options
-        self.rate_hz: int | None = options.sample_rate_hz
-
-    def _learned(self, rate_hz: int) -> None:
-        self.rate_hz = rate_hz
 
     def request_body(self, text: str, ctx: StageContext) -> dict[str, Any]:
         o = self.options
@@ -78,14 +72,3 @@ class GptSovitsTts(HttpBackend):
             if value is not None:
                 body[key] = value
         return {**body, **o.extra}
-
-    async def synthesize(self, text: str, *, rate_hz: int, ctx: StageContext) -> AsyncIterator[bytes]:
-        media = self.options.media_type
-
-        def parse(response: Any) -> AsyncIterator[bytes]:
-            return audio_body(response, media=media, want_hz=rate_hz, learned=self._learned)
-
-        pieces = self.upstream.stream(HttpCall("POST", self.options.path, json=self.request_body(text, ctx)), parse)
-        async with contextlib.aclosing(pieces):
-            async for pcm in pieces:
-                yield pcm

@@ -7,6 +7,7 @@ retry it (before the first item) or end the reply with that code.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import struct
@@ -18,7 +19,8 @@ from typing import Any
 import httpx
 
 from server.errors import UpstreamError
-from stages.upstream import HttpOptions, Upstream
+from stages.base import StageContext
+from stages.upstream import HttpCall, HttpOptions, Upstream
 
 
 class HttpBackend:
@@ -209,3 +211,31 @@ async def audio_body(
         raise bad("the WAV body ended before its header was complete")
     if resampler is not None and (tail := resampler.flush()):
         yield tail
+
+
+class HttpTtsBackend(HttpBackend):
+    """A TTS service: POST a JSON body to ``path``, PCM16 or WAV streamed back (``media``).
+
+    ``rate_hz`` starts as the configured rate; a WAV header updates it to what the service really sends.
+    """
+
+    def __init__(self, options: HttpOptions, *, path: str, media: str, sample_rate_hz: int) -> None:
+        super().__init__(options)
+        self.path = path
+        self.media = media
+        self.rate_hz: int | None = sample_rate_hz
+
+    def _learned(self, rate_hz: int) -> None:
+        self.rate_hz = rate_hz
+
+    def request_body(self, text: str, ctx: StageContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def synthesize(self, text: str, *, rate_hz: int, ctx: StageContext) -> AsyncIterator[bytes]:
+        def parse(response: Any) -> AsyncIterator[bytes]:
+            return audio_body(response, media=self.media, want_hz=rate_hz, learned=self._learned)
+
+        pieces = self.upstream.stream(HttpCall("POST", self.path, json=self.request_body(text, ctx)), parse)
+        async with contextlib.aclosing(pieces):
+            async for pcm in pieces:
+                yield pcm

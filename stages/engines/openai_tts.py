@@ -6,18 +6,16 @@ servers that differ); ``wav`` carries its rate in the header, which the backend 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from server.options import require
 from stages.base import StageContext
-from stages.engines.http_common import HttpBackend, audio_body
-from stages.upstream import HttpCall, HttpOptions
+from stages.engines.http_common import HttpTtsBackend
+from stages.upstream import HttpOptions
 
 
-class OpenAiTts(HttpBackend):
+class OpenAiTts(HttpTtsBackend):
     kind: ClassVar[str] = "tts"
     engine = "openai_tts"
 
@@ -39,12 +37,10 @@ class OpenAiTts(HttpBackend):
             require(self.speed is None or 0.25 <= self.speed <= 4.0, "speed", "must be 0.25..4.0")
 
     def __init__(self, options: OpenAiTts.Options) -> None:
-        super().__init__(options)
+        super().__init__(
+            options, path=options.path, media=options.response_format, sample_rate_hz=options.sample_rate_hz
+        )
         self.options = options
-        self.rate_hz: int | None = options.sample_rate_hz
-
-    def _learned(self, rate_hz: int) -> None:
-        self.rate_hz = rate_hz
 
     def request_body(self, text: str, ctx: StageContext) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -58,14 +54,3 @@ class OpenAiTts(HttpBackend):
         if self.options.instructions:
             body["instructions"] = self.options.instructions
         return body
-
-    async def synthesize(self, text: str, *, rate_hz: int, ctx: StageContext) -> AsyncIterator[bytes]:
-        media = self.options.response_format
-
-        def parse(response: Any) -> AsyncIterator[bytes]:
-            return audio_body(response, media=media, want_hz=rate_hz, learned=self._learned)
-
-        pieces = self.upstream.stream(HttpCall("POST", self.options.path, json=self.request_body(text, ctx)), parse)
-        async with contextlib.aclosing(pieces):
-            async for pcm in pieces:
-                yield pcm
