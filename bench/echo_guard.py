@@ -35,6 +35,9 @@ sys.path.insert(0, str(ROOT))
 from tests.client import test_config  # noqa: E402
 from tests.test_echo_guard import (  # noqa: E402
     LINES,
+    PIPER_LINES,
+    PIPER_LONG_LINE,
+    PIPER_PERSON,
     double_talk_turns,
     echo_only_turns,
     other_voice,
@@ -44,15 +47,6 @@ from tests.test_echo_guard import (  # noqa: E402
     room,
     session_guard,
 )
-
-PERSON = "Hold on a second, I need to ask you about the quest right now."
-PIPER_LINES = [
-    "Welcome, traveller.",
-    "The smithy is past the well.",
-    "Three silver coins, no less.",
-    "Beware the wolves.",
-]
-PIPER_LONG = "The road north is dangerous at night, and wolves have been seen near the old mill, so take a torch."
 
 
 def piper_available() -> bool:
@@ -138,13 +132,13 @@ async def main() -> int:
         )
     )
     if piper_available():
-        voice = piper_other_voice(PERSON, rms_dbfs_at_mic=-27.0)
+        voice = piper_other_voice(PIPER_PERSON, rms_dbfs_at_mic=-27.0)
         results.append(
             await run_case(
                 f"Piper + webrtcvad, barge-in {piper_session['barge_in_min_ms']} ms",
                 test_config(pipeline=piper_pipeline(), session=piper_session),
                 PIPER_LINES,
-                PIPER_LONG,
+                PIPER_LONG_LINE,
                 voice,
                 opts.echo_turns,
                 opts.talk_turns,
@@ -159,7 +153,7 @@ async def main() -> int:
         "machine": platform.machine(),
         "barge_in_min_ms": [tone_session["barge_in_min_ms"], piper_session["barge_in_min_ms"]],
         "echo": "-6 dB, 60 ms delay",
-        "person": PERSON,
+        "person": PIPER_PERSON,
     }
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     print(f"\nresults: {out.relative_to(ROOT)}")

@@ -239,6 +239,16 @@ async def test_a_person_talking_over_the_echo_interrupts_the_agent() -> None:
 # ---------------------------------------------------------------- Piper speech
 
 
+PIPER_LINES = [
+    "Welcome, traveller.",
+    "The smithy is past the well.",
+    "Three silver coins, no less.",
+    "Beware the wolves.",
+]
+PIPER_LONG_LINE = "The road north is dangerous at night, and wolves have been seen near the old mill, so take a torch."
+PIPER_PERSON = "Hold on a second, I need to ask you about the quest right now."  # another voice, talking over
+
+
 def piper_pipeline() -> list[dict[str, Any]]:
     return [
         {"name": "vad", "engine": "webrtcvad", "aggressiveness": 2, "start_ms": 60, "end_ms": 300},
@@ -275,10 +285,8 @@ def piper_other_voice(text: str, *, rms_dbfs_at_mic: float) -> np.ndarray:
 async def test_piper_echo_never_interrupts_in_20_turns() -> None:
     piper_or_skip()
     config = test_config(pipeline=piper_pipeline(), session={"barge_in_min_ms": 250})
-    lines = ["Welcome, traveller.", "The smithy is past the well.", "Three silver coins, no less.",
-             "Beware the wolves."]
     async with room(config) as (r, srv):
-        interrupted, starts, outcomes = await echo_only_turns(r, lines, 20)
+        interrupted, starts, outcomes = await echo_only_turns(r, PIPER_LINES, 20)
         guard = session_guard(srv)
         assert guard is not None
         print(f"\necho only, Piper: {interrupted}/20 turns interrupted, {starts} speech_starts, "
@@ -293,13 +301,12 @@ async def test_piper_echo_never_interrupts_in_20_turns() -> None:
 async def test_piper_person_talking_over_the_echo_interrupts_the_agent() -> None:
     piper_or_skip()
     config = test_config(pipeline=piper_pipeline(), session={"barge_in_min_ms": 250})  # the production default
-    line = "The road north is dangerous at night, and wolves have been seen near the old mill, so take a torch."
     # The person opens with a continuous phrase: an opening like "Wait, stop," (200 ms of voice, then a
     # 240 ms pause) is below the 250 ms sustained-voice rule by design, and measured 850 ms for that reason.
     # The agent's echo is about -27 dBFS here (Piper speaks near -21 dBFS, -6 dB on the way back).
-    voice = piper_other_voice("Hold on a second, I need to ask you about the quest right now.", rms_dbfs_at_mic=-27.0)
+    voice = piper_other_voice(PIPER_PERSON, rms_dbfs_at_mic=-27.0)
     async with room(config) as (r, _srv):
-        latencies = await double_talk_turns(r, line, voice, 5)
+        latencies = await double_talk_turns(r, PIPER_LONG_LINE, voice, 5)
     print(f"\ndouble talk, Piper: interruption after {latencies} ms")
     # The 400 ms target is measured (bench/results/echo_guard.md: 300-390 ms), not asserted: wall-clock
     # bounds flake on a loaded machine. Asserted: every turn is cut while the agent still speaks.
