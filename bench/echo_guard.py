@@ -32,7 +32,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.client import test_config  # noqa: E402
 from tests.test_echo_guard import (  # noqa: E402
     LINES,
     PIPER_LINES,
@@ -47,6 +46,8 @@ from tests.test_echo_guard import (  # noqa: E402
     room,
     session_guard,
 )
+
+from tests.client import test_config  # noqa: E402
 
 
 def piper_available() -> bool:

@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from server.errors import UpstreamError  # noqa: E402
 from tests.fakes import ask, llm, openai_fakes, reply  # noqa: E402
+from vocab.errors import UpstreamError  # noqa: E402
 
 N = 200
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hello there"}], "stream": True}

@@ -12,6 +12,8 @@ mono-mcs
 mono-runtime
 libboost-dev
 nlohmann-json3-dev
+haproxy
+redis-server
 "
 
 missing=""

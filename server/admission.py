@@ -21,10 +21,10 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from server.auth import ANONYMOUS, Authenticator, Identity, token_from_request
-from server.errors import ProtocolError
 from server.http import response
-from server.limits import LimitOptions
-from server.metrics import METRICS
+from transports.limits import LimitOptions
+from vocab.errors import ProtocolError
+from vocab.metrics import METRICS
 
 REFUSED_TOTAL = METRICS.counter("voxpipe_refused_total", "Connections refused at the handshake or hello, by code")
 

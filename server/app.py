@@ -12,7 +12,6 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection
@@ -24,14 +23,15 @@ from server.admission import Admission, Ticket
 from server.auth import Authenticator
 from server.config import Config
 from server.echo_guard import echo_guard_options
-from server.errors import ProtocolError
-from server.http import DEFAULT_WEB_ROOT, Routes, metrics_token
-from server.metrics import METRICS, SESSIONS_OPEN, SESSIONS_TOTAL
+from server.http import Routes, metrics_token, web_root
 from server.session import Session, validate_hello
 from stages.registry import StageSpec, build_pipeline, describe_chain, load_all
 from transports import messages as m
-from transports.webrtc import CallIn, WebrtcHub
-from transports.websocket import Send, close_bounded, handle_connection, reap_closing
+from transports.connection import Connection
+from transports.webrtc import WebrtcHub
+from transports.websocket import Send, close_bounded, reap_closing, serve_connection
+from vocab.errors import ProtocolError
+from vocab.metrics import METRICS, SESSIONS_OPEN, SESSIONS_TOTAL
 
 log = logging.getLogger("voxpipe.app")
 
@@ -112,31 +112,32 @@ class RunningServer:
                 close_code=CloseCode.TRY_AGAIN_LATER,
             )
         self.admission.check_ip(ticket)
-        session = Session(hello, self.specs, self.config.session, send, echo_guard=self.echo_guard)
-        self.log_session(session, ticket, identity.user)
+        session = Session(
+            hello, self.specs, self.config.session, send, echo_guard=self.echo_guard, calls=self.webrtc.call_for
+        )
+        log.info("session %s opened: ip %s user %s", session.id, ticket.ip, identity.user or "-")
         return session
 
-    def log_session(self, session: Session, ticket: Ticket, user: str | None) -> None:
-        log.info("session %s opened: ip %s user %s", session.id, ticket.ip, user or "-")
-
     async def handler(self, ws: ServerConnection) -> None:
-        def open_session(hello: m.Hello, send: Send, conn: ServerConnection) -> CallIn:
-            call = self.webrtc.call_in(send)  # routes agent audio to a WebRTC track once a call is up
-            session = self.open_session(hello, call.send, ticket)
+        def open_session(hello: m.Hello, send: Send) -> Session:
+            session = self.open_session(hello, send, ticket)
             self.sessions[session.id] = session
             SESSIONS_TOTAL.inc()
             opened.append(session)
-            return call.attach(session)
+            return session
 
         opened: list[Session] = []
+        opts = self.config.server
         with self.admission.connection(ws) as ticket:
+            conn = Connection(
+                limits=self.config.limits,
+                hello_timeout_s=opts.hello_timeout_s,
+                max_frame_bytes=opts.max_frame_bytes,
+                now=time.monotonic(),
+            )
             try:
-                await handle_connection(
-                    ws,
-                    hello_timeout_s=self.config.server.hello_timeout_s,
-                    open_session=open_session,
-                    limits=self.config.limits,
-                    max_frame_bytes=self.config.server.max_frame_bytes,
+                await serve_connection(
+                    ws, conn, open_session, slow_reader_grace_s=self.config.limits.slow_reader_grace_s
                 )
             finally:
                 for session in opened:
@@ -150,7 +151,7 @@ class RunningServer:
             self.ws_server.server.close()  # stop listening; open connections go on (websockets' close() runs once)
         # polls many sessions' turns: there is no single event to wait on
         while time.monotonic() < deadline and any(  # noqa: ASYNC110
-            t.responding for s in self.sessions.values() for t in s.turns.values()
+            t.responding for s in self.sessions.values() for t in s.turns.live.values()
         ):
             await asyncio.sleep(0.05)
         server = self.ws_server
@@ -198,6 +199,7 @@ async def serve(
     """Build, load and start the server; on exit, drain and close it."""
     say = log or ((lambda _text: None) if quiet else _stderr_log)
     token = metrics_token(config.server.metrics_token_env)  # before the models load: fail fast
+    root = web_root(config.server.web_root)  # likewise: a missing demo page folder is a start-up error
     specs = build_pipeline(config.pipeline)
     say(f"voxpipe: pipeline {describe_chain(specs)}")
     started = time.monotonic()
@@ -206,10 +208,9 @@ async def serve(
         say(f"voxpipe: models loaded in {time.monotonic() - started:.1f} s")
     running = RunningServer(config, specs, say)
     opts = config.server
-    web_root = Path(opts.web_root) if opts.web_root else DEFAULT_WEB_ROOT
     routes = Routes(
         ws_path=opts.ws_path,
-        web_root=web_root,
+        web_root=root,
         health=running.health,
         admit=running.admission.check_handshake,
         metrics_token=token,
@@ -242,4 +243,4 @@ async def serve(
         finally:
             reaper.cancel()
         for spec in specs:
-            await spec.engine.aclose()
+            await spec.factory.aclose()

@@ -18,8 +18,8 @@ import jwt
 from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 
-from server.errors import ConfigError, ProtocolError
-from server.options import require
+from vocab.errors import ConfigError, ProtocolError
+from vocab.options import require
 
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key must be at least as long as the hash
 

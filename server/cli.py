@@ -14,8 +14,8 @@ from pathlib import Path
 
 from server.auth import issue_token, resolve_secret
 from server.config import Config, load_config
-from server.errors import ConfigError
 from stages.registry import build_pipeline, describe_chain
+from vocab.errors import ConfigError
 
 DEFAULT_CONFIG = "config.yaml"
 

@@ -13,9 +13,9 @@ from typing import Any
 import yaml
 
 from server.auth import AuthOptions
-from server.errors import ConfigError
-from server.limits import LimitOptions
-from server.options import build, require
+from transports.limits import LimitOptions
+from vocab.errors import ConfigError
+from vocab.options import build, require
 
 
 @dataclass(frozen=True, slots=True)

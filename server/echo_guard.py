@@ -1,7 +1,8 @@
 """Echo guard: keeps the agent's own voice, heard by a mic with no echo cancellation, from barging in.
 
 On for sessions whose hello says ``audio_in.aec: false``. The agent audio that leaves the server is laid
-on a playout timeline (the pacing clock, shifted by the client's ``played`` acks when it sends them).
+on the session's playout timeline (``server/playhead.py``: the same clock that paces it, shifted by the
+client's playout delay the playhead learns from ``played`` acks).
 Each 20 ms of mic audio is compared with that reference over every echo delay up to ``max_delay_ms`` by
 normalized cross-correlation; a frame the agent's voice explains (peak NCC >= ``threshold``) is silenced
 before the VAD, while a person talking over the agent lowers the correlation and passes unchanged.
@@ -15,17 +16,16 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from server.metrics import METRICS
-from server.options import build, require
+from server.playhead import Playhead, Released
 from transports import messages as m
+from vocab.metrics import METRICS
+from vocab.options import build, require
 
-Send = Callable[[Any], Awaitable[None]]
 ANALYSIS_HZ = 8000
 CUTOFF_HZ = 2500.0  # analysis band; voices differ well below it
 FRAMES_TOTAL = METRICS.counter("voxpipe_echo_guard_frames_total", "Mic frames judged by the echo guard, by verdict")
@@ -95,8 +95,10 @@ def _dbfs(energy: float, n: int) -> float:
 class EchoGuard:
     """Per-session state. Not thread-safe: every method runs on the session's event loop."""
 
-    def __init__(self, options: EchoGuardOptions, *, in_rate_hz: int, out_rate_hz: int, now: float) -> None:
+    def __init__(self, options: EchoGuardOptions, playhead: Playhead, *, in_rate_hz: int, now: float) -> None:
         self.options = options
+        self.playhead = playhead
+        out_rate_hz = playhead.rate_hz
         self.mic_decimator = _Decimator(in_rate_hz)
         self.ref_decimator = _Decimator(out_rate_hz)
         self.out_rate_hz = out_rate_hz
@@ -113,10 +115,6 @@ class EchoGuard:
         self.t0 = now
         self.ring = np.zeros(1 << (8 * ANALYSIS_HZ).bit_length(), dtype=np.float64)  # > 8 s
         self.written_until = 0  # absolute index after the last reference sample
-        self.playhead = now  # when all agent audio sent so far has played out (the outbox's rule)
-        self.turn_start: dict[int, float] = {}  # turn -> predicted playout time of its first sample
-        self.ack_offsets: deque[float] = deque(maxlen=5)  # s the client plays later than predicted
-        self.offset_s = 0.0
         # mic timeline: sample n (at ANALYSIS_HZ) was captured at about mic_t0 + n / ANALYSIS_HZ
         self.mic_n = 0
         self.mic_anchor: deque[float] = deque(maxlen=100)  # ~2 s of (arrival - n / rate)
@@ -127,40 +125,27 @@ class EchoGuard:
         self.echo_frames = 0
 
     @classmethod
-    def for_hello(cls, hello: m.Hello, options: EchoGuardOptions | None, now: float) -> EchoGuard | None:
-        """A guard when the client says it has no echo cancellation and the guard is enabled; else None."""
+    def for_hello(cls, hello: m.Hello, options: EchoGuardOptions | None, playhead: Playhead) -> EchoGuard | None:
+        """A guard following ``playhead`` when the client has no echo cancellation and the guard is on; else None."""
         if options is None or not options.enabled or hello.audio_in.aec is not False:
             return None
-        return cls(options, in_rate_hz=hello.audio_in.rate, out_rate_hz=hello.audio_out.rate, now=now)
-
-    def tap(self, send: Send, clock: Callable[[], float]) -> Send:
-        """Wrap the session's socket writer: agent audio and ``interrupted`` update the reference."""
-
-        async def send_and_track(message: Any) -> None:
-            if isinstance(message, m.AudioOut):
-                self.sent(message.turn, message.data, clock())
-            elif isinstance(message, m.Interrupted):
-                self.cut(clock())
-            await send(message)
-
-        return send_and_track
+        guard = cls(options, playhead, in_rate_hz=hello.audio_in.rate, now=playhead.clock())
+        playhead.listen(on_release=guard.sent, on_cut=guard.cut)
+        return guard
 
     # ------------------------------------------------------------ reference (agent audio)
 
     def _index(self, t: float) -> int:
         return round((t - self.t0) * ANALYSIS_HZ)
 
-    def sent(self, turn: int, pcm: bytes, now: float) -> None:
-        """Agent audio left the server; it plays from the playhead (or now, after a gap)."""
-        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64) * _INT16_SCALE
-        contiguous = self.playhead > now
-        start = self.playhead if contiguous else now
-        self.turn_start.setdefault(turn, start)
-        self.playhead = start + len(samples) / self.out_rate_hz
+    def sent(self, released: Released) -> None:
+        """Agent audio left the playhead; it plays from ``released.play_at``."""
+        samples = np.frombuffer(released.pcm, dtype="<i2").astype(np.float64) * _INT16_SCALE
+        at = self._index(released.play_at)
+        contiguous = at <= self.written_until + 1  # follows the audio before it (within a sample)
         if not contiguous:
             self.ref_decimator.reset()  # silence came before: the filter starts from zeros
-        at = self.written_until if contiguous else max(self._index(start), self.written_until)
-        self._write(at, self.ref_decimator.process(samples))
+        self._write(self.written_until if contiguous else at, self.ref_decimator.process(samples))
 
     def _write(self, at: int, pooled: np.ndarray) -> None:
         size = self.ring.size
@@ -181,21 +166,7 @@ class EchoGuard:
         if end < self.written_until:
             self._fill(end, self.written_until - end, 0.0)
             self.written_until = end
-        self.playhead = now
         self.ref_decimator.reset()
-
-    def played(self, turn: int, ms: float, now: float) -> None:
-        """Client ack: ``ms`` of ``turn`` have played by now; learn how much later than predicted it plays."""
-        start = self.turn_start.get(turn)
-        if start is None:
-            return
-        self.ack_offsets.append(now - (start + ms / 1000.0))
-        # The smallest recent offset is the tightest (acks only ever arrive late); only a few recent
-        # ones count, as an underrun at the client shifts its playout for good.
-        self.offset_s = min(max(0.0, min(self.ack_offsets)), 1.0)
-        if len(self.turn_start) > 64:
-            for old in sorted(self.turn_start)[:-32]:
-                del self.turn_start[old]
 
     # ------------------------------------------------------------ mic
 
@@ -244,7 +215,7 @@ class EchoGuard:
 
     def _is_echo(self, frame: np.ndarray, frame_end_t: float) -> bool:
         self.frames += 1
-        ref = self._reference(self._index(frame_end_t - self.offset_s) + self.early)
+        ref = self._reference(self._index(frame_end_t - self.playhead.client_delay_s) + self.early)
         cum = np.concatenate(([0.0], np.cumsum(ref * ref)))
         n = self.frame
         seg_energy = cum[n:] - cum[:-n]  # energy of every frame-long reference segment (one per lag)

@@ -19,9 +19,9 @@ from urllib.parse import unquote, urlsplit
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from server.errors import ConfigError
-from server.metrics import METRICS
 from transports.schema import build_schema
+from vocab.errors import ConfigError
+from vocab.metrics import METRICS
 
 DEFAULT_WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
 PLACEHOLDER_PAGE = b"""<!doctype html><meta charset="utf-8"><title>voxpipe</title>
@@ -70,6 +70,22 @@ def _static(web_root: Path, path: str) -> Response | None:
     if kind.startswith("text/") or kind == "application/json":
         kind += "; charset=utf-8"
     return response(200, target.read_bytes(), kind)
+
+
+def web_root(configured: str | None) -> Path:
+    """The folder served at ``GET /``: ``server.web_root``, or ``clients/web`` of the checkout voxpipe runs from.
+
+    voxpipe is an application run from its checkout (``pip install -e .``), not a library: a copy of the
+    packages without the checkout beside them has no demo page, and says so at start.
+    """
+    root = Path(configured) if configured else DEFAULT_WEB_ROOT
+    if not root.is_dir():
+        key = "server.web_root" if configured else "the demo page"
+        raise ConfigError(
+            f"{key}: folder {root} not found (voxpipe runs from its checkout: `pip install -e .` there, "
+            "or set server.web_root)"
+        )
+    return root
 
 
 def metrics_token(env_name: str | None, environ: Mapping[str, str] | None = None) -> str | None:

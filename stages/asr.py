@@ -13,27 +13,22 @@ decode overlap instead of adding up; if the user speaks again, it is dropped.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from server.errors import StageError
-from server.options import build, require
-from stages.base import BaseStage, Emitter, Engine, StageContext
-from stages.items import Item, SpeechAudio, Transcript
+from stages.base import Backend, BaseStage, Emitter, StageContext, StageKind
+from stages.items import Item, SpeechAudio, Transcription
+from vocab.errors import StageError
+from vocab.options import require
 
 
-class AsrBackend(Protocol):
+class AsrBackend(Backend, Protocol):
     kind: ClassVar[str]  # "asr"
     rate_hz: int | None  # rate it needs, or None for any
 
     async def transcribe(self, pcm: bytes, *, rate_hz: int, final: bool, ctx: StageContext) -> str:
         """Text of the whole utterance so far. Runs heavy work off the event loop; cancellable."""
         ...
-
-    def load(self, log: Callable[[str], None]) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,26 +44,6 @@ class Options:
         require(self.max_utterance_ms >= 1000, "max_utterance_ms", "must be >= 1000")
 
 
-class AsrEngine:
-    input_type: ClassVar[str] = "speech"
-    output_type: ClassVar[str] = "text"
-
-    def __init__(self, options: Options, backend: AsrBackend) -> None:
-        self.options = options
-        self.backend = backend
-
-    def load(self, log: Callable[[str], None]) -> None:
-        self.backend.load(log)
-
-    def new_stage(self, ctx: StageContext) -> AsrStage:
-        return AsrStage(self.options, self.backend, ctx)
-
-    async def aclose(self) -> None:
-        await self.backend.aclose()
-
-
-def make_engine(options: dict[str, Any], backend: AsrBackend, path: str) -> Engine:
-    return AsrEngine(build(Options, options, path), backend)
 
 
 class AsrStage(BaseStage):
@@ -171,11 +146,11 @@ class AsrStage(BaseStage):
         text = text.strip()
         if text and text != self.last_partial and self.turn == turn and self.ctx.is_live(turn):
             self.last_partial = text
-            await out.emit(Transcript(turn, text, final=False))
+            await out.emit(Transcription(turn, text, final=False))
 
     async def finish(self, turn: int, out: Emitter) -> None:
         if turn != self.turn:
-            await out.emit(Transcript(turn, "", final=True))
+            await out.emit(Transcription(turn, "", final=True))
             return
         self._cancel_partial()
         pause_task, self.pause_task = self.pause_task, None
@@ -189,8 +164,11 @@ class AsrStage(BaseStage):
             text = await pause_task  # decoded at the pause, with no voice since: the final transcript
         if text is None and pcm:
             text = await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=True, ctx=self.ctx)
-        await out.emit(Transcript(turn, (text or "").strip(), final=True))
+        await out.emit(Transcription(turn, (text or "").strip(), final=True))
 
     async def close(self) -> None:
         self._cancel_partial()
         self._drop_pause_decode()
+
+
+KIND: StageKind[AsrBackend] = StageKind("asr", "speech", "text", Options, AsrStage)

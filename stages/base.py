@@ -1,8 +1,11 @@
-"""What a stage is: a per-process ``Engine`` (loads models once) that makes one ``Stage`` per session.
+"""What a stage is: a per-process ``StageFactory`` (loads models once) that makes one ``Stage`` per session.
 
 A stage handles one item at a time (``process``) and is told when a turn's input is complete
 (``finish``); the runner forwards ``TurnDone`` itself, so a stage cannot forget to end a turn.
 Interruptible stages run each item in a child task that the session cancels on barge-in.
+
+The four stage kinds (vad, asr, llm, tts) share one generic factory, ``KindFactory``: a ``StageKind``
+(edge types, options, stage class) bound to one backend (an engine such as whisper or piper).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from stages.items import Item
 
@@ -20,6 +23,18 @@ class Emitter(Protocol):
 
     async def emit(self, item: Item) -> None:
         """Cancellation-safe: an item is either fully handed over or not at all."""
+        ...
+
+
+class Conversation(Protocol):
+    """The conversation so far, as the LLM stage sees it (the session owns it)."""
+
+    def add_user(self, turn: int, text: str) -> None:
+        """The user's message of ``turn`` (the agent's is added by the session, cut to what was spoken)."""
+        ...
+
+    def messages(self) -> list[dict[str, str]]:
+        """Chat messages (``{"role", "content"}``), oldest first, without the system prompt."""
         ...
 
 
@@ -33,9 +48,7 @@ class StageContext:
     system_prompt: str
     voice: str | None
     language: str | None
-    # Conversation so far as chat messages ({"role", "content"}); the LLM stage appends the
-    # user's message, the session appends the agent's (cut to what was spoken on interruption).
-    history: list[dict[str, str]]
+    conversation: Conversation
     new_turn: Callable[[], int]
     is_live: Callable[[int], bool]
     # Start a background task inside the session's task group (it ends with the session).
@@ -51,11 +64,11 @@ class Stage(Protocol):
     interruptible: ClassVar[bool]
 
     async def process(self, item: Item, out: Emitter) -> None:
-        """Handle one item of the stage's input type (plus ``Commit``/``AudioIn`` for audio stages)."""
+        """Handle one item of the stage's input type (plus ``UserCommit``/``AudioIn`` for audio stages)."""
         ...
 
     async def finish(self, turn: int, out: Emitter) -> None:
-        """The input of ``turn`` is complete: flush what is pending for it (final transcript, last clause)."""
+        """The input of ``turn`` is complete: flush what is pending for it (final transcription, last clause)."""
         ...
 
     async def close(self) -> None:
@@ -63,22 +76,40 @@ class Stage(Protocol):
         ...
 
 
-class Engine(Protocol):
-    """A stage kind bound to one backend and its options; created once per process from config.
+class StageFactory(Protocol):
+    """A stage bound to its backend and options; created once per process from config.
 
     ``input_type``/``output_type`` are edge types (``audio``, ``speech``, ``text``) used to type-check
     the graph at start-up. ``load`` does the slow work (model files, connection pools) and prints
     progress; ``new_stage`` must be cheap: it runs on every new connection.
     """
 
-    input_type: ClassVar[str]
-    output_type: ClassVar[str]
+    input_type: str
+    output_type: str
 
     def load(self, log: Callable[[str], None]) -> None: ...
 
     def new_stage(self, ctx: StageContext) -> Stage: ...
 
     async def aclose(self) -> None: ...
+
+
+class Backend(Protocol):
+    """What every engine behind a stage kind has: slow loading at start, closing at shutdown."""
+
+    def load(self, log: Callable[[str], None]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class NothingToLoad:
+    """For backends with no model files and nothing to close."""
+
+    def load(self, log: Callable[[str], None]) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
 
 
 class BaseStage:
@@ -99,14 +130,35 @@ class BaseStage:
         return None
 
 
-class BaseEngine:
-    """Convenience base: nothing to load or close."""
+B = TypeVar("B", bound=Backend)
 
-    input_type: ClassVar[str]
-    output_type: ClassVar[str]
+
+@dataclass(frozen=True, slots=True)
+class StageKind(Generic[B]):
+    """A stage kind: the edge types it joins, its options (a dataclass), and the stage wrapping a backend."""
+
+    name: str
+    input_type: str
+    output_type: str
+    options: type[Any]
+    stage: Callable[[Any, B, StageContext], Stage]
+
+
+class KindFactory(Generic[B]):
+    """The ``StageFactory`` of every stage kind: the kind, its validated options, one loaded backend."""
+
+    def __init__(self, kind: StageKind[B], options: Any, backend: B) -> None:
+        self.kind = kind
+        self.options = options
+        self.backend = backend
+        self.input_type = kind.input_type
+        self.output_type = kind.output_type
 
     def load(self, log: Callable[[str], None]) -> None:
-        return None
+        self.backend.load(log)
+
+    def new_stage(self, ctx: StageContext) -> Stage:
+        return self.kind.stage(self.options, self.backend, ctx)
 
     async def aclose(self) -> None:
-        return None
+        await self.backend.aclose()

@@ -15,7 +15,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
-from server.errors import StageError
+from vocab.errors import StageError
 
 T = TypeVar("T")
 

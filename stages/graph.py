@@ -1,122 +1,58 @@
-"""Runs one session's stage graph: a task per stage reading its bounded inbox, and each stage's emitter.
+"""One session's stage graph: a bounded inbox and a task per stage, joined in a chain, and each stage's emitter.
 
-An emitter sends a stage's output two ways: downstream (the next stage's inbox, or the outbox's
-end-of-turn marker for the last stage) and, when the client subscribed to the stage, to the client.
-Interruptible stages handle each item in a child task so a turn's in-flight work can be cancelled.
+An emitter sends a stage's output two ways: downstream (the next stage's inbox, or the sink's
+end-of-turn marker for the last stage) and, when the client subscribed to the stage, to the sink
+(the session's outbox, behind the small ``Sink`` protocol). Interruptible stages handle each item in
+a child task so a turn's in-flight work can be cancelled.
+
+Overflow policy per edge: raw client audio drops the oldest (``feed_audio``), every other edge blocks
+its producer (text is never dropped).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Awaitable, Collection, Mapping
+from typing import Any, Protocol
 
-from server.errors import StageError
-from server.metrics import QUEUE_DROPS_TOTAL
-from server.outbox import Outbox
-from stages.base import Stage
-from stages.items import AudioChunk, AudioIn, Commit, Item, SpeechAudio, TurnDone
+from stages.base import Stage, StageContext
+from stages.inbox import Inbox
+from stages.items import AudioChunk, AudioIn, Item, SpeechAudio, TurnDone, UserCommit
+from stages.registry import StageSpec
+from vocab.errors import StageError
+from vocab.metrics import QUEUE_DROPS_TOTAL
 
-T = TypeVar("T")
+# Internal plumbing, never offered to the client.
+SILENT_ITEMS: frozenset[type[Any]] = frozenset({AudioIn, UserCommit, SpeechAudio, TurnDone})
+# more than the VAD emits for one frame (speech_start, pre-roll and speech, speech_end, the turn's end)
+INLINE_OUTPUTS = 6
 
-# Items whose ``to_message`` is always None: never offered to the client lane.
-SILENT_ITEMS: frozenset[type[Any]] = frozenset({AudioIn, Commit, SpeechAudio, TurnDone})
 
+class Sink(Protocol):
+    """Where the graph's client-bound outputs go (the session's outbox)."""
 
-class Inbox(Generic[T]):
-    """A stage's bounded FIFO: ``asyncio.Queue``'s interface minus ``join``/``task_done``.
+    async def put_message(self, stage: str, item: Item) -> None:
+        """A stage output other than audio, for the client; waits while the sink is full."""
+        ...
 
-    Every item crosses one of these per hop, so it is kept lean (about half the cost of an
-    ``asyncio.Queue`` hop). ``put`` waits for room; ``try_put`` never waits. Waiters are woken in
-    order, and a cancelled ``get``/``put`` hands its wake-up on, as ``asyncio.Queue`` does.
-    """
+    async def put_audio(self, stage: str, chunk: AudioChunk) -> None:
+        """Agent audio, paced to the client by the sink; waits while the sink is full."""
+        ...
 
-    __slots__ = ("_getters", "_items", "_putters", "maxsize")
+    async def end_turn(self, turn: int) -> None:
+        """The last stage is done with ``turn``: it ends once its audio has played."""
+        ...
 
-    def __init__(self, maxsize: int) -> None:
-        if maxsize < 1:
-            raise ValueError("an Inbox needs maxsize >= 1 (every queue is bounded)")
-        self.maxsize = maxsize
-        self._items: deque[T] = deque()
-        self._getters: deque[asyncio.Future[None]] = deque()
-        self._putters: deque[asyncio.Future[None]] = deque()
-
-    def qsize(self) -> int:
-        return len(self._items)
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def full(self) -> bool:
-        return len(self._items) >= self.maxsize
-
-    @staticmethod
-    def _wake(waiters: deque[asyncio.Future[None]]) -> None:
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    def try_put(self, item: T) -> bool:
-        """Append ``item`` if there is room; False when full."""
-        if len(self._items) >= self.maxsize:
-            return False
-        self._items.append(item)
-        if self._getters:
-            self._wake(self._getters)
-        return True
-
-    def put_nowait(self, item: T) -> None:
-        if not self.try_put(item):
-            raise asyncio.QueueFull
-
-    async def put(self, item: T) -> None:
-        """Wait for room, then append. Cancellation-safe: a cancelled put has not appended."""
-        while len(self._items) >= self.maxsize:
-            putter = asyncio.get_running_loop().create_future()
-            self._putters.append(putter)
-            try:
-                await putter
-            except BaseException:
-                putter.cancel()
-                if putter in self._putters:
-                    self._putters.remove(putter)
-                if len(self._items) < self.maxsize and not putter.cancelled():
-                    self._wake(self._putters)  # woken but leaving: pass the room on
-                raise
-        self.try_put(item)
-
-    def get_nowait(self) -> T:
-        if not self._items:
-            raise asyncio.QueueEmpty
-        item = self._items.popleft()
-        if self._putters:
-            self._wake(self._putters)
-        return item
-
-    async def get(self) -> T:
-        """Wait for an item. Cancellation-safe: a cancelled get has taken nothing."""
-        while not self._items:
-            getter = asyncio.get_running_loop().create_future()
-            self._getters.append(getter)
-            try:
-                await getter
-            except BaseException:
-                getter.cancel()
-                if getter in self._getters:
-                    self._getters.remove(getter)
-                if self._items and not getter.cancelled():
-                    self._wake(self._getters)  # woken but leaving: pass the item on
-                raise
-        return self.get_nowait()
+    def has_room(self, items: int) -> bool:
+        """Whether ``items`` more outputs fit without waiting."""
+        ...
 
 
 class GraphHost(Protocol):
     """What the runners need from their session."""
 
-    turns: dict[int, Any]
+    @property
+    def live_turns(self) -> Mapping[int, Any]: ...
 
     def observe(self, stage: str, item: Item) -> None: ...
 
@@ -125,39 +61,100 @@ class GraphHost(Protocol):
     def spawn(self, coro: Any) -> asyncio.Task[Any]: ...
 
 
-def put_drop_oldest(queue: Inbox[Any], item: Any, edge: str) -> bool:
-    """Overflow policy for live client audio: drop the oldest item, keep the conversation live.
+class Graph:
+    """The graph of one session, built from the process-wide ``StageSpec``s."""
 
-    Returns True when something was dropped (counted in ``voxpipe_queue_drops_total``).
-    """
-    if queue.try_put(item):
-        return False
-    dropped = False
-    while queue.full():
-        queue.get_nowait()
-        dropped = True
-        QUEUE_DROPS_TOTAL.inc(edge=edge)
-    queue.put_nowait(item)
-    return dropped
+    def __init__(
+        self,
+        specs: list[StageSpec],
+        ctx: StageContext,
+        host: GraphHost,
+        sink: Sink,
+        *,
+        subscribed: Collection[str],
+        audio_in_items: int,
+        stage_queue_items: int,
+    ) -> None:
+        self.specs = specs
+        self.inboxes: list[Inbox[Any]] = [
+            Inbox(audio_in_items if spec.input_type == "audio" else stage_queue_items) for spec in specs
+        ]
+        self.runners: list[StageRunner] = []
+        for i, spec in enumerate(specs):
+            nxt = self.inboxes[i + 1] if i + 1 < len(specs) else None
+            emitter = StageEmitter(spec.name, host, sink, nxt, spec.name in subscribed)
+            stage = spec.factory.new_stage(ctx)
+            self.runners.append(StageRunner(spec.name, stage, self.inboxes[i], emitter, host))
+        for upstream, downstream in zip(self.runners, self.runners[1:], strict=False):
+            # Only from a non-interruptible stage: an interrupted child task must not cut a cheap stage's work.
+            if downstream.inlinable and not upstream.stage.interruptible:
+                upstream.emitter.inline_next = downstream
+        # where client audio enters: the first stage that takes raw audio or speech
+        self.audio_entry = next((i for i, s in enumerate(specs) if s.input_type in ("audio", "speech")), None)
+        self.audio_in_dropped = 0
+
+    @property
+    def has_audio_out(self) -> bool:
+        return bool(self.specs) and self.specs[-1].output_type == "audio"
+
+    def index_of(self, name: str) -> int | None:
+        return next((i for i, spec in enumerate(self.specs) if spec.name == name), None)
+
+    def index_of_kind(self, kind: str) -> int | None:
+        return next((i for i, spec in enumerate(self.specs) if spec.kind == kind), None)
+
+    def start(self, tg: asyncio.TaskGroup, prefix: str) -> list[asyncio.Task[None]]:
+        return [tg.create_task(runner.run(), name=f"{prefix}:{runner.name}") for runner in self.runners]
+
+    def cancel_turn(self, turn: int) -> None:
+        """Cancel the in-flight work of ``turn`` in every stage (task cancellation, not a flag)."""
+        for runner in self.runners:
+            runner.cancel_turn(turn)
+
+    async def close(self) -> None:
+        for runner in self.runners:
+            await runner.stage.close()
+
+    async def put(self, index: int, item: Item) -> None:
+        """Enter the graph at stage ``index``; waits while its inbox is full (text is never dropped)."""
+        inbox = self.inboxes[index]
+        if not inbox.try_put(item):
+            await inbox.put(item)
+
+    async def feed_audio(self, index: int, item: AudioIn | UserCommit) -> None:
+        """Raw client audio into an audio stage. An idle cheap stage (the VAD) takes it in this task,
+        but only when its outputs fit: the caller (the socket reader) must never wait on a slow stage;
+        otherwise the overflow policy of live audio applies (``feed_audio_nowait``)."""
+        runner = self.runners[index]
+        if runner.emitter.has_room(INLINE_OUTPUTS) and runner.try_inline():
+            await runner.run_inline(item)
+        else:
+            self.feed_audio_nowait(index, item)
+
+    def feed_audio_nowait(self, index: int, item: AudioIn | UserCommit) -> None:
+        """Raw client audio into an audio stage's inbox, dropping the oldest when full (counted)."""
+        dropped = self.inboxes[index].put_drop_oldest(item)
+        if dropped:
+            self.audio_in_dropped += dropped
+            QUEUE_DROPS_TOTAL.inc(dropped, edge="audio_in")
 
 
 class StageEmitter:
-    __slots__ = ("_host", "_next", "_observe", "_outbox", "_turns", "inline_next", "name", "subscribed")
+    __slots__ = ("_next", "_observe", "_sink", "_turns", "inline_next", "name", "subscribed")
 
     def __init__(
         self,
         name: str,
         host: GraphHost,
-        outbox: Outbox,
+        sink: Sink,
         next_inbox: Inbox[Any] | None,
         subscribed: bool,
     ) -> None:
         self.name = name
         self.subscribed = subscribed
-        self._host = host
         self._observe = host.observe
-        self._turns = host.turns
-        self._outbox = outbox
+        self._turns = host.live_turns
+        self._sink = sink
         self._next = next_inbox
         # the next stage's runner when it takes inline hand-offs from this (non-interruptible) stage
         self.inline_next: StageRunner | None = None
@@ -169,19 +166,18 @@ class StageEmitter:
         turn = item.turn
         if turn is not None and turn not in self._turns:
             return
-        kind = type(item)
         nxt = self._next
-        if kind is TurnDone:
+        if type(item) is TurnDone:
             if nxt is None:
-                await self._outbox.put_end(turn)  # type: ignore[arg-type]
+                await self._sink.end_turn(item.turn)
             else:
                 await self._forward(nxt, item)
             return
         if self.subscribed:
             if type(item) is AudioChunk:
-                await self._outbox.put_audio(self.name, item)
-            elif kind not in SILENT_ITEMS:
-                await self._outbox.put_message(self.name, turn, item)
+                await self._sink.put_audio(self.name, item)
+            elif type(item) not in SILENT_ITEMS:
+                await self._sink.put_message(self.name, item)
         if nxt is not None and item.downstream:
             await self._forward(nxt, item)
 
@@ -190,7 +186,7 @@ class StageEmitter:
         nxt = self._next
         if nxt is not None and nxt.maxsize - nxt.qsize() < items:
             return False
-        return not self.subscribed or self._outbox.has_room(items)
+        return not self.subscribed or self._sink.has_room(items)
 
     async def _forward(self, nxt: Inbox[Any], item: Item) -> None:
         runner = self.inline_next
@@ -218,7 +214,7 @@ class StageRunner:
         self._inline_done = asyncio.Event()
 
     async def run(self) -> None:
-        turns = self.host.turns
+        turns = self.host.live_turns
         interruptible = self.stage.interruptible
         inbox = self.inbox
         while True:
@@ -267,7 +263,7 @@ class StageRunner:
         """Handle ``item`` in the caller's task, exactly as the runner's own loop would."""
         try:
             turn = item.turn
-            if turn is None or turn in self.host.turns:
+            if turn is None or turn in self.host.live_turns:
                 await self._handle(item)
         finally:
             self._inline_busy = False
@@ -306,5 +302,3 @@ def stage_error(exc: Exception) -> StageError:
         return exc
     return StageError(f"{type(exc).__name__}: {exc}")
 
-
-Factory = Callable[[], Stage]

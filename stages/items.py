@@ -1,18 +1,15 @@
 """Items that flow between stages of a session graph; every item but raw input audio carries its turn.
 
-Graph edge types: ``audio`` (raw client PCM), ``speech`` (VAD-gated utterance audio),
-``text`` (transcripts, replies), ``audio`` again out of TTS. An item that maps to a client
-message says so in ``to_message``; ``downstream`` says whether the next stage gets it.
+Graph edge types: ``audio`` (raw client PCM), ``speech`` (VAD-gated utterance audio), ``text``
+(transcriptions, replies), ``audio`` again out of TTS. ``downstream`` says whether the next stage
+gets an item. Which items reach the client, and as what, is the server's business
+(``server/outbound.py``); stages know nothing about the wire.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
-
-from transports import messages as m
-
-EDGE_TYPES = ("audio", "speech", "text")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,20 +22,14 @@ class AudioIn:
     turn: ClassVar[int | None] = None
     downstream: ClassVar[bool] = True
 
-    def to_message(self, stage: str) -> None:
-        return None
-
 
 @dataclass(frozen=True, slots=True)
-class Commit:
-    """The user's utterance ends now (push-to-talk)."""
+class UserCommit:
+    """The user's utterance ends now (push-to-talk ``commit``), at monotonic time ``at``."""
 
     at: float
     turn: ClassVar[int | None] = None
     downstream: ClassVar[bool] = True
-
-    def to_message(self, stage: str) -> None:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +41,8 @@ class VadEvent:
     voiced_until: float = 0.0
     downstream: ClassVar[bool] = False
 
-    def to_message(self, stage: str) -> m.Vad:
-        return m.Vad(stage=stage, turn=self.turn, event=self.event)
 
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SpeechAudio:
     """Audio of one utterance (turn), PCM16 LE mono at ``rate_hz``.
 
@@ -71,12 +59,9 @@ class SpeechAudio:
     trailing_silence_ms: float = 0.0
     downstream: ClassVar[bool] = True
 
-    def to_message(self, stage: str) -> None:
-        return None
-
 
 @dataclass(frozen=True, slots=True)
-class Transcript:
+class Transcription:
     """ASR output. Partials go to the client only; the final one also goes downstream."""
 
     turn: int
@@ -86,9 +71,6 @@ class Transcript:
     @property
     def downstream(self) -> bool:
         return self.final
-
-    def to_message(self, stage: str) -> m.Transcript:
-        return m.Transcript(stage=stage, turn=self.turn, text=self.text, final=self.final)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +82,8 @@ class ReplyDelta:
     final: bool = False
     downstream: ClassVar[bool] = True
 
-    def to_message(self, stage: str) -> m.Reply:
-        return m.Reply(stage=stage, turn=self.turn, text=self.text, final=self.final)
 
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AudioChunk:
     """Agent audio, PCM16 LE mono at the session's output rate.
 
@@ -124,9 +103,6 @@ class AudioChunk:
     def duration_ms(self) -> float:
         return len(self.pcm) * 500.0 / self.rate_hz
 
-    def to_message(self, stage: str) -> m.AudioOut:
-        return m.AudioOut(stage=stage, turn=self.turn, seq=0, data=self.pcm)  # seq set by the outbox
-
 
 @dataclass(frozen=True, slots=True)
 class TurnDone:
@@ -135,17 +111,14 @@ class TurnDone:
     turn: int
     downstream: ClassVar[bool] = True
 
-    def to_message(self, stage: str) -> None:
-        return None
 
-
-Item = AudioIn | Commit | VadEvent | SpeechAudio | Transcript | ReplyDelta | AudioChunk | TurnDone
+Item = AudioIn | UserCommit | VadEvent | SpeechAudio | Transcription | ReplyDelta | AudioChunk | TurnDone
 
 
 def committed_text(item: Any) -> str | None:
-    """Text a consumer should append for a turn: final transcripts and reply deltas; else None."""
+    """Text a consumer should append for a turn: final transcriptions and reply deltas; else None."""
     if isinstance(item, ReplyDelta):
         return item.text
-    if isinstance(item, Transcript) and item.final:
+    if isinstance(item, Transcription) and item.final:
         return item.text
     return None

@@ -8,25 +8,21 @@ session (whole at the end, or cut to what was spoken on interruption). Backends 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
-from server.options import build, require
-from stages.base import BaseStage, Emitter, Engine, StageContext
+from stages.base import Backend, BaseStage, Emitter, StageContext, StageKind
 from stages.items import Item, ReplyDelta, committed_text
+from vocab.options import require
 
 
-class LlmBackend(Protocol):
+class LlmBackend(Backend, Protocol):
     kind: ClassVar[str]  # "llm"
 
     def stream(self, messages: list[dict[str, str]], *, ctx: StageContext) -> AsyncIterator[str]:
         """Reply text deltas. Closing the iterator early (barge-in) must stop generation at once."""
         ...
-
-    def load(self, log: Callable[[str], None]) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,26 +33,6 @@ class Options:
         require(self.max_history_chars >= 0, "max_history_chars", "must be >= 0")
 
 
-class LlmEngine:
-    input_type: ClassVar[str] = "text"
-    output_type: ClassVar[str] = "text"
-
-    def __init__(self, options: Options, backend: LlmBackend) -> None:
-        self.options = options
-        self.backend = backend
-
-    def load(self, log: Callable[[str], None]) -> None:
-        self.backend.load(log)
-
-    def new_stage(self, ctx: StageContext) -> LlmStage:
-        return LlmStage(self.options, self.backend, ctx)
-
-    async def aclose(self) -> None:
-        await self.backend.aclose()
-
-
-def make_engine(options: dict[str, Any], backend: LlmBackend, path: str) -> Engine:
-    return LlmEngine(build(Options, options, path), backend)
 
 
 def prompt_messages(system_prompt: str, history: list[dict[str, str]], max_chars: int) -> list[dict[str, str]]:
@@ -95,11 +71,15 @@ class LlmStage(BaseStage):
         self.turn, self.text = None, []
         if not user_text:
             return
-        self.ctx.history.append({"role": "user", "content": user_text})
-        messages = prompt_messages(self.ctx.system_prompt, self.ctx.history, self.options.max_history_chars)
+        self.ctx.conversation.add_user(turn, user_text)
+        history = self.ctx.conversation.messages()
+        messages = prompt_messages(self.ctx.system_prompt, history, self.options.max_history_chars)
         stream = self.backend.stream(messages, ctx=self.ctx)
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             async for delta in stream:
                 if delta:
                     await out.emit(ReplyDelta(turn, delta))
         await out.emit(ReplyDelta(turn, "", final=True))
+
+
+KIND: StageKind[LlmBackend] = StageKind("llm", "text", "text", Options, LlmStage)

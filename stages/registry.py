@@ -1,4 +1,4 @@
-"""Config name -> engine: builds the pipeline from ``config.pipeline`` and type-checks its chain.
+"""Config -> stage factories: builds the pipeline from ``config.pipeline`` and type-checks its chain.
 
 An entry is ``{name: <stage name>, engine: <backend name>, ...options}``. The backend's ``kind``
 (vad, asr, llm, tts, or ``custom``) picks the generic stage that wraps it; options are split between
@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server.errors import ConfigError
-from server.options import build, field_names
-from stages.base import Engine
+from stages.base import KindFactory, StageFactory, StageKind
+from vocab.errors import ConfigError
+from vocab.options import build, field_names
 
 # backend name -> "module:Class". The class has ClassVars ``kind`` and ``Options`` (a dataclass).
 BACKENDS: dict[str, str] = {
@@ -40,12 +40,12 @@ BACKENDS: dict[str, str] = {
     "gpt_sovits": "stages.engines.gpt_sovits:GptSovitsTts",
 }
 
-# stage kind -> "module:function(stage_options_dict, backend, path) -> Engine"
+# stage kind -> "module:KIND" (a ``StageKind``: edge types, options, the stage wrapping a backend)
 KINDS: dict[str, str] = {
-    "vad": "stages.vad:make_engine",
-    "asr": "stages.asr:make_engine",
-    "llm": "stages.llm:make_engine",
-    "tts": "stages.tts:make_engine",
+    "vad": "stages.vad:KIND",
+    "asr": "stages.asr:KIND",
+    "llm": "stages.llm:KIND",
+    "tts": "stages.tts:KIND",
 }
 
 
@@ -56,25 +56,25 @@ def _import(target: str) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class StageSpec:
-    """One built stage of the pipeline: its name, backend name and process-wide engine."""
+    """One built stage of the pipeline: its name, its engine's (backend's) name and the process-wide factory."""
 
     name: str
-    engine_name: str
+    engine_name: str  # the config key ``engine``: whisper, piper, openai, ...
     kind: str  # vad, asr, llm, tts or custom
-    engine: Engine
+    factory: StageFactory
 
     @property
     def input_type(self) -> str:
-        return self.engine.input_type
+        return self.factory.input_type
 
     @property
     def output_type(self) -> str:
-        return self.engine.output_type
+        return self.factory.output_type
 
 
-def stage_option_names(kind: str) -> list[str]:
-    module = importlib.import_module(KINDS[kind].partition(":")[0])
-    return field_names(module.Options)
+def stage_kind(kind: str) -> StageKind[Any]:
+    found: StageKind[Any] = _import(KINDS[kind])
+    return found
 
 
 def build_stage(entry: dict[str, Any], path: str) -> StageSpec:
@@ -94,7 +94,8 @@ def build_stage(entry: dict[str, Any], path: str) -> StageSpec:
     if not isinstance(name, str) or not name.isidentifier():
         raise ConfigError(f"{path}.name: must be an identifier, got {name!r}")
     options = {k: v for k, v in entry.items() if k not in ("name", "engine")}
-    stage_keys = stage_option_names(kind) if kind in KINDS else []
+    kind_spec = stage_kind(kind) if kind in KINDS else None
+    stage_keys = field_names(kind_spec.options) if kind_spec is not None else []
     backend_keys = field_names(backend_cls.Options)
     stage_part = {k: v for k, v in options.items() if k in stage_keys}
     backend_part = {k: v for k, v in options.items() if k not in stage_keys}
@@ -103,11 +104,12 @@ def build_stage(entry: dict[str, Any], path: str) -> StageSpec:
             known = ", ".join(sorted(set(stage_keys) | set(backend_keys))) or "(none)"
             raise ConfigError(f"{path}.{key}: unknown option for engine {engine_name!r} (known: {known})")
     backend = backend_cls(build(backend_cls.Options, backend_part, path))
-    if kind in KINDS:
-        engine: Engine = _import(KINDS[kind])(stage_part, backend, path)
+    factory: StageFactory
+    if kind_spec is not None:
+        factory = KindFactory(kind_spec, build(kind_spec.options, stage_part, path), backend)
     else:
-        engine = backend
-    return StageSpec(name=name, engine_name=engine_name, kind=kind, engine=engine)
+        factory = backend  # a custom stage is its own factory
+    return StageSpec(name=name, engine_name=engine_name, kind=kind, factory=factory)
 
 
 def build_pipeline(entries: list[dict[str, Any]]) -> list[StageSpec]:
@@ -137,4 +139,4 @@ def describe_chain(specs: list[StageSpec]) -> str:
 
 def load_all(specs: list[StageSpec], log: Callable[[str], None]) -> None:
     for spec in specs:
-        spec.engine.load(log)
+        spec.factory.load(log)

@@ -13,26 +13,22 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from server.options import build, require
-from stages.base import BaseStage, Emitter, Engine, StageContext
+from stages.base import Backend, BaseStage, Emitter, StageContext, StageKind
 from stages.items import AudioChunk, Item, committed_text
+from vocab.options import require
 
 
-class TtsBackend(Protocol):
+class TtsBackend(Backend, Protocol):
     kind: ClassVar[str]  # "tts"
     rate_hz: int | None  # rate it produces, or None when it renders at the rate asked
 
     def synthesize(self, text: str, *, rate_hz: int, ctx: StageContext) -> AsyncIterator[bytes]:
         """PCM16 LE mono pieces of any length; closing the iterator early must stop the work."""
         ...
-
-    def load(self, log: Callable[[str], None]) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,26 +49,6 @@ class Options:
         )
 
 
-class TtsEngine:
-    input_type: ClassVar[str] = "text"
-    output_type: ClassVar[str] = "audio"
-
-    def __init__(self, options: Options, backend: TtsBackend) -> None:
-        self.options = options
-        self.backend = backend
-
-    def load(self, log: Callable[[str], None]) -> None:
-        self.backend.load(log)
-
-    def new_stage(self, ctx: StageContext) -> TtsStage:
-        return TtsStage(self.options, self.backend, ctx)
-
-    async def aclose(self) -> None:
-        await self.backend.aclose()
-
-
-def make_engine(options: dict[str, Any], backend: TtsBackend, path: str) -> Engine:
-    return TtsEngine(build(Options, options, path), backend)
 
 
 _CLAUSE_END = re.compile(r"[.!?;:…\n]+[\"')\]]*(\s+|$)")
@@ -194,6 +170,10 @@ class TtsStage(BaseStage):
         step = self.chunk_bytes
         end = len(pcm) if final else len(pcm) - len(pcm) % step
         for start in range(0, end, step):
-            await out.emit(AudioChunk(turn, pcm[start : min(start + step, end)], self.rate_hz, text, text_ms))
+            piece = pcm[start : min(start + step, end)]
+            await out.emit(AudioChunk(turn=turn, pcm=piece, rate_hz=self.rate_hz, text=text, text_ms=text_ms))
             text, text_ms = None, 0.0
         return pcm[end:], text
+
+
+KIND: StageKind[TtsBackend] = StageKind("tts", "text", "audio", Options, TtsStage)

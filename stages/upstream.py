@@ -20,8 +20,6 @@ from typing import Any, TypeVar
 
 import httpx
 
-from server.errors import ConfigError, UpstreamError
-from server.options import require
 from stages.upstream_pool import (
     UPSTREAM_LATENCY_COUNT,
     UPSTREAM_LATENCY_SUM,
@@ -33,6 +31,8 @@ from stages.upstream_pool import (
     Strategy,
     redact,
 )
+from vocab.errors import ConfigError, UpstreamError
+from vocab.options import require
 
 log = logging.getLogger("voxpipe.upstream")
 T = TypeVar("T")

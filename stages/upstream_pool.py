@@ -1,5 +1,5 @@
 """The endpoints of one upstream backend: balancing strategy, per-endpoint concurrency cap, a bounded wait
-line, and a circuit breaker per endpoint; per-endpoint figures go to ``server.metrics.METRICS``.
+line, and a circuit breaker per endpoint; per-endpoint figures go to ``vocab.metrics.METRICS``.
 
 No I/O here: ``stages.upstream`` asks the pool for an endpoint (``acquire``), makes the request, and
 reports how it went (``release``). The clock is ``time.monotonic`` unless a test passes another.
@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from server.errors import UpstreamError
-from server.metrics import METRICS
+from vocab.errors import UpstreamError
+from vocab.metrics import METRICS
 
 Strategy = Literal["round_robin", "weighted", "least_connections", "random"]
 Outcome = Literal["success", "failure", "neutral"]

@@ -12,14 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from server.options import build, require
-from stages.base import BaseStage, Emitter, Engine, StageContext
-from stages.items import AudioIn, Commit, Item, SpeechAudio, TurnDone, VadEvent
+from stages.base import Backend, BaseStage, Emitter, StageContext, StageKind
+from stages.items import AudioIn, Item, SpeechAudio, TurnDone, UserCommit, VadEvent
+from vocab.options import require
 
 Detector = Callable[[bytes], bool]
 
 
-class VadBackend(Protocol):
+class VadBackend(Backend, Protocol):
     kind: ClassVar[str]  # "vad"
     frame_ms: int  # frame duration the detector takes
     rate_hz: int | None  # rate it needs, or None for any rate
@@ -29,10 +29,6 @@ class VadBackend(Protocol):
     def new_detector(self, rate_hz: int) -> Detector:
         """Per-session detector state; called on every new connection, must be cheap."""
         ...
-
-    def load(self, log: Callable[[str], None]) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,26 +46,6 @@ class Options:
         require(self.max_utterance_ms >= 500, "max_utterance_ms", "must be >= 500")
 
 
-class VadEngine:
-    input_type: ClassVar[str] = "audio"
-    output_type: ClassVar[str] = "speech"
-
-    def __init__(self, options: Options, backend: VadBackend) -> None:
-        self.options = options
-        self.backend = backend
-
-    def load(self, log: Callable[[str], None]) -> None:
-        self.backend.load(log)
-
-    def new_stage(self, ctx: StageContext) -> VadStage:
-        return VadStage(self.options, self.backend, ctx)
-
-    async def aclose(self) -> None:
-        await self.backend.aclose()
-
-
-def make_engine(options: dict[str, Any], backend: VadBackend, path: str) -> Engine:
-    return VadEngine(build(Options, options, path), backend)
 
 
 class VadStage(BaseStage):
@@ -102,7 +78,7 @@ class VadStage(BaseStage):
         self.last_voiced_at = 0.0
 
     async def process(self, item: Item, out: Emitter) -> None:
-        if isinstance(item, Commit):
+        if isinstance(item, UserCommit):
             await self._commit(item.at, out)
             return
         if not isinstance(item, AudioIn):
@@ -145,7 +121,13 @@ class VadStage(BaseStage):
     async def _flush(self, speech: bytearray, out: Emitter) -> None:
         if speech and self.turn is not None:
             await out.emit(
-                SpeechAudio(self.turn, bytes(speech), self.rate_hz, self.voiced_ms, self.silence_run_ms)
+                SpeechAudio(
+                    turn=self.turn,
+                    pcm=bytes(speech),
+                    rate_hz=self.rate_hz,
+                    voiced_ms=self.voiced_ms,
+                    trailing_silence_ms=self.silence_run_ms,
+                )
             )
 
     async def _start(self, out: Emitter) -> None:
@@ -173,3 +155,6 @@ class VadStage(BaseStage):
             await self._flush(bytearray(b"".join(self.pre_roll)), out)
             self.pre_roll.clear()
         await self._end(out)
+
+
+KIND: StageKind[VadBackend] = StageKind("vad", "audio", "speech", Options, VadStage)

@@ -1,11 +1,11 @@
-"""WebRTC call-in on top of a WebSocket session: signaling, the peer connection, and audio routing.
+"""WebRTC calls attached to a WebSocket session: signaling, the peer connection, and the call's audio.
 
 The WebSocket stays the control channel: ``webrtc_offer {sdp}`` is answered by ``webrtc_answer {sdp}``
-(ICE gathered before the answer, no trickle), and every text event (transcript, reply, metrics,
-interrupted, errors) keeps travelling on the WebSocket. Once a call is up, the caller's audio comes
-from the remote track and the agent's audio leaves on a local track instead of ``audio`` messages;
-``interrupted`` drops the turn's queued audio from the track. ``CallIn`` wraps one session: it is
-the session's ``send`` and the transport's session object (``id``, ``ready()``, ``run()``).
+(ICE gathered before the answer, no trickle), and every text event keeps travelling on the WebSocket.
+A session has no WebRTC object until its first offer (``WebrtcHub.call_for``); then a ``WebrtcCall``
+attaches: while it is up, the caller's audio comes from the remote track and the agent's audio is pulled
+from the session's playhead by a local track instead of leaving as ``audio`` messages. One negotiation
+per session at a time: a new offer supersedes and closes the previous one, whatever state it is in.
 """
 
 from __future__ import annotations
@@ -13,23 +13,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from server.limits import TokenBucket
-from server.metrics import METRICS, QUEUE_DROPS_TOTAL
-from server.options import build, require
 from transports import messages as m
+from transports.limits import TokenBucket
+from vocab.metrics import METRICS
+from vocab.options import build, require
 
 if TYPE_CHECKING:
     from aiortc import RTCPeerConnection
 
-    from transports.webrtc_media import AgentAudioTrack
+    from transports.webrtc_media import AgentAudioTrack, FrameSource
 
 log = logging.getLogger("voxpipe.webrtc")
-Send = Callable[[Any], Awaitable[None]]
 PEERS_OPEN = METRICS.gauge("voxpipe_webrtc_peers_open", "WebRTC peer connections open now")
 CALL_FLOODS_TOTAL = METRICS.counter(
     "voxpipe_webrtc_floods_total", "Calls closed because their audio arrived faster than the audio limit"
@@ -46,36 +44,45 @@ class WebrtcOptions:
     ice_servers: list[str] = field(default_factory=list)
     negotiate_timeout_s: float = 10.0  # offer -> answer (ICE gathering included)
     connect_timeout_s: float = 20.0  # answer -> connected; a peer that never connects is closed
-    out_queue_ms: float = 2000.0  # agent audio waiting for the track; overflow drops the oldest
-    in_queue_items: int = 100  # caller audio frames (20 ms) waiting for the session; oldest dropped
 
     def validate(self) -> None:
         require(self.max_peers >= 0, "max_peers", "must be >= 0")
         require(self.negotiate_timeout_s > 0, "negotiate_timeout_s", "must be > 0")
         require(self.connect_timeout_s > 0, "connect_timeout_s", "must be > 0")
-        require(self.out_queue_ms >= 200, "out_queue_ms", "must be >= 200")
-        require(self.in_queue_items >= 8, "in_queue_items", "must be >= 8")
         for i, url in enumerate(self.ice_servers):
             require(url.split(":", 1)[0] in ("stun", "turn", "turns"), f"ice_servers[{i}]", "must be a stun:/turn: URL")
 
 
-class SessionLike(Protocol):
+class CallHost(Protocol):
+    """What a call needs from its session."""
+
     id: str
     in_rate_hz: int
-    out_rate_hz: int
-
-    def ready(self) -> m.Ready: ...
 
     @property
-    def busy(self) -> bool: ...
+    def frames(self) -> FrameSource:
+        """The session's playout clock, pulled by the call's track."""
+        ...
 
-    async def run(self, messages: AsyncIterator[Any]) -> None: ...
+    def attach_track(self, attached: bool) -> None:
+        """The track pulls the agent's audio from now on (True), or the WebSocket again (False)."""
+        ...
 
-    def error(self, code: str, message: str, *, turn: int | None = None, fatal: bool = False) -> None: ...
+    def caller_audio(self, pcm: bytes) -> None:
+        """Caller audio (PCM16 at ``in_rate_hz``) into the session; never waits."""
+        ...
+
+    def send_control(self, message: Any) -> None:
+        """A message for the client on the WebSocket (``webrtc_answer``)."""
+        ...
+
+    def error(self, code: str, message: str) -> None: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
 
 
 class WebrtcHub:
-    """Server-wide: the options and the peer cap."""
+    """Server-wide: the options, the peer cap, and the calls of running sessions."""
 
     def __init__(
         self, options: WebrtcOptions, *, audio_max_realtime: float | None = 2.0, audio_burst_s: float = 10.0
@@ -85,7 +92,7 @@ class WebrtcHub:
         self.audio_max_realtime = audio_max_realtime
         self.audio_burst_s = audio_burst_s
         self.peers = 0
-        self.calls: dict[str, CallIn] = {}  # by session id, while the session runs
+        self.calls: dict[str, WebrtcCall] = {}  # by session id, from the first offer to the session's end
         METRICS.add_collector(lambda: PEERS_OPEN.set(self.peers))
 
     @classmethod
@@ -95,265 +102,182 @@ class WebrtcHub:
         options = build(WebrtcOptions, section, "webrtc")
         return cls(options, audio_max_realtime=audio_max_realtime, audio_burst_s=audio_burst_s)
 
-    def call_in(self, send: Send) -> CallIn:
-        return CallIn(self, send)
+    def call_for(self, host: CallHost) -> WebrtcCall:
+        """The call of a session that just sent its first offer."""
+        call = self.calls[host.id] = WebrtcCall(self, host)
+        return call
 
 
 @dataclass(slots=True)
 class _Peer:
+    """One negotiation, and the call it becomes."""
+
     pc: RTCPeerConnection
     track: AgentAudioTrack
+    audio_budget: TokenBucket | None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    answered: bool = False
+    flooded: bool = False
     close_task: asyncio.Future[None] | None = None
 
 
-class CallIn:
-    """One WebSocket session with an optional WebRTC call. Use ``send`` as the session's sender."""
+class WebrtcCall:
+    """The WebRTC side of one session: at most one peer (negotiating or up) at a time."""
 
-    def __init__(self, hub: WebrtcHub, send: Send) -> None:
+    def __init__(self, hub: WebrtcHub, host: CallHost) -> None:
         self.hub = hub
-        self._send_ws = send
-        self.session: SessionLike | None = None
-        self.id = ""  # the session's, once attached
-        self.peer: _Peer | None = None
-        opts = hub.options
-        self._ws_in: asyncio.Queue[Any] = asyncio.Queue(maxsize=16)  # full: the WebSocket reader waits
-        self._rtc_in: deque[Any] = deque()  # caller audio and played acks; full: oldest dropped
-        self._rtc_in_max = opts.in_queue_items
-        self._ws_done = False
-        self._wakeup = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._tg: asyncio.TaskGroup | None = None
+        self.host = host
+        self.peer: _Peer | None = None  # the current negotiation or call, from the moment its offer is taken
         self._closing: set[asyncio.Future[None]] = set()  # peer connections still closing
-        self._audio_budget: TokenBucket | None = None  # per call, set up with its answer
-        self._flooded = False
-
-    # ------------------------------------------------------------ the transport's view
-
-    def attach(self, session: SessionLike) -> CallIn:
-        self.session = session
-        self.id = session.id
-        return self
-
-    def ready(self) -> m.Ready:
-        assert self.session is not None
-        return self.session.ready()
 
     @property
-    def busy(self) -> bool:
-        """Not idle: a turn is open, or a call is up (its audio does not pass the WebSocket)."""
-        return self.peer is not None or (self.session is not None and self.session.busy)
+    def active(self) -> bool:
+        """A call is up or being set up (its audio does not pass the WebSocket)."""
+        return self.peer is not None
 
-    async def send(self, message: Any) -> None:
-        """The session's sender: agent audio goes to the call's track while a call is up."""
-        peer = self.peer
-        if peer is not None:
-            kind = type(message)
-            if kind is m.AudioOut:
-                peer.track.push(message.turn, message.data)
-                return
-            if kind is m.Interrupted:
-                peer.track.drop_turn(message.turn)
-        await self._send_ws(message)
-
-    async def run(self, messages: AsyncIterator[Any]) -> None:
-        """Run the session on the WebSocket's messages merged with the call's audio; close the call after."""
-        assert self.session is not None
-        self.hub.calls[self.id] = self
-        try:
-            async with asyncio.TaskGroup() as tg:
-                self._tg = tg
-                reader = tg.create_task(self._read_ws(messages), name=f"{self.id}:ws-reader")
-                try:
-                    await self.session.run(self._incoming())
-                finally:
-                    reader.cancel()
-                    for task in list(self._tasks):
-                        task.cancel()
-        finally:
-            self._tg = None
-            self.hub.calls.pop(self.id, None)
-            await self._close_peer(reason=None)
-            if self._closing:
-                await asyncio.gather(*self._closing)
-
-    # ------------------------------------------------------------ incoming messages
-
-    async def _read_ws(self, messages: AsyncIterator[Any]) -> None:
-        try:
-            async for msg in messages:
-                if isinstance(msg, m.WebrtcOffer):
-                    self._spawn(self._answer(msg.sdp), "webrtc-offer")
-                else:
-                    await self._ws_in.put(msg)
-                    self._wakeup.set()
-        finally:
-            self._ws_done = True
-            self._wakeup.set()
-
-    def _from_call(self, msg: Any) -> None:
-        if type(msg) is m.Audio and self._audio_budget is not None:
-            if self._flooded:
-                return  # the call is closing: what still arrives from it is dropped
-            if not self._audio_budget.take(len(msg.data), time.monotonic()):
-                self._flooded = True
-                CALL_FLOODS_TOTAL.inc()
-                factor = self.hub.audio_max_realtime
-                reason = f"the call's audio arrived faster than {factor:g}x real time (rate_limited)"
-                self._spawn(self._close_peer(reason=reason), "webrtc-flood")
-                return
-        if len(self._rtc_in) >= self._rtc_in_max:
-            self._rtc_in.popleft()
-            QUEUE_DROPS_TOTAL.inc(edge="webrtc_in")
-        self._rtc_in.append(msg)
-        self._wakeup.set()
-
-    async def _incoming(self) -> AsyncIterator[Any]:
-        """WebSocket messages and call audio, one stream for the session (which handles one at a time)."""
-        while True:
-            self._wakeup.clear()
-            progressed = False
-            if not self._ws_in.empty():
-                progressed = True
-                yield self._ws_in.get_nowait()
-            elif self._ws_done:
-                return
-            if self._rtc_in:
-                progressed = True
-                yield self._rtc_in.popleft()
-            if not progressed:
-                await self._wakeup.wait()
-
-    def _new_audio_budget(self, in_rate_hz: int) -> TokenBucket | None:
-        factor = self.hub.audio_max_realtime
-        if factor is None:
-            return None
-        bytes_per_s = in_rate_hz * 2
-        return TokenBucket(factor * bytes_per_s, self.hub.audio_burst_s * bytes_per_s, time.monotonic())
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        assert self._tg is not None
-        task = self._tg.create_task(self._guard(coro), name=f"{self.id}:{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _guard(self, coro: Awaitable[Any]) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a call's failure must not end the conversation
-            log.exception("session %s: WebRTC task failed", self.id)
-            self._error("webrtc_failed", "the WebRTC call failed; audio goes over the WebSocket again")
-            await self._close_peer(reason=None)
-
-    def _error(self, code: str, message: str) -> None:
-        if self.session is not None:
-            self.session.error(code, message)
-
-    # ------------------------------------------------------------ the call
-
-    async def _answer(self, sdp: str) -> None:
+    def offer(self, sdp: str) -> None:
+        """``webrtc_offer``: supersede any previous negotiation or call, then negotiate this one."""
+        self._drop(reason=None)
         opts = self.hub.options
         if not opts.enabled:
-            self._error("unsupported", "webrtc_offer: WebRTC is turned off on this server (webrtc.enabled)")
+            self.host.error("unsupported", "webrtc_offer: WebRTC is turned off on this server (webrtc.enabled)")
             return
         try:
-            from transports.webrtc_media import AgentAudioTrack, read_caller_audio
-        except ImportError:
-            self._error("unsupported", "webrtc_offer: this server has no WebRTC support (pip install aiortc)")
-            return
-        await self._close_peer(reason=None)  # a new offer replaces the call
-        if self.hub.peers >= opts.max_peers:
-            self._error("webrtc_busy", f"webrtc_offer: the server is at its peer limit ({opts.max_peers})")
-            return
-        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+            from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
-        assert self.session is not None
-        session = self.session
+            from transports.webrtc_media import AgentAudioTrack
+        except ImportError:
+            self.host.error("unsupported", "webrtc_offer: this server has no WebRTC support (pip install aiortc)")
+            return
+        if self.hub.peers >= opts.max_peers:
+            self.host.error("webrtc_busy", f"webrtc_offer: the server is at its peer limit ({opts.max_peers})")
+            return
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(url) for url in opts.ice_servers]))
-        track = AgentAudioTrack(
-            session.out_rate_hz,
-            max_queue_ms=opts.out_queue_ms,
-            on_played=lambda turn, ms: self._from_call(m.Played(turn=turn, ms=ms)),
-        )
-        peer = _Peer(pc, track)
-        self._audio_budget = self._new_audio_budget(session.in_rate_hz)
-        self._flooded = False
-        this_task = asyncio.current_task()
-        if this_task is not None:
-            peer.tasks.add(this_task)  # a newer offer or the session's end cancels this negotiation
-        self.peer = None  # audio keeps going over the WebSocket until the answer is out
+        peer = self.peer = _Peer(pc, AgentAudioTrack(self.host.frames), self._audio_budget())
         self.hub.peers += 1
         PEERS_OPEN.set(self.hub.peers)
+        self._spawn(peer, self._negotiate(peer, sdp))
+
+    async def close(self) -> None:
+        """The session is over: end the call and wait for every peer connection to finish closing."""
+        self._drop(reason=None)
+        self.hub.calls.pop(self.host.id, None)
+        if self._closing:
+            await asyncio.gather(*self._closing)
+
+    # ------------------------------------------------------------ one negotiation
+
+    async def _negotiate(self, peer: _Peer, sdp: str) -> None:
+        from aiortc import RTCSessionDescription
+
+        from transports.webrtc_media import read_caller_audio
+
+        opts = self.hub.options
+        pc = peer.pc
 
         @pc.on("track")
         def on_track(remote: Any) -> None:
-            deliver = (lambda pcm: self._from_call(m.Audio(data=pcm))) if remote.kind == "audio" else (lambda _: None)
-            task = self._spawn(read_caller_audio(remote, session.in_rate_hz, deliver), "webrtc-in")
-            peer.tasks.add(task)
+            if remote.kind == "audio":
+                reader = read_caller_audio(remote, self.host.in_rate_hz, lambda pcm: self._from_caller(peer, pcm))
+                self._spawn(peer, reader)
+            else:
+                self._spawn(peer, read_caller_audio(remote, self.host.in_rate_hz, lambda _pcm: None))
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
             state = pc.connectionState
             if state == "connected":
                 peer.connected.set()
-            elif state in ("failed", "closed") and self.peer is peer and self._tg is not None:
-                self._spawn(self._close_peer(reason=f"the WebRTC connection {state}"), "webrtc-close")
+            elif state in ("failed", "closed") and self.peer is peer:
+                self._drop(reason=f"the WebRTC connection {state}")
 
         try:
             async with asyncio.timeout(opts.negotiate_timeout_s):
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
                 if not any(t.kind == "audio" for t in pc.getTransceivers()):
                     raise ValueError("the offer has no audio")
-                pc.addTrack(track)
+                pc.addTrack(peer.track)
                 await pc.setLocalDescription(await pc.createAnswer())  # gathers ICE candidates first
         except asyncio.CancelledError:
-            await self._release(peer)
             raise
         except Exception as exc:  # anything wrong with the client's SDP is the client's error
-            await self._release(peer)
-            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
-            self._error("bad_sdp", f"webrtc_offer: cannot answer this offer: {reason[:200]}")
+            if self.peer is peer:
+                self._drop(reason=None)
+                reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+                self.host.error("bad_sdp", f"webrtc_offer: cannot answer this offer: {reason[:200]}")
             return
-        self.peer = peer
-        await self._send_ws(m.WebrtcAnswer(sdp=pc.localDescription.sdp))
+        if self.peer is not peer:
+            return  # superseded while negotiating
+        peer.answered = True
+        self.host.attach_track(True)  # the agent's audio waits for the track from now on
+        self.host.send_control(m.WebrtcAnswer(sdp=pc.localDescription.sdp))
         try:
             async with asyncio.timeout(opts.connect_timeout_s):  # not wait_for: it can lose a cancellation
                 await peer.connected.wait()
         except TimeoutError:
             if self.peer is peer:
-                await self._close_peer(reason=f"the caller did not connect within {opts.connect_timeout_s:g} s")
+                self._drop(reason=f"the caller did not connect within {opts.connect_timeout_s:g} s")
 
-    async def _release(self, peer: _Peer) -> None:
-        """Close one peer connection and end its tasks (idempotent, and safe to cancel).
-
-        ``pc.close()`` runs in a task of its own: cancelling an aiortc close that waits for
-        another close would cancel aiortc's internal future and break both.
-        """
-        if peer.close_task is None:
-            self.hub.peers -= 1
-            PEERS_OPEN.set(self.hub.peers)
-            peer.track.stop()
-            current = asyncio.current_task()
-            for task in peer.tasks:
-                if task is not current:
-                    task.cancel()
-            peer.close_task = asyncio.ensure_future(_close_quietly(peer.pc))
-            self._closing.add(peer.close_task)
-            peer.close_task.add_done_callback(self._closing.discard)
-        await asyncio.shield(peer.close_task)
-
-    async def _close_peer(self, *, reason: str | None) -> None:
-        """End the call (audio goes back to the WebSocket); ``reason`` is told to the client."""
-        peer, self.peer = self.peer, None
-        if peer is None:
+    def _from_caller(self, peer: _Peer, pcm: bytes) -> None:
+        if peer.flooded or self.peer is not peer:
+            return  # the call is closing: what still arrives from it is dropped
+        if peer.audio_budget is not None and not peer.audio_budget.take(len(pcm), time.monotonic()):
+            peer.flooded = True
+            CALL_FLOODS_TOTAL.inc()
+            factor = self.hub.audio_max_realtime
+            self._drop(reason=f"the call's audio arrived faster than {factor:g}x real time (rate_limited)")
             return
-        await self._release(peer)
+        self.host.caller_audio(pcm)
+
+    def _audio_budget(self) -> TokenBucket | None:
+        factor = self.hub.audio_max_realtime
+        if factor is None:
+            return None
+        bytes_per_s = self.host.in_rate_hz * 2
+        return TokenBucket(factor * bytes_per_s, self.hub.audio_burst_s * bytes_per_s, time.monotonic())
+
+    # ------------------------------------------------------------ tasks and teardown
+
+    def _spawn(self, peer: _Peer, coro: Coroutine[Any, Any, Any]) -> None:
+        task = self.host.spawn(self._guard(peer, coro))
+        peer.tasks.add(task)
+        task.add_done_callback(peer.tasks.discard)
+
+    async def _guard(self, peer: _Peer, coro: Coroutine[Any, Any, Any]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a call's failure must not end the conversation
+            log.exception("session %s: WebRTC task failed", self.host.id)
+            if self.peer is peer:
+                self._drop(reason=None)
+                self.host.error("webrtc_failed", "the WebRTC call failed; audio goes over the WebSocket again")
+
+    def _drop(self, *, reason: str | None) -> None:
+        """End the current peer, if any (audio goes back to the WebSocket); ``reason`` is told to the client.
+
+        ``pc.close()`` runs in a task of its own (awaited by ``close``): cancelling an aiortc close that
+        waits for another close would cancel aiortc's internal future and break both.
+        """
+        peer, self.peer = self.peer, None
+        if peer is None or peer.close_task is not None:
+            return
+        if peer.answered:
+            self.host.attach_track(False)
+        self.hub.peers -= 1
+        PEERS_OPEN.set(self.hub.peers)
+        peer.track.stop()
+        current = asyncio.current_task()
+        for task in peer.tasks:
+            if task is not current:
+                task.cancel()
+        peer.close_task = asyncio.ensure_future(_close_quietly(peer.pc))
+        self._closing.add(peer.close_task)
+        peer.close_task.add_done_callback(self._closing.discard)
         if reason is not None:
-            self._error("webrtc_closed", f"{reason}; audio goes over the WebSocket again")
+            self.host.error("webrtc_closed", f"{reason}; audio goes over the WebSocket again")
 
 
 async def _close_quietly(pc: RTCPeerConnection) -> None:

@@ -1,42 +1,34 @@
-"""The WebSocket transport: the hello handshake, framing, limits, and the close codes of the contract.
+"""The asyncio loop around a connection protocol object: read frames into it, write what it says, close as it decided.
 
-Knows nothing about stages: ``open_session(hello, send)`` (from the app) validates the hello and
-returns an object with ``id``, ``ready()``, ``busy`` and ``run(messages)``. Replies use the hello's
-framing. The read loop consults a ``SessionLimiter`` for every frame; a fatal limit ends the session,
-then the client gets the ``error`` and the close code (1008 for limits).
+Every decision (hello, limits, bye, close codes) is the protocol object's (``transports/connection.py``
+for ``/ws``); this module only does the I/O: receive with the protocol's deadline, send with the slow-reader
+grace, bounded closes. It knows nothing about stages: ``open_session(hello, send)`` (from the app) returns
+an object with ``ready()``, ``busy`` and ``run(messages)``, or raises ``ProtocolError`` to refuse.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode
 from websockets.protocol import State
 
-from server.errors import ProtocolError
-from server.limits import LimitOptions, SessionLimiter, slow_reader_error
-from server.metrics import CLOSES_TOTAL, ERRORS_TOTAL, METRICS
 from transports import messages as m
-from transports import wire
+from transports.connection import ConnectionProtocol
+from vocab.errors import ProtocolError
+from vocab.metrics import CLOSES_TOTAL, METRICS
 
-log = logging.getLogger("voxpipe.ws")
 Send = Callable[[Any], Awaitable[None]]
-MAX_HELLO_ATTEMPTS = 8  # hellos with a bad field before the connection is closed
 SLOW_READERS_TOTAL = METRICS.counter("voxpipe_slow_readers_total", "Sessions closed because the client stopped reading")
 REAPED_TOTAL = METRICS.counter("voxpipe_reaped_total", "Connections aborted after their close timeout")
-ENCODE_FAILURES_TOTAL = METRICS.counter("voxpipe_encode_failures_total", "Server messages that could not be encoded")
 
 
 class SessionLike(Protocol):
-    id: str
-
     def ready(self) -> m.Ready: ...
 
     @property
@@ -45,7 +37,7 @@ class SessionLike(Protocol):
     async def run(self, messages: AsyncIterator[Any]) -> None: ...
 
 
-OpenSession = Callable[[m.Hello, Send, ServerConnection], SessionLike]
+OpenSession = Callable[[m.Hello, Send], SessionLike]
 
 
 async def close_bounded(ws: ServerConnection, code: int, reason: str) -> None:
@@ -96,178 +88,125 @@ async def reap_closing(server: Server, interval_s: float = 1.0) -> None:
                 ws.transport.abort()
 
 
-async def _send_error(ws: ServerConnection, framing: wire.Framing, err: ProtocolError, *, fatal: bool) -> None:
-    ERRORS_TOTAL.inc(code=err.code)
-    with contextlib.suppress(ConnectionClosed, TimeoutError):
-        async with asyncio.timeout(ws.close_timeout or 10.0):
-            await ws.send(wire.encode(m.Error(code=err.code, message=err.message, fatal=fatal), framing))
+class _Socket:
+    """The I/O half of one connection. ``send`` is the session's sender (its outbox is the only caller)."""
 
+    def __init__(self, ws: ServerConnection, conn: ConnectionProtocol, *, slow_reader_grace_s: float | None) -> None:
+        self.ws = ws
+        self.conn = conn
+        self.grace_s = slow_reader_grace_s
+        self.on_stall: Callable[[], None] = lambda: None
 
-async def _await_hello(ws: ServerConnection, deadline: float, timeout_s: float) -> tuple[m.Hello, wire.Framing]:
-    """Read frames until a valid hello; a frame that is not a hello is fatal (close 1002)."""
-    attempts = 0
-    while True:
+    async def recv(self) -> Any:
+        """The next frame, or None when the protocol's deadline came first (cancellation-safe)."""
+        due = self.conn.deadline()
+        when = None if due is None else asyncio.get_running_loop().time() + (due - time.monotonic())
         try:
             # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancellation that races a frame
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                frame = await ws.recv()
+            async with asyncio.timeout_at(when):
+                return await self.ws.recv()
         except TimeoutError:
-            err = ProtocolError("hello_timeout", f"no valid hello within {timeout_s:g} s")
-            await _send_error(ws, wire.Framing.JSON, err, fatal=True)
-            await close_bounded(ws, CloseCode.POLICY_VIOLATION, "hello timeout")
-            raise
-        framing = wire.framing_of(frame)
-        try:
-            hello = wire.decode(frame)
-        except ProtocolError as exc:
-            attempts += 1
-            is_hello = exc.code == "bad_field" and wire.parse_frame(frame).get("type") == "hello"
-            if is_hello and attempts < MAX_HELLO_ATTEMPTS:
-                await _send_error(ws, framing, exc, fatal=False)  # a hello with a bad field: try again
-                continue
-            hello = exc
-        if not isinstance(hello, m.Hello):
-            what = hello.message if isinstance(hello, ProtocolError) else f"got {hello.type!r}"
-            err = ProtocolError("not_hello", f"the first message must be hello ({what})")
-            await _send_error(ws, framing, err, fatal=True)
-            await close_bounded(ws, CloseCode.PROTOCOL_ERROR, "first message must be hello")
-            raise err
-        return hello, framing
-
-
-async def _open(
-    ws: ServerConnection, hello_timeout_s: float, open_session: OpenSession, send_for: Callable[[wire.Framing], Send]
-) -> tuple[SessionLike, m.Hello, wire.Framing] | None:
-    """Hello -> session, retrying after non-fatal hello errors until one overall deadline."""
-    deadline = time.monotonic() + hello_timeout_s
-    for _ in range(MAX_HELLO_ATTEMPTS):
-        try:
-            hello, framing = await _await_hello(ws, deadline, hello_timeout_s)
-        except (TimeoutError, ProtocolError, ConnectionClosed):
+            self.conn.timeout(time.monotonic())
             return None
-        try:
-            return open_session(hello, send_for(framing), ws), hello, framing
-        except ProtocolError as exc:
-            if exc.fatal:
-                await _send_error(ws, framing, exc, fatal=True)
-                await close_bounded(ws, exc.close_code or CloseCode.POLICY_VIOLATION, exc.message)
-                return None
-            await _send_error(ws, framing, exc, fatal=False)
-    await close_bounded(ws, CloseCode.POLICY_VIOLATION, "too many bad hellos")
-    return None
 
+    async def flush(self) -> None:
+        """The protocol's own frames (errors, ready), each bounded by the close timeout."""
+        for frame in self.conn.data_to_send():
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
+                async with asyncio.timeout(self.ws.close_timeout or 10.0):
+                    await self.ws.send(frame)
 
-async def handle_connection(
-    ws: ServerConnection,
-    *,
-    hello_timeout_s: float,
-    open_session: OpenSession,
-    limits: LimitOptions | None = None,
-    max_frame_bytes: int = 1 << 20,
-) -> None:
-    """One WebSocket connection, from hello to close."""
-    limits = limits or LimitOptions()
-    grace_s = limits.slow_reader_grace_s
-    stalled = False  # the client stopped reading: drop whatever is still to send
-    closing: ProtocolError | None = None  # the fatal limit that ends the session
-    running: asyncio.Task[None] | None = None  # the session's run, cancelled by a fatal limit
-
-    def fail(err: ProtocolError) -> None:
-        """A fatal limit: end the session now, whatever input is still queued on the way to it."""
-        nonlocal closing
-        if closing is None:
-            closing = err
-        if running is not None:
-            running.cancel()
-
-    def send_for(framing: wire.Framing) -> Send:
-        async def send(message: Any) -> None:
-            """Cancellation-safe: the frame is handed to the socket whole or not at all."""
-            nonlocal stalled
-            if stalled:
-                return
+    async def send(self, message: Any) -> None:
+        """Cancellation-safe: each frame is handed to the socket whole or not at all."""
+        if self.conn.close is not None:
+            return
+        for frame in self.conn.encode(message):
             try:
-                frame = wire.encode(message, framing)
-                data = frame.encode("utf-8") if isinstance(frame, str) else frame
-            except (ValueError, TypeError, UnicodeError) as exc:  # a bug, not the client's fault: never fatal
-                ENCODE_FAILURES_TOTAL.inc()
-                log.error("cannot encode %s: %r", type(message).__name__, exc)
-                return
-            try:
-                async with asyncio.timeout(grace_s):
-                    await ws.send(data, text=framing is wire.Framing.JSON)
+                async with asyncio.timeout(self.grace_s):
+                    await self.ws.send(frame)
             except ConnectionClosed:
                 return  # the reader sees the close too and ends the session
             except TimeoutError:
-                stalled = True
                 SLOW_READERS_TOTAL.inc()
-                fail(slow_reader_error(grace_s or 0.0))
+                self.conn.stalled(self.grace_s or 0.0)
+                self.on_stall()
+                return
 
-        return send
+    async def messages(self) -> AsyncIterator[Any]:
+        """Frames -> the protocol -> messages for the session, until the protocol decides to close."""
+        with contextlib.suppress(ConnectionClosed):
+            while self.conn.close is None:
+                frame = await self.recv()
+                if frame is not None:
+                    for message in self.conn.receive(frame, time.monotonic()):
+                        yield message
 
-    opened = await _open(ws, hello_timeout_s, open_session, send_for)
-    if opened is None:
-        return
-    session, hello, framing = opened
-    limiter = SessionLimiter(
-        limits, in_rate_hz=hello.audio_in.rate, max_frame_bytes=max_frame_bytes, busy=lambda: session.busy
-    )
-    await send_for(framing)(session.ready())
-    said_bye = False
-
-    async def read_frame(lim: SessionLimiter) -> Any:
-        """The next frame, or None when a deadline (idle, max duration) came first."""
-        due = lim.deadline()
-        when = None if due is None else asyncio.get_running_loop().time() + (due - time.monotonic())
-        try:
-            async with asyncio.timeout_at(when):
-                return await ws.recv()  # cancellation-safe: a cancelled recv loses no frame
-        except TimeoutError:
-            return None
-
-    async def messages(lim: SessionLimiter) -> AsyncIterator[Any]:
-        nonlocal said_bye
-        try:
-            while closing is None:
-                frame = await read_frame(lim)
-                err = lim.expired() if frame is None else lim.on_frame()
-                if err is not None:
-                    fail(err)
-                    return
-                if frame is None:
-                    continue
-                try:
-                    msg = wire.decode(frame)
-                except ProtocolError as exc:
-                    yield exc
-                    continue
-                err = lim.on_message(msg)
-                if err is not None and err.fatal:
-                    fail(err)
-                    return
-                if err is not None:
-                    yield err
-                    continue
-                if isinstance(msg, m.Bye):
-                    said_bye = True
-                yield msg
-        except ConnectionClosed:
+    async def finish(self) -> None:
+        """Send what the protocol still has to say, then close with its code."""
+        close = self.conn.close
+        if close is None:
             return
+        await self.flush()
+        await _close_owned(self.ws, close.code, close.reason)
 
-    running = asyncio.create_task(session.run(messages(limiter)), name=f"{session.id}:session")
+
+async def serve_connection(
+    ws: ServerConnection,
+    conn: ConnectionProtocol,
+    open_session: OpenSession,
+    *,
+    slow_reader_grace_s: float | None,
+) -> None:
+    """One connection, from its first frame to its close."""
+    sock = _Socket(ws, conn, slow_reader_grace_s=slow_reader_grace_s)
     try:
-        try:
-            await running
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if closing is None or (current is not None and current.cancelling()):
-                running.cancel()
-                await asyncio.wait([running])  # the session's tasks end before the handler does
-                raise  # the connection's handler itself is being cancelled
+        session = await _open(sock, conn, open_session)
+        if session is not None:
+            await _run(sock, session)
     finally:
-        if closing is not None:
-            if not stalled:
-                await _send_error(ws, framing, closing, fatal=True)
-            await _close_owned(ws, closing.close_code or CloseCode.POLICY_VIOLATION, closing.message)
-        elif said_bye:
-            await _close_owned(ws, CloseCode.NORMAL_CLOSURE, "bye")
+        await sock.finish()
+
+
+async def _open(sock: _Socket, conn: ConnectionProtocol, open_session: OpenSession) -> SessionLike | None:
+    """Frames until the protocol hands over a hello, then a session for it (or the protocol's refusal)."""
+    pending = conn.start(time.monotonic())
+    try:
+        while conn.close is None:
+            if not pending:
+                await sock.flush()
+                frame = await sock.recv()
+                pending = [] if frame is None else conn.receive(frame, time.monotonic())
+                continue
+            hello = pending.pop(0)
+            try:
+                session = open_session(hello, sock.send)
+            except ProtocolError as exc:
+                conn.refuse(exc)
+                continue
+            conn.accept(session.ready(), busy=_busy_of(session), now=time.monotonic())
+            await sock.flush()
+            return session
+    except ConnectionClosed:
+        return None
+    return None
+
+
+def _busy_of(session: SessionLike) -> Callable[[], bool]:
+    return lambda: session.busy
+
+
+async def _run(sock: _Socket, session: SessionLike) -> None:
+    running = asyncio.create_task(session.run(sock.messages()))
+
+    def stall() -> None:
+        running.cancel()  # the client stopped reading: end the session now, whatever it awaits
+
+    sock.on_stall = stall
+    try:
+        await running
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if sock.conn.close is None or (current is not None and current.cancelling()):
+            running.cancel()
+            await asyncio.wait([running])  # the session's tasks end before the handler does
+            raise  # the connection's handler itself is being cancelled

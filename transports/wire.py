@@ -21,8 +21,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import msgpack
 
-from server.errors import ProtocolError
 from transports.messages import CLIENT_MESSAGES, SERVER_MESSAGES
+from vocab.errors import ProtocolError
 
 Frame = bytes | str
 Checker = Callable[[Any, "Framing"], Any]

@@ -18,11 +18,11 @@ from typing import Any, ClassVar
 
 import httpx
 
-from server.errors import UpstreamError
-from server.options import require
 from stages.base import StageContext
 from stages.engines.http_common import HttpBackend, bad, parse_json, sse_events
 from stages.upstream import HttpCall, HttpOptions
+from vocab.errors import UpstreamError
+from vocab.options import require
 
 log = logging.getLogger("voxpipe.dify")
 
@@ -87,7 +87,7 @@ async def _drain(response: httpx.Response) -> AsyncIterator[None]:
 
 class DifyLlm(HttpBackend):
     kind: ClassVar[str] = "llm"
-    engine = "dify"
+    backend_name = "dify"
 
     @dataclass(frozen=True, slots=True, kw_only=True)
     class Options(HttpOptions):

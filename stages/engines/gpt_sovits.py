@@ -10,15 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from server.options import require
 from stages.base import StageContext
 from stages.engines.http_common import HttpTtsBackend
 from stages.upstream import HttpOptions
+from vocab.options import require
 
 
 class GptSovitsTts(HttpTtsBackend):
     kind: ClassVar[str] = "tts"
-    engine = "gpt_sovits"
+    backend_name = "gpt_sovits"
 
     @dataclass(frozen=True, slots=True, kw_only=True)
     class Options(HttpOptions):

@@ -18,23 +18,23 @@ from typing import Any
 
 import httpx
 
-from server.errors import UpstreamError
 from stages.base import StageContext
 from stages.upstream import HttpCall, HttpOptions, Upstream
+from vocab.errors import UpstreamError
 
 
 class HttpBackend:
     """Base of every HTTP backend: one ``Upstream`` (endpoints, breakers, pooled client) per config entry."""
 
-    engine: str = "http"
+    backend_name: str = "http"  # the config name (``engine: openai``), in logs and metrics labels
 
     def __init__(self, options: HttpOptions) -> None:
-        self.upstream = Upstream(options, backend=self.engine)
+        self.upstream = Upstream(options, backend=self.backend_name)
 
     def load(self, log: Callable[[str], None]) -> None:
         self.upstream.check_keys()
         urls = ", ".join(ep.name for ep in self.upstream.pool.endpoints)
-        log(f"voxpipe: {self.engine} upstream: {urls} ({self.upstream.options.strategy})")
+        log(f"voxpipe: {self.backend_name} upstream: {urls} ({self.upstream.options.strategy})")
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from server.errors import ConfigError, StageError
-from server.options import require
 from stages.base import StageContext
 from stages.executor import BoundedExecutor, Put, stream_from_worker
+from vocab.errors import ConfigError, StageError
+from vocab.options import require
 
 MESSAGE_OVERHEAD_TOKENS = 6  # role markers the chat template adds around each message
 

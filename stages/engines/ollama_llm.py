@@ -13,11 +13,11 @@ from typing import Any, ClassVar
 
 import httpx
 
-from server.errors import UpstreamError
-from server.options import require
 from stages.base import StageContext
 from stages.engines.http_common import HttpBackend, bad, ndjson_objects
 from stages.upstream import HttpCall, HttpOptions
+from vocab.errors import UpstreamError
+from vocab.options import require
 
 
 async def ollama_deltas(response: httpx.Response) -> AsyncIterator[str]:
@@ -41,7 +41,7 @@ async def ollama_deltas(response: httpx.Response) -> AsyncIterator[str]:
 
 class OllamaLlm(HttpBackend):
     kind: ClassVar[str] = "llm"
-    engine = "ollama"
+    backend_name = "ollama"
 
     @dataclass(frozen=True, slots=True, kw_only=True)
     class Options(HttpOptions):

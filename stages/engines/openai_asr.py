@@ -14,10 +14,10 @@ from typing import ClassVar
 
 import httpx
 
-from server.options import require
 from stages.base import StageContext
 from stages.engines.http_common import HttpBackend, bad, parse_json, wav_bytes
 from stages.upstream import HttpCall, HttpOptions
+from vocab.options import require
 
 
 async def transcription_text(response: httpx.Response) -> AsyncIterator[str]:
@@ -31,7 +31,7 @@ async def transcription_text(response: httpx.Response) -> AsyncIterator[str]:
 
 class OpenAiAsr(HttpBackend):
     kind: ClassVar[str] = "asr"
-    engine = "openai_asr"
+    backend_name = "openai_asr"
     rate_hz: int | None = None  # the WAV carries the client's rate; the service resamples
 
     @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,11 +13,11 @@ from typing import Any, ClassVar
 
 import httpx
 
-from server.errors import UpstreamError
-from server.options import require
 from stages.base import StageContext
 from stages.engines.http_common import HttpBackend, bad, parse_json, sse_events
 from stages.upstream import HttpCall, HttpOptions
+from vocab.errors import UpstreamError
+from vocab.options import require
 
 
 async def chat_deltas(response: httpx.Response) -> AsyncIterator[str]:
@@ -47,7 +47,7 @@ async def chat_deltas(response: httpx.Response) -> AsyncIterator[str]:
 
 class OpenAiLlm(HttpBackend):
     kind: ClassVar[str] = "llm"
-    engine = "openai"
+    backend_name = "openai"
 
     @dataclass(frozen=True, slots=True, kw_only=True)
     class Options(HttpOptions):

@@ -9,15 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from server.options import require
 from stages.base import StageContext
 from stages.engines.http_common import HttpTtsBackend
 from stages.upstream import HttpOptions
+from vocab.options import require
 
 
 class OpenAiTts(HttpTtsBackend):
     kind: ClassVar[str] = "tts"
-    engine = "openai_tts"
+    backend_name = "openai_tts"
 
     @dataclass(frozen=True, slots=True, kw_only=True)
     class Options(HttpOptions):

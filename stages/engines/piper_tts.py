@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from server.errors import ConfigError, StageError
-from server.options import require
 from stages.base import StageContext
 from stages.executor import BoundedExecutor, Put, stream_from_worker
+from vocab.errors import ConfigError, StageError
+from vocab.options import require
 
 
 class PiperTts:

@@ -18,9 +18,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from server.options import require
-from stages.base import BaseStage, Emitter, StageContext
+from stages.base import BaseStage, Emitter, NothingToLoad, StageContext
 from stages.items import Item
+from vocab.options import require
 
 
 def dbfs(pcm: bytes) -> float:
@@ -32,15 +32,7 @@ def dbfs(pcm: bytes) -> float:
     return 20 * math.log10(rms / 32768.0) if rms > 0 else -120.0
 
 
-class _NoLoad:
-    def load(self, log: Callable[[str], None]) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
-class EnergyVad(_NoLoad):
+class EnergyVad(NothingToLoad):
     kind: ClassVar[str] = "vad"
 
     @dataclass(frozen=True, slots=True)
@@ -64,7 +56,7 @@ class EnergyVad(_NoLoad):
         return lambda frame: dbfs(frame) > threshold
 
 
-class DurationAsr(_NoLoad):
+class DurationAsr(NothingToLoad):
     """Final text: ``"heard <ms> milliseconds at <dBFS> decibels"``; partials: ``"hearing <ms>"``."""
 
     kind: ClassVar[str] = "asr"
@@ -86,7 +78,7 @@ class DurationAsr(_NoLoad):
         return f"heard {ms} milliseconds at {round(dbfs(pcm))} decibels"
 
 
-class EchoLlm(_NoLoad):
+class EchoLlm(NothingToLoad):
     """Streams ``"You said: <text>. I remember <n> messages."`` one word per ``delay_ms``."""
 
     kind: ClassVar[str] = "llm"
@@ -109,7 +101,7 @@ class EchoLlm(_NoLoad):
             yield word if i == 0 else " " + word
 
 
-class ToneTts(_NoLoad):
+class ToneTts(NothingToLoad):
     """Each word becomes a sine tone of ``word_ms`` (pitch from the word) then ``gap_ms`` of silence."""
 
     kind: ClassVar[str] = "tts"
@@ -145,7 +137,7 @@ class ToneTts(_NoLoad):
         yield b"".join(self.render(word, rate_hz) for word in words)
 
 
-class Passthrough(_NoLoad):
+class Passthrough(NothingToLoad):
     """A custom stage that forwards every item unchanged; ``type`` is its input and output edge type."""
 
     kind: ClassVar[str] = "custom"

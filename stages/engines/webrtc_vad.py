@@ -8,10 +8,11 @@ from typing import ClassVar
 
 import webrtcvad
 
-from server.options import require
+from stages.base import NothingToLoad
+from vocab.options import require
 
 
-class WebrtcVad:
+class WebrtcVad(NothingToLoad):
     kind: ClassVar[str] = "vad"
     NATIVE_RATES_HZ: ClassVar[tuple[int, ...]] = (8000, 16000, 32000, 48000)
 
@@ -35,9 +36,3 @@ class WebrtcVad:
     def new_detector(self, rate_hz: int) -> Callable[[bytes], bool]:
         vad = webrtcvad.Vad(self.aggressiveness)
         return lambda frame: bool(vad.is_speech(frame, rate_hz))
-
-    def load(self, log: Callable[[str], None]) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None

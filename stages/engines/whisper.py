@@ -18,10 +18,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from server.errors import ConfigError, StageError
-from server.options import require
 from stages.base import StageContext
 from stages.executor import BoundedExecutor
+from vocab.errors import ConfigError, StageError
+from vocab.options import require
 
 RATE_HZ = 16000
 STOCK_WINDOW_S = 30.0

@@ -1,47 +1,20 @@
 """Fake model services on loopback for the upstream backends' tests (see ``services``), and helpers to call
-a backend directly: a ``StageContext`` without a session, and an OpenAI-compatible chat backend over fakes.
+a backend directly: an OpenAI-compatible chat backend over fakes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from server.options import build
-from stages.base import StageContext
 from stages.engines.openai_llm import OpenAiLlm
 from tests.fakes.openai import FakeOpenAi
+from tests.stage_context import stage_context
+from vocab.options import build
 
 # Small limits so faults resolve in milliseconds; the breaker stays out of the way unless a test sets it.
 FAST = {"retries": 2, "backoff_ms": 1, "connect_timeout_s": 1.0, "read_timeout_s": 1.0, "breaker_cooldown_s": 60.0}
-
-
-def stage_context(**overrides: Any) -> StageContext:
-    """A StageContext for calling a backend directly (no session): spawn runs a plain task."""
-    tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        return task
-
-    fields: dict[str, Any] = {
-        "session_id": "s1",
-        "in_rate_hz": 16000,
-        "out_rate_hz": 16000,
-        "system_prompt": "Be brief.",
-        "voice": None,
-        "language": "en",
-        "history": [],
-        "new_turn": lambda: 1,
-        "is_live": lambda turn: True,
-        "spawn": spawn,
-    }
-    fields.update(overrides)
-    return StageContext(**fields)
 
 
 @contextlib.asynccontextmanager

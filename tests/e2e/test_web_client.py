@@ -1,0 +1,236 @@
+"""The demo page in headless Chromium against the real server: talk through a fake mic, hear the agent.
+
+Chromium's fake capture device plays a WAV of tone bursts (the test stages hear them: energy VAD,
+duration ASR). Assertions are on the page's DOM (stable ids / data-testid). Needs Debian's
+``chromium`` (``scripts/install-system-deps.sh``) and Playwright for Python, which drives that
+binary; ``playwright install`` (a browser download) is never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.client import running_server, silence, test_config, tone
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    print("\ntests/test_web_client.py: skipped, no chromium binary (apt-get install chromium)")
+    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+playwright_api = pytest.importorskip("playwright.async_api", reason="Playwright for Python is not installed")
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+MIC_RATE_HZ = 48000
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def write_mic_wav(path: Path) -> Path:
+    """What the fake microphone says, in a loop: an 800 ms tone burst, then 3.2 s of quiet."""
+    pcm = tone(800, MIC_RATE_HZ, amplitude=0.3) + silence(3200, MIC_RATE_HZ)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(MIC_RATE_HZ)
+        out.writeframes(pcm)
+    return path
+
+
+@pytest.fixture
+async def page(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """A fresh Chromium profile whose microphone plays the tone-burst WAV; fails on any page error.
+
+    The page's last messages are saved to ``test-artifacts/<test>.messages.json`` for post-mortems.
+    """
+    wav = write_mic_wav(tmp_path / "mic.wav")
+    problems: list[str] = []
+    async with playwright_api.async_playwright() as pw:
+        context = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[*FLAGS, f"--use-file-for-fake-audio-capture={wav}"],
+            viewport={"width": 1280, "height": 800},
+        )
+        try:
+            tab = context.pages[0] if context.pages else await context.new_page()
+            tab.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+
+            def on_console(msg: Any) -> None:
+                if msg.type == "error":
+                    problems.append(f"console error: {msg.text}")
+
+            tab.on("console", on_console)
+            yield tab
+        finally:
+            with contextlib.suppress(Exception):
+                log = await tab.evaluate("JSON.stringify(window.voxpipe.log, null, 1)")
+                ARTIFACTS.mkdir(exist_ok=True)
+                (ARTIFACTS / f"{request.node.name}.messages.json").write_text(log)
+                html = await tab.inner_html("#conversation")
+                (ARTIFACTS / f"{request.node.name}.conversation.html").write_text(html)
+            await context.close()
+    assert not problems, problems
+
+
+async def played_ms(tab: Any) -> int:
+    return int(await tab.inner_text("#played-ms"))
+
+
+async def wait_played_over(tab: Any, ms: int, timeout_ms: int = 10000) -> None:
+    await tab.wait_for_function(f"Number(document.querySelector('#played-ms').textContent) > {ms}", timeout=timeout_ms)
+
+
+async def connect(tab: Any, url: str) -> None:
+    await tab.goto(url)
+    await tab.wait_for_selector("[data-testid=stage-tts]")  # the picker is filled from /healthz
+    await tab.click("#connect")
+    await tab.wait_for_selector("#conn-state[data-state=ready]")
+
+
+async def type_and_press(tab: Any, text: str, button: str) -> None:
+    await tab.fill("#text-input", text)
+    await tab.click(button)
+
+
+async def test_talk_text_and_say_over_the_websocket(page: Any) -> None:
+    async with running_server(test_config()) as server:
+        await connect(page, server.http_url)
+        assert await page.inner_text("#conn-state") == "connected · msgpack"
+
+        # Speech: the fake mic's tone burst becomes a final transcript, a streamed reply, and played audio.
+        await page.click("#mic")
+        final = page.locator("[data-testid=user-text][data-final=true]").first
+        await final.wait_for(timeout=15000)
+        assert (await final.inner_text()).startswith("heard ")
+        reply = page.locator("[data-testid=agent-text][data-final=true]").first
+        await reply.wait_for(timeout=5000)
+        assert (await reply.inner_text()).startswith("You said: heard ")
+        await wait_played_over(page, 500)
+        v2v = page.locator("#metrics-table tbody tr").first.locator("td").last
+        assert float(await v2v.inner_text()) > 0  # voice-to-voice of a spoken turn
+        assert int(await page.inner_text("#sent-ms")) > 1000
+        await page.click("#mic")  # mic off (commits), so the text turns below run undisturbed
+        await page.wait_for_timeout(1500)
+
+        # "Send to LLM": a text turn answered by the echo LLM.
+        await type_and_press(page, "hello from the browser", "#send-text")
+        answer = page.locator("[data-testid=agent-text]", has_text="You said: hello from the browser.")
+        await answer.wait_for(timeout=5000)
+
+        # "Speak this": the agent says exactly the text, and the page plays it.
+        before = await played_ms(page)
+        await type_and_press(page, "speak exactly this", "#say-text")
+        await page.locator(".turn.done", has_text="speak exactly this").wait_for(timeout=10000)
+        await wait_played_over(page, before + 250)  # three tone words of 100 ms
+        assert await page.locator("#metrics-table tbody tr").count() == 3
+
+        assert await page.locator("#errors li").count() == 0, await page.inner_text("#errors")
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "web-client.png"
+        await page.screenshot(path=str(shot), full_page=True)
+        if os.environ.get("VOXPIPE_UPDATE_SCREENSHOT"):
+            shutil.copy(shot, ROOT / "docs" / "screenshot.png")
+        await page.click("#connect")  # disconnect: bye, the server closes with 1000
+        await page.wait_for_selector("#conn-state[data-state=closed]")
+        assert await page.locator("#errors li").count() == 0
+
+
+async def test_webrtc_audio_path_with_json_framing_and_interrupt(page: Any) -> None:
+    async with running_server(test_config()) as server:
+        await page.goto(server.http_url)
+        await page.check("#json-framing")
+        await page.check("#path-webrtc")
+        await page.wait_for_selector("[data-testid=stage-tts]")
+        await page.click("#connect")
+        await page.wait_for_selector("#conn-state[data-state=ready]")
+        assert await page.inner_text("#conn-state") == "connected · json"
+        await page.wait_for_selector("#rtc-state[data-state=connected]", timeout=15000)
+
+        # The mic goes over the peer connection (nothing over the socket), the agent comes back on the track.
+        await page.locator("[data-testid=user-text][data-final=true]").first.wait_for(timeout=15000)
+        await page.locator("[data-testid=agent-text][data-final=true]").first.wait_for(timeout=5000)
+        await wait_played_over(page, 300)  # heard on the remote track (analyser above -40 dBFS)
+        assert await page.inner_text("#sent-ms") == "0"
+
+        # Interrupt a long `say`: the page shows the cut-off turn.
+        await page.click("#mic")
+        await page.wait_for_timeout(1500)
+        await type_and_press(page, " ".join(["word"] * 30), "#say-text")
+        await page.locator("[data-testid=agent-text]", has_text="word word").wait_for(timeout=5000)
+        await page.wait_for_timeout(600)
+        await page.click("#interrupt")
+        status = page.locator("[data-testid=turn-status]", has_text="interrupted after")
+        await status.wait_for(timeout=3000)
+        assert (await page.locator(".turn.interrupted .unspoken").inner_text()).strip().startswith("word")
+        assert await page.locator("#errors li").count() == 0, await page.inner_text("#errors")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "web-client-webrtc.png"), full_page=True)
+
+
+async def test_stage_picker_subscribes_to_the_chosen_stages(page: Any) -> None:
+    async with running_server(test_config()) as server:
+        await page.goto(server.http_url)
+        await page.wait_for_selector("[data-testid=stage-tts]")
+        await page.uncheck("[data-testid=stage-llm]")
+        await page.click("#connect")
+        await page.wait_for_selector("#conn-state[data-state=ready]")
+        await type_and_press(page, "no reply text please", "#send-text")
+        # Not subscribed to the LLM: no reply text, but the TTS stage's audio still plays.
+        await wait_played_over(page, 300)
+        assert await page.locator("[data-testid=agent-text][data-final=true]").count() == 0
+        assert await page.locator(".turn").count() == 1
+
+
+CAPTURE_PROBE = """async ([freqHz, seconds]) => {
+  const ctx = new OfflineAudioContext({ numberOfChannels: 1, length: 48000 * seconds, sampleRate: 48000 });
+  await ctx.audioWorklet.addModule("worklets/capture.js");
+  const node = new AudioWorkletNode(ctx, "voxpipe-capture", { processorOptions: { targetRate: 16000, frameMs: 20 } });
+  const frames = [];
+  node.port.onmessage = (e) => frames.push(new Int16Array(e.data.pcm));
+  const osc = new OscillatorNode(ctx, { frequency: freqHz });
+  const gain = new GainNode(ctx, { gain: 0.5 });
+  osc.connect(gain).connect(node).connect(ctx.destination);
+  osc.start();
+  await ctx.startRendering();
+  await new Promise((r) => setTimeout(r, 200));  // the last port messages
+  const pcm = frames.flatMap((f) => Array.from(f));
+  const body = pcm.slice(1600);  // skip the filter's settling
+  const rms = Math.sqrt(body.reduce((s, x) => s + (x / 32768) ** 2, 0) / body.length);
+  let crossings = 0;
+  for (let i = 1; i < body.length; i++) if ((body[i - 1] < 0) !== (body[i] < 0)) crossings++;
+  return { samples: pcm.length, frames: frames.length, rms, freqHz: (crossings / 2) / (body.length / 16000) };
+}"""
+
+
+async def test_capture_worklet_resamples_a_48k_context_to_16k(page: Any) -> None:
+    """The path Firefox takes (a mic cannot feed a 16 kHz context there): the worklet resamples itself."""
+    async with running_server(test_config()) as server:
+        await page.goto(server.http_url)
+        low = await page.evaluate(CAPTURE_PROBE, [440, 1])
+        assert low["frames"] == 50  # 1 s in 20 ms frames of 320 samples
+        assert low["samples"] == 16000
+        assert abs(low["freqHz"] - 440) < 5
+        assert 0.33 < low["rms"] < 0.37  # a 0.5 sine keeps its level (0.354)
+        high = await page.evaluate(CAPTURE_PROBE, [12000, 1])  # above 8 kHz: must not alias into the band
+        assert high["rms"] < low["rms"] / 4, high
