@@ -94,7 +94,7 @@ async def b1(p: dict[str, Any]) -> dict[str, Any]:
     run = Running(specs, SessionDefaults(), send, subscribe=["p3"])
     await asyncio.sleep(0)
     turn = run.session.new_turn(from_speech=False)
-    inbox = run.session.inboxes[0]
+    inbox = run.session.graph.inboxes[0]
     item = ReplyDelta(turn, "x")
     results = []
     for count in (n // 10, n):  # warm-up, then the measured pass
@@ -217,11 +217,11 @@ async def interrupt(p: dict[str, Any]) -> dict[str, Any]:
     for _ in range(n):
         audio_log.clear()
         acked.clear()
-        await session.handle(m.Say(text="go."))
-        turn = session.last_turn
+        await session.inputs.handle(m.Say(text="go."))
+        turn = session.turns.last
         await asyncio.sleep(rng.uniform(lo_ms, hi_ms) / 1000)
         t_i = time.perf_counter()
-        await session.handle(m.Interrupt())
+        await session.inputs.handle(m.Interrupt())
         await asyncio.wait_for(acked.wait(), 2.0)
         await asyncio.sleep(settle_s)
         stale = [t for t, tr in audio_log if tr == turn and t > t_i]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import FRAME_BYTES, FRAME_S, voiced  # noqa: E402
-from stages.base import BaseStage, Emitter, StageContext  # noqa: E402
+from stages.base import BaseStage, Emitter, NothingToLoad, StageContext  # noqa: E402
 from stages.items import AudioChunk, AudioIn, Item  # noqa: E402
 from stages.registry import BACKENDS  # noqa: E402
 
@@ -31,15 +31,7 @@ def register() -> None:
     BACKENDS["bench_stream"] = "bench.vox_engines:StreamTts"
 
 
-class _NoLoad:
-    def load(self, log: Callable[[str], None]) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
-class BenchVad(_NoLoad):
+class BenchVad(NothingToLoad):
     kind: ClassVar[str] = "custom"
     input_type: ClassVar[str] = "audio"
     output_type: ClassVar[str] = "audio"
@@ -71,10 +63,10 @@ class _BenchVadStage(BaseStage):
         if turn is None or not self.ctx.is_live(turn):
             turn = self.turn = self.ctx.new_turn()
         pcm = item.pcm if voiced(item.pcm) else self._SILENCE
-        await out.emit(AudioChunk(turn, pcm, item.rate_hz))
+        await out.emit(AudioChunk(turn=turn, pcm=pcm, rate_hz=item.rate_hz))
 
 
-class StreamTts(_NoLoad):
+class StreamTts(NothingToLoad):
     """Yields ``pieces`` pieces of 20 ms, one every ``FRAME_S / speed`` seconds."""
 
     kind: ClassVar[str] = "tts"

@@ -29,7 +29,7 @@ from stages.registry import StageSpec, build_pipeline, describe_chain, load_all
 from transports import messages as m
 from transports.connection import Connection
 from transports.webrtc import WebrtcHub
-from transports.websocket import Send, close_bounded, reap_closing, serve_connection
+from transports.websocket import close_bounded, reap_closing, serve_connection
 from vocab.errors import ProtocolError
 from vocab.metrics import METRICS, SESSIONS_OPEN, SESSIONS_TOTAL
 
@@ -93,7 +93,7 @@ class RunningServer:
             ],
         }
 
-    def open_session(self, hello: m.Hello, send: Send, ticket: Ticket) -> Session:
+    def open_session(self, hello: m.Hello, send: m.Send, ticket: Ticket) -> Session:
         identity = self.admission.admit_user(ticket, hello.token)  # unauthorized: close 1008
         validate_hello(hello, [s.name for s in self.specs])
         prompt = hello.session.system_prompt if hello.session else None
@@ -119,7 +119,7 @@ class RunningServer:
         return session
 
     async def handler(self, ws: ServerConnection) -> None:
-        def open_session(hello: m.Hello, send: Send) -> Session:
+        def open_session(hello: m.Hello, send: m.Send) -> Session:
             session = self.open_session(hello, send, ticket)
             self.sessions[session.id] = session
             SESSIONS_TOTAL.inc()

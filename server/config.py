@@ -74,12 +74,12 @@ class Config:
     pipeline: list[dict[str, Any]] = field(default_factory=list)
     auth: AuthOptions = field(default_factory=AuthOptions)  # server/auth.py
     limits: LimitOptions = field(default_factory=LimitOptions)  # server/limits.py
-    # Free-form sections other issues add (upstream pools ...), validated by their owners.
+    # Sections owned and validated by their modules: webrtc (transports/webrtc.py), echo_guard (server/echo_guard.py).
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 KNOWN_SECTIONS = ("server", "session", "pipeline", "auth", "limits")
-EXTRA_SECTIONS = ("webrtc", "upstreams", "echo_guard")
+EXTRA_SECTIONS = ("webrtc", "echo_guard")
 
 
 def parse_config(data: Any, source: str = "config") -> Config:

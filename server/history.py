@@ -7,7 +7,6 @@ messages cannot make an interruption cut the wrong message (or miss its own). Bo
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 
@@ -25,7 +24,7 @@ class History:
 
     def __init__(self, max_messages: int) -> None:
         self.max_messages = max_messages
-        self._entries: deque[Entry] = deque()
+        self._entries: list[Entry] = []  # short (max_messages): a list is smaller than a deque
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -70,5 +69,6 @@ class History:
         return None
 
     def _trim(self) -> None:
-        while len(self._entries) > max(self.max_messages, 1):
-            self._entries.popleft()
+        excess = len(self._entries) - max(self.max_messages, 1)
+        if excess > 0:
+            del self._entries[:excess]

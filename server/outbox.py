@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from server.outbound import audio_message, to_message
 from server.playhead import Playhead
 from stages.inbox import Inbox
 from stages.items import AudioChunk, Item
+from transports import messages as m
 from vocab.metrics import QUEUE_DROPS_TOTAL
-
-Send = Callable[[Any], Awaitable[None]]
 
 
 class Outbox:
@@ -30,7 +29,7 @@ class Outbox:
 
     def __init__(
         self,
-        send: Send,
+        send: m.Send,
         *,
         playhead: Playhead,
         live_turns: Mapping[int, Any],
@@ -107,7 +106,7 @@ class Outbox:
                         await self._send(message)
                 continue
             if playhead.ended:
-                for message in self._finish_turn(playhead.ended.popleft()):
+                for message in self._finish_turn(playhead.ended.pop(0)):
                     await self._send(message)
                 continue
             now = playhead.clock()

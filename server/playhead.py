@@ -13,7 +13,6 @@ Pure logic with an injected clock: every method takes ``now``; the async waiting
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,11 +118,11 @@ class Playhead:
         self.timelines: dict[int, TurnAudio] = {}
         self.playing_until = 0.0  # when all audio released so far has played out
         self.track_attached = False  # a WebRTC track pulls instead of the WebSocket writer
-        self.ended: deque[int] = deque()  # turns whose end marker was reached: the writer finishes them
+        self.ended: list[int] = []  # turns whose end marker was reached: the writer finishes them, oldest first
         self.wake: Callable[[], None] = lambda: None  # the writer's wake-up (audio queued, a turn ended)
         self._on_release: list[OnRelease] = []
         self._on_cut: list[OnCut] = []
-        self._ack_offsets: deque[float] = deque(maxlen=5)  # s the client plays later than predicted
+        self._ack_offsets: list[float] = []  # the last few: s the client plays later than predicted
         self.client_delay_s = 0.0
         self._frame_clock: float | None = None  # monotonic time of frame 0 of the track's clock
         self._frames = 0
@@ -251,7 +250,7 @@ class Playhead:
             return
         line.ack_ms = max(line.ack_ms or 0.0, ms)
         if line.starts_at is not None:
-            self._ack_offsets.append(now - (line.starts_at + ms / 1000.0))
+            self._ack_offsets = [*self._ack_offsets[-4:], now - (line.starts_at + ms / 1000.0)]
             # The smallest recent offset is the tightest (acks only ever arrive late); only a few recent
             # ones count, as an underrun at the client shifts its playout for good.
             self.client_delay_s = min(max(0.0, min(self._ack_offsets)), 1.0)

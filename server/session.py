@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from server.config import SessionDefaults
@@ -36,7 +36,6 @@ from vocab.errors import ProtocolError
 from vocab.metrics import ERRORS_TOTAL, INTERRUPTIONS_TOTAL, TURNS_TOTAL
 
 log = logging.getLogger("voxpipe.session")
-Send = Callable[[Any], Awaitable[None]]
 
 
 class Call(Protocol):
@@ -59,7 +58,7 @@ class Session:
         hello: m.Hello,
         specs: list[StageSpec],
         defaults: SessionDefaults,
-        send: Send,
+        send: m.Send,
         *,
         session_id: str | None = None,
         echo_guard: EchoGuardOptions | None = None,

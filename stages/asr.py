@@ -44,8 +44,6 @@ class Options:
         require(self.max_utterance_ms >= 1000, "max_utterance_ms", "must be >= 1000")
 
 
-
-
 class AsrStage(BaseStage):
     interruptible: ClassVar[bool] = True
 

@@ -211,7 +211,7 @@ class StageRunner:
         self.inlinable = bool(getattr(stage, "inline", False)) and not stage.interruptible
         self._parked = False  # waiting in ``inbox.get()`` on an empty inbox
         self._inline_busy = False
-        self._inline_done = asyncio.Event()
+        self._inline_done = asyncio.Event() if self.inlinable else None
 
     async def run(self) -> None:
         turns = self.host.live_turns
@@ -224,6 +224,7 @@ class StageRunner:
             finally:
                 self._parked = False
             while self._inline_busy:  # an item handed over inline came before this one: let it finish
+                assert self._inline_done is not None  # only inlinable stages are ever busy inline
                 await self._inline_done.wait()
             turn = item.turn
             if turn is not None and turn not in turns:
@@ -255,6 +256,7 @@ class StageRunner:
         """
         if self.inlinable and self._parked and not self._inline_busy and not self.inbox.qsize():
             self._inline_busy = True
+            assert self._inline_done is not None
             self._inline_done.clear()
             return True
         return False
@@ -267,6 +269,7 @@ class StageRunner:
                 await self._handle(item)
         finally:
             self._inline_busy = False
+            assert self._inline_done is not None
             self._inline_done.set()
 
     def cancel_turn(self, turn: int) -> None:
@@ -301,4 +304,3 @@ def stage_error(exc: Exception) -> StageError:
     if isinstance(exc, StageError):
         return exc
     return StageError(f"{type(exc).__name__}: {exc}")
-

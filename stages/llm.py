@@ -33,8 +33,6 @@ class Options:
         require(self.max_history_chars >= 0, "max_history_chars", "must be >= 0")
 
 
-
-
 def prompt_messages(system_prompt: str, history: list[dict[str, str]], max_chars: int) -> list[dict[str, str]]:
     """System prompt plus the newest history that fits in ``max_chars`` (the last message always)."""
     kept: list[dict[str, str]] = []

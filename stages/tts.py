@@ -49,8 +49,6 @@ class Options:
         )
 
 
-
-
 _CLAUSE_END = re.compile(r"[.!?;:…\n]+[\"')\]]*(\s+|$)")
 
 

@@ -215,6 +215,11 @@ class EndpointPool:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
 
+    @property
+    def waiting(self) -> int:
+        """Callers waiting in line for a slot now."""
+        return len(self._waiters)
+
     def _next_probe_s(self) -> float:
         now = self.clock()
         opened = [ep.opened_at + self.limits.breaker_cooldown_s - now for ep in self.endpoints if ep.state == "open"]

@@ -46,8 +46,6 @@ class Options:
         require(self.max_utterance_ms >= 500, "max_utterance_ms", "must be >= 500")
 
 
-
-
 class VadStage(BaseStage):
     interruptible: ClassVar[bool] = False
     inline: ClassVar[bool] = True  # a few microseconds per frame: runs in the reader's task when idle

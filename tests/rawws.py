@@ -12,8 +12,6 @@ import contextlib
 import os
 import socket
 import struct
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgpack
@@ -155,13 +153,3 @@ async def open_raw(
         ready = await raw.read_msg()
         assert ready["type"] == "ready", ready
     return raw
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float, step_s: float = 0.02) -> float:
-    """Poll server state (no event to wait on from outside); returns the seconds it took, or raises."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(step_s)
-    return time.monotonic() - started

@@ -6,10 +6,12 @@ Field types here are the single source for decoding, validation and the JSON Sch
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 PROTOCOL_VERSION = 1
+Send = Callable[[Any], Awaitable[None]]  # sends one server message to the client (cancellation-safe)
 AUDIO_RATES_HZ = (8000, 16000, 24000, 48000)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from websockets.asyncio.server import Server, ServerConnection
@@ -23,7 +23,6 @@ from transports.connection import ConnectionProtocol
 from vocab.errors import ProtocolError
 from vocab.metrics import CLOSES_TOTAL, METRICS
 
-Send = Callable[[Any], Awaitable[None]]
 SLOW_READERS_TOTAL = METRICS.counter("voxpipe_slow_readers_total", "Sessions closed because the client stopped reading")
 REAPED_TOTAL = METRICS.counter("voxpipe_reaped_total", "Connections aborted after their close timeout")
 
@@ -37,7 +36,7 @@ class SessionLike(Protocol):
     async def run(self, messages: AsyncIterator[Any]) -> None: ...
 
 
-OpenSession = Callable[[m.Hello, Send], SessionLike]
+OpenSession = Callable[[m.Hello, m.Send], SessionLike]
 
 
 async def close_bounded(ws: ServerConnection, code: int, reason: str) -> None:

@@ -318,11 +318,6 @@ def _as_map(message: Any, framing: Framing) -> dict[str, Any]:
     return out
 
 
-def as_map(message: Any, framing: Framing = Framing.MSGPACK) -> dict[str, Any]:
-    """The message as the plain map that goes on the wire (bytes kept as bytes for msgpack)."""
-    return _as_map(message, framing)
-
-
 def encode(message: Any, framing: Framing) -> Frame:
     """Encode any message (client or server) into a frame of the given framing."""
     data = _as_map(message, framing)

@@ -3,9 +3,8 @@
     VoxpipeError
     ├── ConfigError          bad config.yaml (names the offending key); refuses to start
     ├── ProtocolError(code)  a client frame or message that breaks the wire contract
-    ├── StageError(code)     a stage failed on one item; the turn ends, the session goes on
-    │   └── UpstreamError(code)  a model service failed (down, timeout, busy, bad response)
-    └── SessionClosed        the connection is gone; used to unwind a session's tasks
+    └── StageError(code)     a stage failed on one item; the turn ends, the session goes on
+        └── UpstreamError(code)  a model service failed (down, timeout, busy, bad response)
 
 Callers catch ``VoxpipeError`` (or a branch); ``code`` is what goes into the ``error`` message.
 """
@@ -60,9 +59,3 @@ class UpstreamError(StageError):
     ``upstream_busy``, ``upstream_bad_response``."""
 
     code = "upstream_unavailable"
-
-
-class SessionClosed(VoxpipeError):
-    """The client connection is closed; raised to unwind the session's task group."""
-
-    code = "closed"

@@ -91,9 +91,7 @@ class LlamaLlm:
         path = self.options.model_path or default_model_path()
         log(f"voxpipe: loading llama.cpp model {Path(path).name} (n_ctx {self.options.n_ctx}) ...")
         started = time.monotonic()
-        self.model = Llama(
-            model_path=path, n_ctx=self.options.n_ctx, n_threads=self.options.n_threads, verbose=False
-        )
+        self.model = Llama(model_path=path, n_ctx=self.options.n_ctx, n_threads=self.options.n_threads, verbose=False)
         loaded = time.monotonic()
         if self.options.warm_up:
             self._complete([{"role": "user", "content": "Hi"}], lambda _delta: True, threading.Event(), 1)

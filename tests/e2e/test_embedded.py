@@ -133,8 +133,10 @@ async def test_event_loop_lag_during_a_spoken_turn(server: Any) -> None:
         task.cancel()
     assert msgs[-1]["type"] == "turn_end"
     p99 = float(np.percentile(lags_ms, 99))
-    print(f"\nevent-loop lag during a spoken turn: p50 {np.median(lags_ms):.1f} ms, p99 {p99:.1f} ms, "
-          f"max {max(lags_ms):.1f} ms over {len(lags_ms)} ticks")
+    print(
+        f"\nevent-loop lag during a spoken turn: p50 {np.median(lags_ms):.1f} ms, p99 {p99:.1f} ms, "
+        f"max {max(lags_ms):.1f} ms over {len(lags_ms)} ticks"
+    )
     # Target 20 ms (bench/voice_to_voice.py --in-process reports it); the margin here absorbs other
     # processes competing for this shared machine's two cores, which delay the loop thread itself.
     assert p99 < 50

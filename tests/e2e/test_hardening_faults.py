@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from tests.client import Client, running_server, silence, test_config, tone
-from tests.rawws import open_raw, wait_until
+from tests.rawws import open_raw
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -24,14 +25,15 @@ def server_tasks(baseline: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
 
 @pytest.mark.parametrize("moment", ["llm_streaming", "audio_playing", "user_speaking"])
 async def test_client_vanishes_mid_turn_tcp_reset(moment: str) -> None:
-    config = test_config(pipeline=[
-        {"name": "vad", "engine": "energy", "start_ms": 60, "end_ms": 200},
-        {"name": "asr", "engine": "duration_asr", "delay_ms": 20},
-        {"name": "llm", "engine": "echo", "delay_ms": 40},
-        {"name": "tts", "engine": "tone", "word_ms": 100, "gap_ms": 0, "delay_ms": 10},
-    ])
+    config = test_config(
+        pipeline=[
+            {"name": "vad", "engine": "energy", "start_ms": 60, "end_ms": 200},
+            {"name": "asr", "engine": "duration_asr", "delay_ms": 20},
+            {"name": "llm", "engine": "echo", "delay_ms": 40},
+            {"name": "tts", "engine": "tone", "word_ms": 100, "gap_ms": 0, "delay_ms": 10},
+        ]
+    )
     async with running_server(config) as srv:
-        await asyncio.sleep(0.05)
         baseline = set(asyncio.all_tasks())
         raw = await open_raw(srv.port)
         session = next(iter(srv.sessions.values()))
@@ -90,10 +92,16 @@ async def barge_in_many_times(c: Client, rounds: int, seed: int) -> list[dict[st
                 await c.stream_audio(tone(80) + silence(120))  # voice over the agent: barge-in
         await c.send({"type": "ping", "id": "end"})
         await wait_until(lambda: any(x.get("id") == "end" for x in received), 10)
-        await asyncio.sleep(0.5)  # whatever is still coming for the last turns
+        await wait_until(lambda: every_turn_ended(received), 10)  # whatever is still coming for the last turns
     finally:
         reader.cancel()
     return received
+
+
+def every_turn_ended(received: list[dict[str, Any]]) -> bool:
+    seen = {x["turn"] for x in received if x.get("turn") is not None}
+    ended = {x["turn"] for x in received if x["type"] in ("interrupted", "turn_end")}
+    return seen <= ended
 
 
 def check_turn_order(received: list[dict[str, Any]]) -> dict[str, int]:

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from tests.client import Client, running_server, test_config
-from tests.rawws import OP_BINARY, OP_PING, OP_TEXT, frame_bytes, open_raw, open_tcp, wait_until
+from tests.rawws import OP_BINARY, OP_PING, OP_TEXT, frame_bytes, open_raw, open_tcp
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio
 

@@ -12,7 +12,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.client import Client, running_server, silence, test_config, tone
-from tests.rawws import wait_until
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests.client import Client, running_server, silence, test_config, tone
+from tests.waiting import wait_until
 
 aiortc = pytest.importorskip("aiortc", reason="WebRTC tests need aiortc (pip install aiortc)")
 import av  # noqa: E402
@@ -119,11 +120,7 @@ async def call(url: str, **hello: Any) -> AsyncIterator[Call]:
             answer = await client.recv_type("webrtc_answer", timeout=10)
             assert "a=candidate" in answer["sdp"], "ICE candidates must be gathered before the answer"
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
-            for _ in range(100):
-                if pc.connectionState == "connected":
-                    break
-                await asyncio.sleep(0.05)
-            assert pc.connectionState == "connected"
+            await wait_until(lambda: pc.connectionState == "connected")
             yield Call(client, pc, mic, heard)
         finally:
             await pc.close()
@@ -133,7 +130,7 @@ async def call(url: str, **hello: Any) -> AsyncIterator[Call]:
 
 async def test_speech_in_over_webrtc_agent_audio_out_on_the_track() -> None:
     async with running_server(test_config()) as server, call(server.url) as c:
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: len(c.heard.frames) >= 5)  # media flows both ways
         c.mic.play(tone(600, RATE_HZ) + silence(400, RATE_HZ))
         messages = await c.client.turn(timeout=10)
         kinds = [msg["type"] for msg in messages]
@@ -144,13 +141,12 @@ async def test_speech_in_over_webrtc_agent_audio_out_on_the_track() -> None:
         assert kinds[-2:] == ["metrics", "turn_end"], kinds
         assert "audio" not in kinds, "agent audio must travel on the track, not the WebSocket"
         assert messages[-2]["voice_to_voice_ms"] is not None
-        await asyncio.sleep(0.5)  # the last of the turn's audio plays out
-        voiced = c.heard.voiced_times()
         # The echo LLM's reply is ~10 words at 100 ms each: about a second of tone on the track.
-        assert len(voiced) * 20 >= 600, f"heard {len(voiced) * 20} ms of agent audio"
+        await wait_until(lambda: len(c.heard.voiced_times()) * 20 >= 600, 3)  # the last of it plays out
+        await wait_until(lambda: not c.heard.voiced_times(after=time.monotonic() - 0.2), 3)
         # Between turns the track keeps running and carries silence.
         before = len(c.heard.frames)
-        await asyncio.sleep(0.4)
+        await wait_until(lambda: len(c.heard.frames) >= before + 10)
         idle = c.heard.frames[before:]
         assert len(idle) >= 10
         assert all(level <= VOICED_DBFS for _, level in idle)
@@ -179,18 +175,21 @@ async def test_interrupt_stops_the_track_audio_within_100_ms() -> None:
     async with running_server(test_config()) as server, call(server.url) as c:
         await c.client.send({"type": "say", "text": " ".join(["word"] * 40)})  # four seconds of speech
         await asyncio.wait_for(c.heard.voiced.wait(), 5)
-        await asyncio.sleep(0.5)
+        await wait_until(lambda: len(c.heard.voiced_times()) >= 25)  # the caller heard 500 ms of it
         track = server.webrtc.calls[c.client.ready["session"]].peer.track  # the server's side of the call
         sent_at = time.monotonic()
         await c.client.send({"type": "interrupt"})
         interrupted = await c.client.recv_type("interrupted", timeout=2)
-        await asyncio.sleep(0.5)
+        heard_by_then = len(c.heard.frames)
+        await wait_until(lambda: len(c.heard.frames) >= heard_by_then + 25)  # 500 ms more of the track
         # Server side: the last frame with the turn's audio left the track within 100 ms of `interrupt`.
         server_stop_ms = (track.last_voiced_at - sent_at) * 1000
         # Client side: the same, plus the receiver's fixed buffering (aiortc prefetches 4 packets).
         heard_stop_ms = (max(c.heard.voiced_times()) - sent_at) * 1000
-        print(f"\ninterrupt -> last agent audio: left the server's track after {server_stop_ms:.0f} ms, "
-              f"arrived at the caller after {heard_stop_ms:.0f} ms (incl. {RECEIVER_PREFETCH_MS} ms receiver prefetch)")
+        print(
+            f"\ninterrupt -> last agent audio: left the server's track after {server_stop_ms:.0f} ms, "
+            f"arrived at the caller after {heard_stop_ms:.0f} ms (incl. {RECEIVER_PREFETCH_MS} ms receiver prefetch)"
+        )
         assert server_stop_ms <= 100, f"the track sent agent audio for {server_stop_ms:.0f} ms after interrupt"
         assert heard_stop_ms <= 100 + RECEIVER_PREFETCH_MS, f"agent audio heard {heard_stop_ms:.0f} ms after interrupt"
         assert not c.heard.voiced_times(after=sent_at + (100 + RECEIVER_PREFETCH_MS) / 1000)
@@ -201,8 +200,7 @@ async def test_interrupt_stops_the_track_audio_within_100_ms() -> None:
         await c.client.send({"type": "say", "text": "hello again"})
         messages = await c.client.turn(timeout=5)
         assert messages[-1]["type"] == "turn_end"
-        await asyncio.sleep(0.4)
-        assert c.heard.voiced_times(after=again)
+        await wait_until(lambda: bool(c.heard.voiced_times(after=again)))
 
 
 async def test_garbage_sdp_is_an_error_and_the_socket_stays_open() -> None:
@@ -230,7 +228,7 @@ async def test_closed_socket_ends_the_call_and_its_tasks() -> None:
             assert server.webrtc.peers == 1
             tasks = set(peer.tasks)
             await c.client.send({"type": "bye"})
-            await asyncio.sleep(0.5)
+            await wait_until(lambda: server.webrtc.peers == 0 and session_id not in server.webrtc.calls)
         assert server.webrtc.peers == 0
         assert session_id not in server.webrtc.calls
         assert peer.pc.connectionState == "closed"

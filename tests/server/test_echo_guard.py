@@ -217,8 +217,10 @@ async def test_own_echo_never_interrupts_in_20_turns(send_acks: bool) -> None:
         interrupted, starts, outcomes = await echo_only_turns(r, LINES, 20)
         guard = session_guard(srv)
         assert guard is not None
-        print(f"\necho only, tones, acks={send_acks}: {interrupted}/20 turns interrupted, {starts} speech_starts, "
-              f"{guard.echo_frames}/{guard.frames} mic frames judged echo")
+        print(
+            f"\necho only, tones, acks={send_acks}: {interrupted}/20 turns interrupted, {starts} speech_starts, "
+            f"{guard.echo_frames}/{guard.frames} mic frames judged echo"
+        )
         assert outcomes == ["turn_end"] * 20
         assert interrupted == 0
         assert starts == 0
@@ -291,8 +293,10 @@ async def test_piper_echo_never_interrupts_in_20_turns() -> None:
         interrupted, starts, outcomes = await echo_only_turns(r, PIPER_LINES, 20)
         guard = session_guard(srv)
         assert guard is not None
-        print(f"\necho only, Piper: {interrupted}/20 turns interrupted, {starts} speech_starts, "
-              f"{guard.echo_frames}/{guard.frames} mic frames judged echo")
+        print(
+            f"\necho only, Piper: {interrupted}/20 turns interrupted, {starts} speech_starts, "
+            f"{guard.echo_frames}/{guard.frames} mic frames judged echo"
+        )
     assert outcomes == ["turn_end"] * 20
     assert interrupted == 0
     assert starts == 0

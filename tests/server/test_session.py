@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.client import Client, running_server, silence, test_config, tone
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -142,7 +143,8 @@ async def test_interrupt_stops_the_turn_and_nothing_of_it_follows() -> None:
         await c.send({"type": "say", "text": " ".join(["word"] * 30)})  # 3 s of audio
         first = await c.recv_type("audio")
         turn = first["turn"]
-        await asyncio.sleep(0.3)
+        for _ in range(15):  # the user hears 300 ms of it (lead_ms 200: at least 100 ms have played)
+            await c.recv_type("audio")
         await c.send({"type": "interrupt"})
         msgs = await c.recv_until(lambda x: x["type"] == "interrupted")
         cut = msgs[-1]
@@ -168,7 +170,8 @@ async def test_history_keeps_only_what_was_played() -> None:
     async with running_server(config) as srv, Client.connect(srv.url) as c:
         await c.send({"type": "text", "text": " ".join(f"w{i}" for i in range(40))})
         audio = await c.recv_type("audio")
-        await asyncio.sleep(0.5)
+        for _ in range(24):  # 500 ms of audio received
+            await c.recv_type("audio")
         await c.send({"type": "played", "turn": audio["turn"], "ms": 450})  # the client heard 4.5 words
         await c.send({"type": "interrupt"})
         cut = await c.recv_type("interrupted")
@@ -248,10 +251,7 @@ async def test_connect_talk_close_cycles_leave_no_tasks() -> None:
             async with Client.connect(srv.url, framing=FRAMINGS[i % 2]) as c:
                 await c.send({"type": "say", "text": "hi there"})
                 await c.recv_type("audio")
-        for _ in range(100):
-            if not srv.sessions and not session_tasks():
-                break
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: not srv.sessions and not session_tasks())
         assert srv.sessions == {}
         assert session_tasks() == []
 
@@ -263,9 +263,6 @@ async def test_client_vanishing_mid_turn_ends_all_its_tasks() -> None:
             await c.recv_type("audio")
             assert session_tasks()
             c.ws.transport.abort()  # TCP reset, no close frame
-        for _ in range(100):
-            if not session_tasks():
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: not session_tasks())
         assert session_tasks() == []
         assert srv.sessions == {}

@@ -262,7 +262,12 @@ async def test_only_subscribed_stages_reach_the_sink(subscribed: bool) -> None:
     host, sink = Host(), Sink()
     host.live_turns[1] = None
     graph = Graph(
-        specs, stage_context(), host, sink, subscribed=["first"] if subscribed else [], audio_in_items=8,
+        specs,
+        stage_context(),
+        host,
+        sink,
+        subscribed=["first"] if subscribed else [],
+        audio_in_items=8,
         stage_queue_items=8,
     )
     async with running(graph, host):

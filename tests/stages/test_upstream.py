@@ -230,8 +230,7 @@ async def test_cancelling_while_waiting_for_the_first_byte_disconnects() -> None
     async with openai_fakes(1) as (a,), llm(a.url, read_timeout_s=10) as b:
         a.fail_next("hang")
         task = asyncio.create_task(reply(b))
-        await a.wait_requests(1)
-        await asyncio.sleep(0.05)  # the service is now sitting on the request
+        await a.wait_requests(1)  # the service is now sitting on the request
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -12,6 +12,7 @@ import pytest
 
 from stages.engines.openai_llm import OpenAiLlm
 from tests.fakes import ask, llm, openai_fakes, reply, served
+from tests.waiting import wait_until
 from vocab.errors import UpstreamError
 from vocab.metrics import METRICS
 from vocab.options import build
@@ -68,14 +69,12 @@ async def test_full_wait_line_fails_fast_with_busy() -> None:
         first = ask(b)
         assert await anext(first) == "You"  # holds the only slot
         waiting = asyncio.create_task(reply(b))
-        await asyncio.sleep(0.05)
-        assert not waiting.done()
-        started = time.monotonic()
+        await wait_until(lambda: b.upstream.pool.waiting == 1)
         with pytest.raises(UpstreamError) as err:
             await reply(b)
         assert err.value.code == "upstream_busy"
-        assert time.monotonic() - started < 0.05  # no waiting, no request
-        assert served(a) == 1
+        assert b.upstream.pool.waiting == 1  # refused at once: it never joined the line
+        assert served(a) == 1  # nor sent a request
         rest = "".join([d async for d in first])
         assert rest == " said: hello there"
         assert await asyncio.wait_for(waiting, 2) == "You said: hello there"
@@ -87,13 +86,13 @@ async def test_cancelled_waiter_leaves_the_line() -> None:
         first = ask(b)
         await anext(first)
         waiting = asyncio.create_task(reply(b))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: b.upstream.pool.waiting == 1)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
+        assert b.upstream.pool.waiting == 0
         second = asyncio.create_task(reply(b))  # the line has room again
-        await asyncio.sleep(0.05)
-        assert not second.done()
+        await wait_until(lambda: b.upstream.pool.waiting == 1)
         await first.aclose()  # type: ignore[attr-defined]
         assert await asyncio.wait_for(second, 2) == "You said: hello there"
 

@@ -30,6 +30,7 @@ from stages.vad import Options as VadOptions  # noqa: E402
 from stages.vad import VadStage  # noqa: E402
 from tests.client import noise, silence  # noqa: E402
 from tests.stage_context import stage_context  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402
 from vocab.errors import StageError  # noqa: E402
 
 pytestmark = pytest.mark.models
@@ -208,8 +209,8 @@ async def test_one_generation_at_a_time_and_a_full_line_is_busy(llama: LlamaLlm)
     await anext(first)
     second = llama.stream(messages, ctx=context())
     waiting = asyncio.ensure_future(anext(second))
-    await asyncio.sleep(0.1)
-    assert not waiting.done()  # in line behind the first: llama.cpp contexts are not thread-safe
+    await wait_until(lambda: llama.executor.in_use == 2)  # in line behind the first: one context, one thread
+    assert not waiting.done()
     with pytest.raises(StageError) as caught:
         await anext(llama.stream(messages, ctx=context()))
     assert caught.value.code == "busy"

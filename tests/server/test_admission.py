@@ -1,0 +1,104 @@
+"""server/admission.py without sockets: the handshake gate (401/503), per-IP and per-user caps, proxies."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from websockets.datastructures import Headers
+from websockets.http11 import Request
+
+from server.admission import Admission
+from server.auth import Authenticator, AuthOptions
+from transports.limits import LimitOptions
+from vocab.errors import ProtocolError
+
+TOKENS = {"a" * 16: "alice", "b" * 16: "bob"}
+
+
+@dataclass(eq=False)  # hashed by identity, as a connection is
+class Peer:
+    """What admission reads of a websockets connection."""
+
+    remote_address: tuple[str, int]
+    request: Request | None = None
+
+
+def request(path: str = "/ws", **headers: str) -> Request:
+    return Request(path, Headers(list(headers.items())))
+
+
+def admission(
+    *, accepting: bool = True, max_sessions: int = 10, auth: AuthOptions | None = None, **limits: Any
+) -> Admission:
+    return Admission(
+        Authenticator(auth or AuthOptions()),
+        LimitOptions(**limits),
+        max_sessions=max_sessions,
+        accepting=lambda: accepting,
+    )
+
+
+def refusal(response: Any) -> tuple[int, str]:
+    assert response is not None
+    return response.status_code, json.loads(response.body)["code"]
+
+
+def test_open_server_lets_a_connection_in_and_counts_it() -> None:
+    gate = admission()
+    peer = Peer(("10.0.0.1", 5000), request())
+    assert gate.check_handshake(peer, request()) is None
+    with gate.connection(peer) as ticket:
+        assert ticket.ip == "10.0.0.1"
+        assert gate.connections == 1
+        assert gate.per_ip["10.0.0.1"] == 1
+    assert gate.connections == 0
+    assert "10.0.0.1" not in gate.per_ip
+
+
+def test_a_draining_server_refuses_with_503() -> None:
+    assert refusal(admission(accepting=False).check_handshake(Peer(("1.1.1.1", 1)), request())) == (
+        503,
+        "shutting_down",
+    )
+
+
+def test_the_process_and_per_ip_caps() -> None:
+    gate = admission(max_sessions=2, max_sessions_per_ip=1)
+    first = Peer(("10.0.0.1", 1), request())
+    with gate.connection(first):
+        assert refusal(gate.check_handshake(Peer(("10.0.0.1", 2)), request())) == (503, "too_many_sessions")
+        other = Peer(("10.0.0.2", 1), request())
+        assert gate.check_handshake(other, request()) is None
+        with gate.connection(other):
+            assert refusal(gate.check_handshake(Peer(("10.0.0.3", 1)), request())) == (503, "server_full")
+
+
+def test_tokens_at_the_handshake_or_in_hello_and_the_per_user_cap() -> None:
+    gate = admission(auth=AuthOptions(mode="tokens", tokens=TOKENS), max_sessions_per_user=1)
+    peer = Peer(("10.0.0.1", 1), request())
+    assert refusal(gate.check_handshake(peer, request(Authorization="Bearer wrong-token-0000"))) == (
+        401,
+        "unauthorized",
+    )
+    with gate.connection(peer) as ticket:  # no token yet: hello must bring one
+        with pytest.raises(ProtocolError) as missing:
+            gate.admit_user(ticket, None)
+        assert (missing.value.code, missing.value.close_code) == ("unauthorized", 1008)
+        assert gate.admit_user(ticket, "a" * 16).user == "alice"
+        second = Peer(("10.0.0.2", 1), request())
+        with gate.connection(second) as other:
+            with pytest.raises(ProtocolError) as full:
+                gate.admit_user(other, "a" * 16)  # alice already has her one session
+            assert (full.value.code, full.value.close_code) == ("too_many_sessions", 1013)
+            assert gate.admit_user(other, "b" * 16).user == "bob"
+    assert not gate.per_user
+
+
+def test_the_client_ip_header_is_trusted_only_from_a_trusted_proxy() -> None:
+    gate = admission(client_ip_header="X-Forwarded-For", trusted_proxies=["127.0.0.1"])
+    forwarded = request(**{"X-Forwarded-For": "203.0.113.9, 198.51.100.7"})
+    assert gate.client_ip(Peer(("127.0.0.1", 1)), forwarded) == "198.51.100.7"  # the entry the proxy added
+    assert gate.client_ip(Peer(("10.9.9.9", 1)), forwarded) == "10.9.9.9"  # anyone else: the peer address
