@@ -298,7 +298,13 @@ class Session:
     # ------------------------------------------------------------ turns
 
     def new_turn(self, *, from_speech: bool = True) -> int:
-        return self.turns.new(from_speech=from_speech).id
+        return self.open_turn(from_speech=from_speech).id
+
+    def open_turn(self, *, from_speech: bool) -> Turn:
+        """A new turn id; the snapshot follows, so a worker killed mid-turn never lets an id be reused."""
+        turn = self.turns.new(from_speech=from_speech)
+        self._autosave()
+        return turn
 
     def _finish_turn(self, turn_id: int) -> list[Any]:
         """The last stage is done with ``turn_id`` and its audio has left: metrics, then turn_end."""
