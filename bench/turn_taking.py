@@ -242,7 +242,7 @@ async def eot(voice: Voice, n: int) -> dict[str, Any]:
             sender = asyncio.create_task(stream(c, audio, t0=t0))
             msgs = await c.recv_until(lambda x: x["type"] == "transcript" and x["final"] and x["text"], timeout=15)
             turn = msgs[-1]["turn"]
-            msgs = await c.recv_until(lambda x: x["type"] == "metrics" and x["turn"] == turn, timeout=30)
+            msgs = await c.recv_until(lambda x, t=turn: x["type"] == "metrics" and x["turn"] == t, timeout=30)
             await sender
             if "vad" in msgs[-1]["first_output_ms"]:
                 delays.append(msgs[-1]["first_output_ms"]["vad"])
