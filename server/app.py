@@ -26,10 +26,10 @@ from websockets.http11 import Request, Response
 from websockets.typing import Origin
 
 from server.admission import Admission, Ticket
-from server.auth import Authenticator
-from server.config import Config
 from server.aec import available as aec_available
 from server.aec import echo_canceller_options
+from server.auth import Authenticator
+from server.config import Config
 from server.echo_guard import echo_guard_options
 from server.http import Routes, metrics_token, web_root
 from server.resume import Resumes

@@ -6,7 +6,9 @@ Real words interrupt the agent as before (history cut to what was played). A bac
 "uh-huh": ``backchannels``), or no words at all (a cough, a laugh, noise), lets it go on where it paused
 (``agent_resumed``), with nothing cut; that user turn ends there and is not answered. The words should
 decide within ``window_ms`` of the voice: if none were decoded by then and the voice goes on, it is an
-interruption; and still talking ``max_pause_ms`` after the pause began is one, whatever the words.
+interruption; and still talking ``max_pause_ms`` after the pause began is one, whatever the words. Quiet
+by then with no words decided (a client that stopped its mic mid-utterance sends no silence to end it),
+the agent goes on, and that turn's final transcript is judged as if the pause still held.
 ``immediate``: voice sustained for ``barge_in_min_ms`` interrupts at once, no pause.
 """
 
@@ -29,6 +31,7 @@ _NON_SPEECH = re.compile(r"[\[(*][^\])*]*[\])*]")  # "(coughs)", "[laughter]", "
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 Verdict = Literal["words", "backchannel", "nothing"]
 VOICE_GONE_MS = 100.0  # silence after which the voice over the agent counts as stopped
+AUDIO_STALLED_MS = 250.0  # no audio at all for this long (a mic stopped mid-utterance): no voice either
 
 
 def words_of(text: str) -> list[str]:
@@ -51,6 +54,12 @@ def verdict(text: str, backchannels: frozenset[tuple[str, ...]]) -> Verdict:
     return "backchannel"
 
 
+def _talking(pause: _Pause, now: float) -> bool:
+    """Voice now: not ended by the VAD, no trailing silence, and audio still arriving."""
+    recent = (now - pause.audio_at) * 1000.0 < AUDIO_STALLED_MS
+    return not pause.voice_ended and pause.silent_ms < VOICE_GONE_MS and recent
+
+
 @dataclass(slots=True)
 class _Pause:
     user_turn: int
@@ -59,6 +68,7 @@ class _Pause:
     heard: Verdict | None = None  # the last transcript's verdict, so far
     voice_ended: bool = False
     silent_ms: float = 0.0  # trailing silence of the user's latest audio
+    audio_at: float = 0.0  # session clock when the user's latest audio arrived
 
 
 class BargeIn:
@@ -81,6 +91,12 @@ class BargeIn:
         self.max_pause_ms = max_pause_ms
         self.min_voiced_ms = min_voiced_ms
         self.pause: _Pause | None = None
+        self.resumed_over: int | None = None  # a user turn the agent resumed over before its words came
+
+    @property
+    def watching(self) -> bool:
+        """Whether transcripts matter to the floor now (hot path: a cheap check)."""
+        return self.pause is not None or self.resumed_over is not None
 
     # ------------------------------------------------------------ what the stages say
 
@@ -101,7 +117,7 @@ class BargeIn:
             loop.call_later(self.window_ms / 1000.0, self._window_over, user_turn),
             loop.call_later(self.max_pause_ms / 1000.0, self._too_long, user_turn),
         ]
-        self.pause = _Pause(user_turn, agents, timers)
+        self.pause = _Pause(user_turn, agents, timers, audio_at=session.clock())
 
     def speech_ended(self, user_turn: int) -> None:
         if self.pause is not None and self.pause.user_turn == user_turn:
@@ -112,6 +128,7 @@ class BargeIn:
         pause = self.pause
         if pause is not None and item.turn == pause.user_turn:
             pause.silent_ms = item.trailing_silence_ms
+            pause.audio_at = self.session.clock()
         sustained = self.mode == "immediate" and item.voiced_ms >= self.min_voiced_ms
         if sustained and self.session.turns.responding(before=item.turn):
             self.session.interrupt("barge_in", before_turn=item.turn)
@@ -120,7 +137,10 @@ class BargeIn:
         """Words of the paused-over turn decide. True: the turn was a backchannel and is over (drop it)."""
         pause = self.pause
         if pause is None or item.turn != pause.user_turn:
-            return False
+            if item.turn != self.resumed_over or not item.final:
+                return False
+            self.resumed_over = None  # the agent went on already: words are a turn of their own
+            return verdict(item.text, self.backchannels) != "words"
         heard = verdict(item.text, self.backchannels)
         if heard == "words":
             self._interrupt()
@@ -133,6 +153,8 @@ class BargeIn:
 
     def turn_gone(self, turn: int) -> None:
         """A turn ended (or was cut): a pause it held or was held for is over."""
+        if turn == self.resumed_over:
+            self.resumed_over = None
         pause = self.pause
         if pause is not None and (turn == pause.user_turn or turn in pause.agent_turns):
             if turn == pause.user_turn:
@@ -145,16 +167,21 @@ class BargeIn:
     def _window_over(self, user_turn: int) -> None:
         """No words decoded yet and the voice goes on: someone is talking; let them have the floor."""
         pause = self.pause
-        talking = pause is not None and not pause.voice_ended and pause.silent_ms < VOICE_GONE_MS
-        if pause is not None and pause.user_turn == user_turn and pause.heard is None and talking:
+        undecided = pause is not None and pause.user_turn == user_turn and pause.heard is None
+        if undecided and pause is not None and _talking(pause, self.session.clock()):
             BARGE_INS_TOTAL.inc(verdict="undecided_voice")
             self._interrupt(counted=True)
 
     def _too_long(self, user_turn: int) -> None:
         pause = self.pause
-        if pause is not None and pause.user_turn == user_turn:
+        if pause is None or pause.user_turn != user_turn:
+            return
+        if _talking(pause, self.session.clock()):
             BARGE_INS_TOTAL.inc(verdict="long_voice")
             self._interrupt(counted=True)
+        elif not pause.voice_ended:  # quiet, yet the utterance is open (no audio since): the agent goes on
+            self._resume(pause.heard or "nothing")
+            self.resumed_over = user_turn
 
     def _interrupt(self, *, counted: bool = False) -> None:
         pause = self._clear()

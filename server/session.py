@@ -22,8 +22,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
-from server.barge_in import BargeIn
 from server.aec import EchoCanceller, EchoCancellerOptions, available
+from server.barge_in import BargeIn
 from server.config import SessionDefaults
 from server.dispatch import ClientInputs
 from server.echo_guard import EchoGuard, EchoGuardOptions
@@ -413,7 +413,7 @@ class Session:
             else:
                 self.barge_in.speech_started(turn_id)
             return
-        if type(item) is Transcription and self.barge_in.pause is not None and self.barge_in.transcript(item):
+        if type(item) is Transcription and self.barge_in.watching and self.barge_in.transcript(item):
             self._drop_backchannel(stage, item)
             return
         if type(item) is ReplyDelta:

@@ -4,8 +4,8 @@ Smoothing: speech starts after ``start_ms`` of consecutive voiced frames (the pr
 kept), and ends after a run of silence, or at ``commit``, or at ``max_utterance_ms``. How long a silence:
 ``end_complete_ms`` when the words so far sound finished, ``end_incomplete_ms`` when they do not (the
 ASR's hint, ``StageContext.turn_hints``, from its decode at the pause), ``end_ms`` while no hint covers
-the last voiced frame. Each utterance opens a new turn. Backends only answer "is this frame speech?"
-(``VadBackend``).
+the last voiced frame or when those two are not set (endpointing from the words is off). Each
+utterance opens a new turn. Backends only answer "is this frame speech?" (``VadBackend``).
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ class VadBackend(Backend, Protocol):
 class Options:
     start_ms: float = 60.0  # consecutive voiced time before speech_start
     end_ms: float = 400.0  # silence that ends the utterance when no end-of-turn hint covers it
-    end_complete_ms: float = 200.0  # ... when the words before the pause sound finished
-    end_incomplete_ms: float = 1200.0  # ... when they do not ("a flight to"): the longest wait
+    # endpointing from the words (both set, or neither: end_ms alone then): the silence that ends the
+    # utterance when the words before the pause sound finished, and when they do not ("a flight to")
+    end_complete_ms: float | None = None
+    end_incomplete_ms: float | None = None
     pre_roll_ms: float = 200.0  # audio kept from before speech_start
     max_utterance_ms: float = 30000.0  # an utterance is cut here
     sustain_gap_ms: float = 100.0  # unvoiced gaps up to this long do not break a sustained run (barge-in)
@@ -47,8 +49,14 @@ class Options:
     def validate(self) -> None:
         require(self.start_ms >= 0, "start_ms", "must be >= 0")
         require(self.end_ms > 0, "end_ms", "must be > 0")
-        require(self.end_complete_ms > 0, "end_complete_ms", "must be > 0")
-        require(self.end_incomplete_ms >= self.end_complete_ms, "end_incomplete_ms", "must be >= end_complete_ms")
+        require(
+            (self.end_complete_ms is None) == (self.end_incomplete_ms is None),
+            "end_complete_ms" if self.end_complete_ms is None else "end_incomplete_ms",
+            "set end_complete_ms and end_incomplete_ms together (or neither: end_ms alone)",
+        )
+        if self.end_complete_ms is not None and self.end_incomplete_ms is not None:
+            require(self.end_complete_ms > 0, "end_complete_ms", "must be > 0")
+            require(self.end_incomplete_ms >= self.end_complete_ms, "end_incomplete_ms", "must be >= end_complete_ms")
         require(self.pre_roll_ms >= 0, "pre_roll_ms", "must be >= 0")
         require(self.max_utterance_ms >= 500, "max_utterance_ms", "must be >= 500")
 
@@ -127,10 +135,11 @@ class VadStage(BaseStage):
 
     def _end_silence_ms(self) -> float:
         """The silence that ends this utterance now: from the words' hint when it covers the last voice."""
+        complete_ms, incomplete_ms = self.options.end_complete_ms, self.options.end_incomplete_ms
         hint = self.ctx.turn_hints.get(self.turn) if self.turn is not None else None
-        if hint is None or hint[0] < self.last_voiced_audio_ms:
+        if complete_ms is None or incomplete_ms is None or hint is None or hint[0] < self.last_voiced_audio_ms:
             return self.options.end_ms
-        return self.options.end_complete_ms if hint[1] else self.options.end_incomplete_ms
+        return complete_ms if hint[1] else incomplete_ms
 
     async def _flush(self, speech: bytearray, out: Emitter) -> None:
         if speech and self.turn is not None:

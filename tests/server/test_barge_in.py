@@ -127,6 +127,27 @@ async def test_still_talking_after_the_longest_pause_is_an_interruption() -> Non
         assert 0.7 < msgs[-1]["_at"] - paused["_at"] < 1.5  # at barge_in_max_pause_ms
 
 
+async def test_a_mic_gone_quiet_mid_utterance_does_not_hold_the_agent_paused() -> None:
+    # the client sends 200 ms of voice and then nothing at all: no silence frames end the utterance
+    async with running_server(words_config(barge_in_max_pause_ms=800)) as srv, Client.connect(srv.url) as c:
+        agent = await agent_speaking(c)
+        msgs = await talk_over(c, tone(200), lambda x: x["type"] in ("agent_resumed", "interrupted"))
+        paused = next(x for x in msgs if x["type"] == "agent_paused")
+        assert msgs[-1]["type"] == "agent_resumed"
+        assert 0.7 < msgs[-1]["_at"] - paused["_at"] < 1.5  # at barge_in_max_pause_ms
+        user = paused["_seq"] + 1  # the vad speech_start right after the pause names the user's turn
+        user_turn = next(x["turn"] for x in msgs if x.get("_seq") == user)
+        await c.stream_audio(silence(400), realtime=4.0)  # the mic comes back: the utterance ends
+        rest = await c.recv_until(lambda x: x["type"] == "turn_end" and x["turn"] == agent, timeout=10)
+        user_kinds = [x["type"] for x in c.received if x.get("turn") == user_turn]
+        assert "interrupted" not in [x["type"] for x in rest]
+        assert "reply" not in user_kinds, "the late 'yeah' is judged as if the pause still held"
+        if "turn_end" not in user_kinds:
+            await c.recv_until(lambda x: x["type"] == "turn_end" and x["turn"] == user_turn, timeout=5)
+        user_kinds = [x["type"] for x in c.received if x.get("turn") == user_turn]
+        assert "reply" not in user_kinds
+
+
 async def test_immediate_mode_per_session_cuts_without_a_pause() -> None:
     async with running_server(words_config()) as srv:
         async with Client.connect(srv.url, hello={"session": {"barge_in": "immediate"}}) as c:
