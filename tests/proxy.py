@@ -45,6 +45,7 @@ class CuttableProxy:
     upstream_port: int
     port: int = 0
     accepted: int = 0  # client connections taken so far (a reconnect makes it grow)
+    refuse: int = 0  # reset this many of the next connections at once (a server that is not back yet)
     cuts: int = 0
     links: set[Link] = field(default_factory=set)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -62,6 +63,10 @@ class CuttableProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        if self.refuse > 0:
+            self.refuse -= 1
+            reset(writer)
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:

@@ -50,14 +50,18 @@ class DroppedRun:
         return int(found.group(1)), int(found.group(2))
 
 
-async def run_with_a_drop(args: list[str], servers: list[Any], proxy: CuttableProxy, *, move_to: Any = None) -> DroppedRun:
+async def run_with_a_drop(
+    args: list[str], servers: list[Any], proxy: CuttableProxy, *, move_to: Any = None, refuse: int = 0
+) -> DroppedRun:
     """Run the harness (``--drop``); cut its connection when it says ``drop:``. ``move_to``: a server the proxy
-    sends the reconnect to (one that does not know the session: the resume must fail into a new session)."""
+    sends the reconnect to (one that does not know the session: the resume must fail into a new session);
+    ``refuse``: how many reconnects the proxy resets at once before one gets through."""
     async with live_harness(args) as harness:
         await harness.line_starting("drop:", 90)
         (before,) = [s for srv in servers for s in srv.sessions]
         if move_to is not None:
             proxy.upstream_port = move_to.port
+        proxy.refuse = refuse
         assert proxy.cut() == 1
         line = await harness.line_starting("resume:", 30)
         after_id = line.split("session ")[1].split()[0]
@@ -92,6 +96,21 @@ def check_resumed(dropped: DroppedRun, *, remembers: int, rewind: int) -> None:
     assert ignored == len([s for s in logged if asked_from < s <= handled_up_to])
     if rewind:
         assert ignored > 0, "the rewind asked for nothing the client had: the de-dup went untested"
+
+
+ATTEMPT = re.compile(r"^reconnecting: attempt (\d+) after (\d+) ms", re.MULTILINE)
+
+
+def check_backoff(dropped: DroppedRun, *, refused: int, initial_ms: int, max_ms: int) -> None:
+    """Attempt 1 at once, then initial_ms doubling up to max_ms, each jittered to 50-100 %; the attempt
+    after the refused ones resumed."""
+    attempts = [(int(n), int(ms)) for n, ms in ATTEMPT.findall(dropped.run.output)]
+    assert [n for n, _ in attempts] == list(range(1, refused + 2)), dropped.run.output
+    for n, ms in attempts:
+        full = 0 if n == 1 else min(max_ms, initial_ms * 2 ** (n - 2))
+        assert full / 2 <= ms <= full, (n, ms)
+    found = RESUMED.search(dropped.run.output)
+    assert found and int(found.group(2)) == refused + 1
 
 
 def check_new_session(dropped: DroppedRun) -> None:

@@ -10,7 +10,7 @@ import pytest
 from tests.client import running_server, test_config
 from tests.native import ROOT, build_cached, read_wav, require_tools, run_harness
 from tests.proxy import cuttable_proxy
-from tests.resuming import check_new_session, check_resumed, run_with_a_drop
+from tests.resuming import check_backoff, check_new_session, check_resumed, run_with_a_drop
 
 UNITY = ROOT / "clients" / "unity"
 PKGS = "mono-mcs mono-runtime"
@@ -85,3 +85,12 @@ async def test_harness_starts_a_new_session_when_its_resume_is_refused(harness_e
         dropped = await run_with_a_drop(args, [srv, other], proxy, move_to=other)
     check_new_session(dropped)
     assert "OK: all checks held" in dropped.run.output
+
+
+@pytest.mark.timeout(180)
+async def test_harness_backs_off_while_the_server_is_unreachable(harness_exe: Path, tmp_path: Path) -> None:
+    async with running_server(test_config()) as srv, cuttable_proxy(srv.port) as proxy:
+        args = ["mono", str(harness_exe), proxy.url(), str(tmp_path / "say.wav"), "--drop"]
+        dropped = await run_with_a_drop(args, [srv], proxy, refuse=3)
+    check_backoff(dropped, refused=3, initial_ms=250, max_ms=5000)  # VoxpipeOptions' defaults
+    check_resumed(dropped, remembers=5, rewind=0)

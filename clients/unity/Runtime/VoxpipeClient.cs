@@ -166,6 +166,7 @@ namespace Voxpipe
                 throw;
             }
             Adopt(opened);
+            DispatchBefore(opened);
             runTask = Task.Run(() => RunAsync(opened.Socket));
             return Ready;
         }
@@ -210,10 +211,15 @@ namespace Voxpipe
             bool resumed = resume.OnReady(opened.Ready);
             Ready = ParseReady(opened.Ready);
             socket = opened.Socket;
-            foreach (var msg in opened.Before)
-                if (resume.Accept(msg)) Dispatch(msg);
             connection = ConnectionState.Ready;
             return resumed;
+        }
+
+        /// The messages that came before ready (a refused resume's resume_failed), numbered in the new session.
+        void DispatchBefore(Opened opened)
+        {
+            foreach (var msg in opened.Before)
+                if (resume.Accept(msg)) Dispatch(msg);
         }
 
         Dictionary<string, object> BuildHello(Dictionary<string, object> resumeRequest)
@@ -366,6 +372,7 @@ namespace Voxpipe
                             ReadySeq = resume.ReplayBeforeSeq,
                             FailureCode = resumed ? null : (failedResume ? "resume_failed" : request == null ? "resume_off" : "not_resumed"),
                         });
+                    DispatchBefore(opened);
                     return opened.Socket;
                 }
                 catch (OperationCanceledException) when (stop.IsCancellationRequested)
