@@ -28,13 +28,15 @@ class DroppedRun:
     run: HarnessRun
     before: str  # the session id before the drop
     after: Any  # the server's Session the client ended in (its log is the record of what was sent)
+    server: Any  # the server that held it
 
     def field(self, prefix: str) -> str:
         return field_of(self.run.output, prefix)
 
     @property
     def handled(self) -> list[int]:
-        """session_seq of every non-audio message the client handled in its last session, in order."""
+        """session_seq of every message the client handled in its last session that a resume could replay
+        (all but audio and fatal errors), in order."""
         text = self.field("handled:")
         return [int(n) for n in text.split(",")] if text else []
 
@@ -51,24 +53,35 @@ class DroppedRun:
 
 
 async def run_with_a_drop(
-    args: list[str], servers: list[Any], proxy: CuttableProxy, *, move_to: Any = None, refuse: int = 0
+    args: list[str],
+    servers: list[Any],
+    proxy: CuttableProxy,
+    *,
+    move_to: Any = None,
+    refuse: int = 0,
+    drain: Any = None,
 ) -> DroppedRun:
     """Run the harness (``--drop``); cut its connection when it says ``drop:``. ``move_to``: a server the proxy
     sends the reconnect to (one that does not know the session: the resume must fail into a new session);
-    ``refuse``: how many reconnects the proxy resets at once before one gets through."""
+    ``refuse``: how many reconnects the proxy resets at once before one gets through; ``drain``: instead of a
+    cut, this server drains (``going_away``, close 1001) while the proxy sends reconnects to ``move_to``."""
     async with live_harness(args) as harness:
         await harness.line_starting("drop:", 90)
         (before,) = [s for srv in servers for s in srv.sessions]
         if move_to is not None:
             proxy.upstream_port = move_to.port
         proxy.refuse = refuse
-        assert proxy.cut() == 1
+        if drain is not None:
+            await drain.drain(timeout_s=0)  # no waiting for the turn in flight: going_away mid-turn
+        else:
+            assert proxy.cut() == 1
         line = await harness.line_starting("resume:", 30)
         after_id = line.split("session ")[1].split()[0]
         # taken while the harness still talks to it: it sends a text and waits for the answer before its bye
-        after = next(srv.sessions[after_id] for srv in servers if after_id in srv.sessions)
+        server = next(srv for srv in servers if after_id in srv.sessions)
+        after = server.sessions[after_id]
         run = await harness.finish(90)
-    return DroppedRun(run, before, after)
+    return DroppedRun(run, before, after, server)
 
 
 def check_resumed(dropped: DroppedRun, *, remembers: int, rewind: int) -> None:

@@ -28,7 +28,7 @@ const app = {
   turns: new Map(), // turn id -> {el, user, agent, status}
   pending: [], // views of typed inputs waiting for their turn id
   log: [],
-  seqs: [], // session_seq of the non-audio messages handled, in order (tests compare them with the server's log)
+  seqs: [], // session_seq of the messages handled that a resume could replay, in order (tests compare them with the server's log)
   playedByTurn: new Map(),
   rtcHeardMs: 0,
   sentMs: 0,
@@ -188,7 +188,9 @@ function turnView(id, kind) {
 }
 
 function onMessage(msg) {
-  if (msg.type !== "audio" && msg.type !== "ready" && typeof msg.session_seq === "number") {
+  // what a resume can replay: all but audio, ready and fatal errors (numbered, never replayed)
+  const replayable = msg.type !== "audio" && msg.type !== "ready" && !(msg.type === "error" && msg.fatal);
+  if (replayable && typeof msg.session_seq === "number") {
     app.seqs.push(msg.session_seq);
     if (app.seqs.length > 5000) app.seqs.shift();
   }

@@ -10,6 +10,7 @@ import pytest
 from tests.client import running_server, test_config
 from tests.native import ROOT, build_cached, read_wav, require_tools, run_harness
 from tests.proxy import cuttable_proxy
+from tests.services import redis_server
 from tests.resuming import check_backoff, check_new_session, check_resumed, run_with_a_drop
 
 UNITY = ROOT / "clients" / "unity"
@@ -93,4 +94,21 @@ async def test_harness_backs_off_while_the_server_is_unreachable(harness_exe: Pa
         args = ["mono", str(harness_exe), proxy.url(), str(tmp_path / "say.wav"), "--drop"]
         dropped = await run_with_a_drop(args, [srv], proxy, refuse=3)
     check_backoff(dropped, refused=3, initial_ms=250, max_ms=5000)  # VoxpipeOptions' defaults
+    check_resumed(dropped, remembers=5, rewind=0)
+
+
+@pytest.mark.timeout(180)
+async def test_harness_resumes_on_another_server_when_its_server_drains(
+    harness_exe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two workers sharing a resume secret and a real Redis: going_away from one means "resume now, elsewhere"
+    async with redis_server() as redis_url:
+        monkeypatch.setenv("VOXPIPE_REDIS_URL", redis_url)
+        monkeypatch.setenv("VOXPIPE_RESUME_SECRET", "s" * 32)
+        shared = test_config(state={"backend": "redis"})
+        async with running_server(shared) as old, running_server(shared) as new, cuttable_proxy(old.port) as proxy:
+            args = ["mono", str(harness_exe), proxy.url(), str(tmp_path / "say.wav"), "--drop"]
+            dropped = await run_with_a_drop(args, [old, new], proxy, move_to=new, drain=old)
+    assert dropped.server is new  # picked up by the other worker, from Redis
+    assert "after going_away" in dropped.field("reconnecting: attempt 1 after 0 ms")  # at once: no backoff
     check_resumed(dropped, remembers=5, rewind=0)

@@ -20,6 +20,7 @@ import pytest
 
 from tests.client import running_server, silence, test_config, tone
 from tests.proxy import cuttable_proxy
+from tests.services import redis_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
@@ -324,3 +325,25 @@ async def test_the_page_starts_a_new_session_when_its_resume_is_refused(page: An
         assert await page.locator(".turn").count() == 2  # the old turn stays on the page; the new one is new
         assert await page.inner_text("#resume-count") == "0"
         await disconnect(page)
+
+
+async def test_the_page_resumes_on_another_server_when_its_server_drains(
+    page: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two workers sharing a resume secret and a real Redis: going_away from one means "resume now, elsewhere"
+    async with redis_server() as redis_url:
+        monkeypatch.setenv("VOXPIPE_REDIS_URL", redis_url)
+        monkeypatch.setenv("VOXPIPE_RESUME_SECRET", "s" * 32)
+        shared = test_config(state={"backend": "redis"})
+        async with running_server(shared) as old, running_server(shared) as new, cuttable_proxy(old.port) as proxy:
+            await connect_through(page, old.http_url, proxy.url())
+            await type_and_press(page, "remember the drain", "#send-text")
+            await agent_said(page, "You said: remember the drain. I remember 0 messages.")
+            proxy.upstream_port = new.port
+            await old.drain(timeout_s=0)  # going_away, then close 1001
+            await wait_state_label(page, "reconnected · msgpack")
+            await type_and_press(page, "and now", "#send-text")
+            await agent_said(page, "You said: and now. I remember 2 messages.")  # the history came from Redis
+            assert len(new.sessions) == 1
+            assert await page.locator("#errors li").count() == 0, await page.inner_text("#errors")  # not an error
+            await disconnect(page)

@@ -8,7 +8,8 @@
 //    to drop (the test cuts it); the client resumes on its own ("reconnecting:", "resume:" lines), the
 //    cut turn's interrupted is replayed, and a new text is answered ("reply after resume: ...").
 //    --rewind N makes the resume ask for N already-handled messages again: they must be ignored.
-// Last line before the verdict: "handled: <session_seq of every non-audio message handled, in order>".
+// Last line before the verdict: "handled: <session_seq of every message handled that a resume could replay
+// (all but audio and fatal errors), in order>".
 // Exit code 0 only when every check held; 1 with "FAIL: ..." lines otherwise; 2 when it could not run.
 using System;
 using System.Collections.Concurrent;
@@ -22,7 +23,7 @@ static class Harness
     static readonly BlockingCollection<object> Events = new BlockingCollection<object>(new ConcurrentQueue<object>(), 100000);
     static readonly List<string> Failures = new List<string>();
     static VoxpipeClient client;
-    // every message handled: (session, session_seq, audio?); numbering starts again in a new session
+    // every message handled: (session, session_seq, never replayed?); numbering starts again in a new session
     static readonly List<Tuple<string, long, bool>> Handled = new List<Tuple<string, long, bool>>();
 
     sealed class TurnEnded { public int Turn; }
@@ -61,7 +62,9 @@ static class Harness
         {
             object seq;
             if (!m.TryGetValue("session_seq", out seq) || !(seq is long)) return;
-            lock (Handled) Handled.Add(Tuple.Create(client.Ready.Session, (long)seq, m["type"] as string == "audio"));
+            // audio and fatal errors (going_away) are numbered but never replayed: kept apart from the record
+            bool replayable = m["type"] as string != "audio" && !(m["type"] as string == "error" && m.ContainsKey("fatal") && true.Equals(m["fatal"]));
+            lock (Handled) Handled.Add(Tuple.Create(client.Ready.Session, (long)seq, !replayable));
         };
         client.Reconnecting += e => Events.Add(e);
         client.Reconnected += e => Events.Add(e);

@@ -8,7 +8,8 @@
 //    connection to drop (the test cuts it); the client resumes on its own ("reconnecting:", "resume:"
 //    lines), the cut turn's interrupted is replayed, and a new text is answered ("reply after resume: ...").
 //    --rewind N makes the resume ask for N already-handled messages again: they must be ignored.
-// Last line before the verdict: "handled: <session_seq of every non-audio message handled, in order>".
+// Last line before the verdict: "handled: <session_seq of every message handled that a resume could replay
+// (all but audio and fatal errors), in order>".
 // Exit code 0 only when every check held; 1 with "FAIL: ..." lines otherwise; 2 when it could not run.
 #include <algorithm>
 #include <chrono>
@@ -56,7 +57,7 @@ private:
 
 Inbox inbox;
 std::vector<std::string> failures;
-// every message handled: (session, session_seq, audio?); numbering starts again in a new session
+// every message handled: (session, session_seq, never replayed?); numbering starts again in a new session
 std::mutex handled_mu;
 std::vector<std::tuple<std::string, std::int64_t, bool>> handled;
 std::string current_session;  // guarded by handled_mu
@@ -271,9 +272,9 @@ void report_handled(const std::string& last_session) {
     std::set<std::pair<std::string, std::int64_t>> seen;
     std::string non_audio;
     std::lock_guard<std::mutex> lock(handled_mu);
-    for (const auto& [session, seq, is_audio] : handled) {
+    for (const auto& [session, seq, not_replayed] : handled) {
         check(seen.insert({session, seq}).second, "a message handled twice: session_seq " + std::to_string(seq) + " of " + session);
-        if (session == last_session && !is_audio) non_audio += (non_audio.empty() ? "" : ",") + std::to_string(seq);
+        if (session == last_session && !not_replayed) non_audio += (non_audio.empty() ? "" : ",") + std::to_string(seq);
     }
     std::cout << "handled: " << non_audio << std::endl;
 }
@@ -302,7 +303,8 @@ int main(int argc, char** argv) {
         client.on_message = [](const Message& m) {
             if (m.session_seq >= 0) {
                 std::lock_guard<std::mutex> lock(handled_mu);
-                handled.emplace_back(current_session, m.session_seq, m.type == "audio");
+                // audio and fatal errors (going_away) are numbered but never replayed: kept apart from the record
+                handled.emplace_back(current_session, m.session_seq, m.type == "audio" || (m.type == "error" && m.fatal));
             }
             inbox.push(m);
         };
