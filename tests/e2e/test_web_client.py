@@ -46,7 +46,9 @@ FLAGS = [
 ]
 
 pytestmark = pytest.mark.timeout(90)
-REFUSED_ATTEMPT = re.compile(r"^WebSocket connection to '\S+' failed: Error in connection establishment: net::ERR_CONNECTION_REFUSED$")
+REFUSED_ATTEMPT = re.compile(
+    r"^WebSocket connection to '\S+' failed: Error (in connection establishment|during WebSocket handshake): net::ERR_[A-Z_]+$"
+)
 
 
 def write_mic_wav(path: Path) -> Path:
