@@ -39,7 +39,10 @@ def require_headers(*headers: str, pkgs: str) -> None:
     source = "".join(f"#include <{h}>\n" for h in headers)
     proc = subprocess.run(
         ["g++", "-std=c++17", "-E", "-x", "c++", "-", "-o", os.devnull],
-        input=source, capture_output=True, text=True, check=False,
+        input=source,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         reason = f"C++ headers {', '.join(headers)} not usable: {INSTALL_HINT.format(pkgs=pkgs)}"
@@ -83,9 +86,7 @@ class HarnessRun:
 
 async def run_harness(args: list[str], timeout_s: float = 60.0) -> HarnessRun:
     """Run a harness without blocking the event loop (the server under test runs in the same loop)."""
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         stdout, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
     except TimeoutError:
@@ -138,9 +139,7 @@ class LiveHarness:
 @contextlib.asynccontextmanager
 async def live_harness(args: list[str]) -> AsyncIterator[LiveHarness]:
     """Start a harness (stdout and stderr merged); killed on exit if it is still running."""
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         yield LiveHarness(proc)
     finally:

@@ -123,7 +123,8 @@ def check_backoff(dropped: DroppedRun, *, refused: int, initial_ms: int, max_ms:
         full = 0 if n == 1 else min(max_ms, initial_ms * 2 ** (n - 2))
         assert full / 2 <= ms <= full, (n, ms)
     found = RESUMED.search(dropped.run.output)
-    assert found and int(found.group(2)) == refused + 1
+    assert found, dropped.run.output
+    assert int(found.group(2)) == refused + 1
 
 
 def check_new_session(dropped: DroppedRun) -> None:

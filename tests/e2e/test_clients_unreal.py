@@ -10,8 +10,8 @@ import pytest
 from tests.client import running_server, test_config
 from tests.native import ROOT, build_cached, read_wav, require_headers, require_tools, run_harness
 from tests.proxy import cuttable_proxy
-from tests.services import redis_server
 from tests.resuming import check_backoff, check_new_session, check_resumed, run_with_a_drop
+from tests.services import redis_server
 
 UNREAL = ROOT / "clients" / "unreal"
 PKGS = "g++ libboost-dev nlohmann-json3-dev"

@@ -47,7 +47,8 @@ FLAGS = [
 
 pytestmark = pytest.mark.timeout(90)
 REFUSED_ATTEMPT = re.compile(
-    r"^WebSocket connection to '\S+' failed: Error (in connection establishment|during WebSocket handshake): net::ERR_[A-Z_]+$"
+    r"^WebSocket connection to '\S+' failed: "
+    r"Error (in connection establishment|during WebSocket handshake): net::ERR_[A-Z_]+$"
 )
 
 
@@ -297,14 +298,18 @@ async def test_the_page_resumes_mid_turn_after_its_connection_is_reset(page: Any
         handled = await page.evaluate("window.voxpipe.seqs")
         # every message of the session up to the last turn's end, handled once and in order (pongs may follow)
         assert [n for n in handled if n <= last_end] == [n for n in logged if n <= last_end]
-        conn = await page.evaluate("({...window.voxpipe.conn.lastResume, ignored: window.voxpipe.conn.ignored, replayed: window.voxpipe.conn.replayed})")
+        conn = await page.evaluate(
+            "({...window.voxpipe.conn.lastResume, ignored: window.voxpipe.conn.ignored,"
+            " replayed: window.voxpipe.conn.replayed})"
+        )
         assert conn["askedFrom"] == max(0, conn["handledSeq"] - rewind)
         missed = [n for n in logged if conn["handledSeq"] < n < conn["readySeq"]]
         assert conn["replayed"] == len(missed) >= 1  # at least the cut turn's interrupted
         assert conn["ignored"] == len([n for n in logged if conn["askedFrom"] < n <= conn["handledSeq"]])
         assert bool(conn["ignored"]) == bool(rewind)
         turns = await page.eval_on_selector_all(".turn", "els => els.map(e => e.dataset.turn)")
-        assert len(turns) == 3 and len(set(turns)) == 3, turns  # no turn shown twice
+        assert len(turns) == 3, turns
+        assert len(set(turns)) == 3, turns  # no turn shown twice
         assert await page.locator("#errors li").count() == 0, await page.inner_text("#errors")
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / f"web-client-resumed-{rewind}.png"), full_page=True)
