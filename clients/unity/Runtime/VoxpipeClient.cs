@@ -47,8 +47,8 @@ namespace Voxpipe
         public int SendQueueFrames = 256;    // ~5 s of 20 ms audio frames
         public int ConnectTimeoutMs = 10000;
         // Resume after a drop: attempt 1 at once, then ResumeInitialDelayMs doubling up to ResumeMaxDelayMs
-        // (jittered); after ResumeMaxAttempts (~1 min with these values, past the server's 30 s
-        // session.resume_grace_s) the client gives up and raises Closed.
+        // (jittered to 50-100 %); after ResumeMaxAttempts (30-60 s of trying with these values, as long as the
+        // server's 30 s session.resume_grace_s: past it a resume gives a new session) it gives up: Closed.
         public bool AutoResume = true;
         public int ResumeInitialDelayMs = 250;
         public int ResumeMaxDelayMs = 5000;

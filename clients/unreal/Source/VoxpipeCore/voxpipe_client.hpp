@@ -60,7 +60,7 @@ struct ResumeOptions {
     bool auto_resume = true;
     int initial_delay_ms = 250;       // attempt 1 at once, then this, doubling, up to max_delay_ms (jittered)
     int max_delay_ms = 5000;
-    int max_attempts = 16;            // ~1 min with these values: past the server's session.resume_grace_s (30 s)
+    int max_attempts = 16;            // 30-60 s of trying: as long as the server's session.resume_grace_s (30 s)
     int rewind_messages = 0;          // tests only: ask for this many already-handled messages again
     std::chrono::seconds idle_timeout{30};  // no frame for this long (pings answered count): the socket is dead
 };
