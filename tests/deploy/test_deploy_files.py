@@ -293,6 +293,18 @@ def test_the_compose_model_service_profile_serves_the_llm_the_workers_call() -> 
     assert stage["max_concurrency"] <= slots
 
 
+def test_the_model_service_config_is_the_shipped_one_with_only_the_llm_swapped() -> None:
+    shipped = yaml.safe_load((ROOT / "config.yaml").read_text())
+    service = yaml.safe_load((DEPLOY / "llm-service.yaml").read_text())
+    assert {k: v for k, v in service.items() if k != "pipeline"} == {
+        k: v for k, v in shipped.items() if k != "pipeline"
+    }
+    swapped = [i for i, (a, b) in enumerate(zip(shipped["pipeline"], service["pipeline"], strict=True)) if a != b]
+    assert swapped == [2]
+    assert (shipped["pipeline"][2]["engine"], service["pipeline"][2]["engine"]) == ("llama", "openai")
+    assert service["pipeline"][2]["max_tokens"] == shipped["pipeline"][2]["max_tokens"]  # the same answers
+
+
 # ------------------------------------------------------------ Kubernetes
 
 
