@@ -98,8 +98,8 @@ export class Connection extends EventTarget {
     return new Promise((resolve, reject) => {
       this._attempt(this.url, this.hello, {
         ready: (msg) => resolve(msg),
-        failed: (err) => {
-          this._setState("closed");
+        failed: (err, _fatalCode, event) => {
+          this._finish({ code: event.code, reason: event.reason, clean: event.wasClean });
           reject(err);
         },
       });
@@ -108,8 +108,8 @@ export class Connection extends EventTarget {
 
   /**
    * One socket: hello, then messages. On its ready: the ready is adopted, `ready(msg, before)` runs, then the
-   * messages that came before it (a refused resume's resume_failed) are delivered. `failed(err, fatalCode)`:
-   * it closed before a ready.
+   * messages that came before it (a refused resume's resume_failed) are delivered. `failed(err, fatalCode,
+   * closeEvent)`: it closed before a ready.
    */
   _attempt(url, hello, { ready, failed }) {
     const ws = new WebSocket(url);
@@ -142,7 +142,7 @@ export class Connection extends EventTarget {
     ws.onclose = (event) => {
       if (this.ws === ws) this.ws = null;
       if (opened) this._ended(event, fatalCode);
-      else failed(new Error(fatalCode ? `${fatalCode} (closed ${event.code})` : `cannot connect to ${url} (${event.code})`), fatalCode);
+      else failed(new Error(fatalCode ? `${fatalCode} (closed ${event.code})` : `cannot connect to ${url} (${event.code})`), fatalCode, event);
     };
   }
 
@@ -182,6 +182,10 @@ export class Connection extends EventTarget {
   }
 
   _reconnect(attempt, reason) {
+    if (this.closing) {
+      this._finish({ code: 1000, reason: "client closed", clean: true }); // close() during an attempt
+      return;
+    }
     if (attempt > this.options.maxAttempts) {
       this._finish({ code: 1006, reason: `no resume after ${this.options.maxAttempts} attempts`, clean: false });
       return;
@@ -190,7 +194,6 @@ export class Connection extends EventTarget {
     this._emit("reconnecting", { attempt, delayMs, reason });
     this.timer = setTimeout(() => {
       this.timer = null;
-      if (this.closing) return;
       const canResume = this.session !== null && this.token !== null;
       const hello = { ...this.hello };
       let url = this.url;

@@ -372,3 +372,15 @@ async def test_the_page_keeps_trying_while_the_server_is_unreachable(page: Any) 
         assert (resume["resumed"], resume["attempts"]) == (True, 3)
         assert proxy.accepted == 4
         await disconnect(page)
+
+
+async def test_the_page_says_so_when_it_cannot_connect(page: Any) -> None:
+    async with running_server(test_config()) as server:
+        await page.goto(server.http_url)
+        await page.wait_for_selector("[data-testid=stage-tts]")
+        await page.fill("#server-url", "ws://127.0.0.1:9/ws")  # nothing listens there: no session to resume
+        await page.click("#connect")
+        await page.wait_for_selector("#conn-state[data-state=closed]")
+        await page.locator("#errors li[data-code=connect]").wait_for(timeout=5000)
+        assert await page.inner_text("#connect") == "Connect"  # ready to try again, not stuck "connected"
+        assert await page.inner_text("#resume-count") == "0"
