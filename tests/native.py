@@ -7,13 +7,15 @@ so a second run starts at once. A missing toolchain is a ``pytest.skip`` with th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
 import wave
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,10 @@ def require_headers(*headers: str, pkgs: str) -> None:
     source = "".join(f"#include <{h}>\n" for h in headers)
     proc = subprocess.run(
         ["g++", "-std=c++17", "-E", "-x", "c++", "-", "-o", os.devnull],
-        input=source, capture_output=True, text=True, check=False,
+        input=source,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         reason = f"C++ headers {', '.join(headers)} not usable: {INSTALL_HINT.format(pkgs=pkgs)}"
@@ -81,9 +86,7 @@ class HarnessRun:
 
 async def run_harness(args: list[str], timeout_s: float = 60.0) -> HarnessRun:
     """Run a harness without blocking the event loop (the server under test runs in the same loop)."""
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         stdout, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
     except TimeoutError:
@@ -93,6 +96,64 @@ async def run_harness(args: list[str], timeout_s: float = 60.0) -> HarnessRun:
     output = stdout.decode(errors="replace")
     print(output)
     return HarnessRun(proc.returncode if proc.returncode is not None else -1, output)
+
+
+@dataclass
+class LiveHarness:
+    """A harness still running: the test reads its output line by line (and acts on a line, such as
+    cutting the connection when it prints ``drop:``), then waits for the end."""
+
+    proc: asyncio.subprocess.Process
+    lines: list[str] = field(default_factory=list)
+
+    async def line_starting(self, prefix: str, timeout_s: float = 30.0) -> str:
+        """The next output line that starts with ``prefix`` (the lines before it are kept too)."""
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(timeout_s):
+            while True:
+                raw = await self.proc.stdout.readline()
+                if not raw:
+                    raise AssertionError(f"the harness ended before a line starting {prefix!r}:\n{self.output}")
+                line = raw.decode(errors="replace").rstrip("\n")
+                self.lines.append(line)
+                if line.startswith(prefix):
+                    return line
+
+    async def finish(self, timeout_s: float = 60.0) -> HarnessRun:
+        assert self.proc.stdout is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                rest = await self.proc.stdout.read()
+                await self.proc.wait()
+        except TimeoutError:
+            raise AssertionError(f"the harness did not finish within {timeout_s} s:\n{self.output}") from None
+        self.lines += rest.decode(errors="replace").splitlines()
+        print(self.output)
+        return HarnessRun(self.proc.returncode if self.proc.returncode is not None else -1, self.output)
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+@contextlib.asynccontextmanager
+async def live_harness(args: list[str]) -> AsyncIterator[LiveHarness]:
+    """Start a harness (stdout and stderr merged); killed on exit if it is still running."""
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        yield LiveHarness(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def field_of(output: str, prefix: str) -> str:
+    """The rest of the first output line starting with ``prefix``."""
+    for line in output.splitlines():
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    raise AssertionError(f"no line starting {prefix!r} in:\n{output}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ const ui = {
   state: $("conn-state"), url: $("server-url"), json: $("json-framing"), stages: $("stages"),
   stagesNote: $("stages-note"), connect: $("connect"), mic: $("mic"), interrupt: $("interrupt"),
   micLevel: $("mic-level"), agentLevel: $("agent-level"), played: $("played-ms"), sent: $("sent-ms"),
-  turnCount: $("turn-count"), rtcState: $("rtc-state"), rtt: $("rtt-ms"), errors: $("errors"),
+  turnCount: $("turn-count"), resumes: $("resume-count"), rtcState: $("rtc-state"), rtt: $("rtt-ms"), errors: $("errors"),
   conversation: $("conversation"), hint: $("hint"), form: $("text-form"), text: $("text-input"),
   send: $("send-text"), say: $("say-text"), chart: $("latency-chart"), table: $("metrics-table"),
   remote: $("remote-audio"),
@@ -28,6 +28,7 @@ const app = {
   turns: new Map(), // turn id -> {el, user, agent, status}
   pending: [], // views of typed inputs waiting for their turn id
   log: [],
+  seqs: [], // session_seq of the messages handled that a resume could replay, in order (tests compare them with the server's log)
   playedByTurn: new Map(),
   rtcHeardMs: 0,
   sentMs: 0,
@@ -187,6 +188,12 @@ function turnView(id, kind) {
 }
 
 function onMessage(msg) {
+  // what a resume can replay: all but audio, ready and fatal errors (numbered, never replayed)
+  const replayable = msg.type !== "audio" && msg.type !== "ready" && !(msg.type === "error" && msg.fatal);
+  if (replayable && typeof msg.session_seq === "number") {
+    app.seqs.push(msg.session_seq);
+    if (app.seqs.length > 5000) app.seqs.shift();
+  }
   if (msg.type !== "audio" && msg.type !== "pong") {
     app.log.push(msg); // the last messages, for the console (window.voxpipe.log)
     if (app.log.length > 200) app.log.shift();
@@ -248,6 +255,7 @@ function onMessage(msg) {
       addMetrics(msg);
       break;
     case "error":
+      if (msg.code === "going_away" || msg.code === "resume_failed") break; // the connection state says it
       showError(msg.code, msg.message, msg.fatal);
       if (msg.turn != null) {
         const view = app.turns.get(msg.turn);
@@ -280,14 +288,22 @@ async function connect() {
   let conn;
   try {
     await player.start(); // inside the click: the browser allows audio to play
-    conn = new Connection(ui.url.value.trim(), framing);
+    // ?resume_rewind=N (tests): a resume asks for N already-handled messages again, which must be ignored
+    const rewind = Number(new URLSearchParams(location.search).get("resume_rewind")) || 0;
+    conn = new Connection(ui.url.value.trim(), framing, { rewind });
   } catch (err) {
     showError("client", String(err.message || err), true);
     return;
   }
   app.conn = conn;
-  conn.addEventListener("state", (e) => setState(e.detail.state, e.detail.state === "ready" ? `connected · ${framing}` : e.detail.state));
+  // after a reconnect, onReconnected relabels "ready" in the same task (reconnected · / new session ·)
+  conn.addEventListener("state", (e) => {
+    if (e.detail.state === "ready") setState("ready", `connected · ${framing}`);
+    else if (e.detail.state !== "reconnecting") setState(e.detail.state); // onReconnecting labels that one
+  });
   conn.addEventListener("message", (e) => onMessage(e.detail));
+  conn.addEventListener("reconnecting", (e) => onReconnecting(conn, e.detail));
+  conn.addEventListener("reconnected", (e) => onReconnected(conn, framing, e.detail));
   conn.addEventListener("close", (e) => onClosed(conn, e.detail));
   setConnected(true);
   try {
@@ -326,6 +342,29 @@ async function startRtc() {
   } catch (err) {
     showError("webrtc", String(err.message || err));
   }
+}
+
+function onReconnecting(conn, { attempt, reason }) {
+  if (app.conn !== conn) return;
+  setState("reconnecting", `reconnecting · attempt ${attempt}`);
+  ui.state.title = reason;
+  player.drop(); // what is still buffered of the cut turn is not heard: the server cut the turn at what was
+}
+
+function onReconnected(conn, framing, { resumed, failureCode }) {
+  if (app.conn !== conn) return;
+  ui.resumes.textContent = String(conn.resumes);
+  ui.state.title = "";
+  if (resumed) {
+    setState("ready", `reconnected · ${framing}`); // the replay follows: the cut turn's end, what was missed
+  } else {
+    // a new session: its turn ids start again, so the old conversation's views keep their place but not their ids
+    app.turns.clear();
+    app.pending = [];
+    setState("ready", `new session · ${framing}`);
+    showError(failureCode || "resume_failed", "the conversation could not be resumed: a new session started");
+  }
+  if (app.path === "webrtc") startRtc(); // the call belonged to the old connection
 }
 
 function onClosed(conn, { code, reason }) {

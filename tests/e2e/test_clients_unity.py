@@ -1,4 +1,5 @@
-"""clients/unity: the C# VoxpipeClient's console harness, built with Debian's mcs, against the real server."""
+"""clients/unity: the C# VoxpipeClient's console harness, built with Debian's mcs, against the real server
+(and through a proxy that cuts its connection mid-turn: the client resumes on its own)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import pytest
 
 from tests.client import running_server, test_config
 from tests.native import ROOT, build_cached, read_wav, require_tools, run_harness
+from tests.proxy import cuttable_proxy
+from tests.resuming import check_backoff, check_new_session, check_resumed, run_with_a_drop
+from tests.services import redis_server
 
 UNITY = ROOT / "clients" / "unity"
 PKGS = "mono-mcs mono-runtime"
@@ -52,3 +56,59 @@ async def test_harness_exits_2_when_it_cannot_connect(harness_exe: Path, tmp_pat
     run = await run_harness(["mono", str(harness_exe), "ws://127.0.0.1:9/ws", str(tmp_path / "x.wav")])
     assert run.returncode == 2, run.output
     assert "ERROR:" in run.output
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("rewind", [0, 1000], ids=["exact", "rewound"])
+async def test_harness_resumes_mid_turn_after_its_connection_is_reset(
+    harness_exe: Path, tmp_path: Path, rewind: int
+) -> None:
+    # rewound: the resume asks for the whole tail again; what the client already handled must be ignored
+    async with running_server(test_config()) as srv, cuttable_proxy(srv.port) as proxy:
+        args = ["mono", str(harness_exe), proxy.url(), str(tmp_path / "say.wav"), "--drop", "--rewind", str(rewind)]
+        dropped = await run_with_a_drop(args, [srv], proxy)
+    # say (1 message) + text (2) + a say cut before a word played (0) + the long text and its cut answer (2)
+    check_resumed(dropped, remembers=5, rewind=rewind)
+    spoken = dropped.field("resume: turn").split('spoken "')[1].rstrip('"')
+    assert spoken.startswith("You said: a")  # 25 chunks (500 ms) were received, ~300-400 ms of them played
+    assert dropped.after.history.messages()[-3] == {"role": "assistant", "content": spoken}  # cut where it played
+    assert proxy.accepted == 2
+
+
+@pytest.mark.timeout(180)
+async def test_harness_starts_a_new_session_when_its_resume_is_refused(harness_exe: Path, tmp_path: Path) -> None:
+    async with (
+        running_server(test_config()) as srv,
+        running_server(test_config()) as other,  # its own resume secret and store: it knows no session
+        cuttable_proxy(srv.port) as proxy,
+    ):
+        args = ["mono", str(harness_exe), proxy.url(), str(tmp_path / "say.wav"), "--drop"]
+        dropped = await run_with_a_drop(args, [srv, other], proxy, move_to=other)
+    check_new_session(dropped)
+    assert "OK: all checks held" in dropped.run.output
+
+
+@pytest.mark.timeout(180)
+async def test_harness_backs_off_while_the_server_is_unreachable(harness_exe: Path, tmp_path: Path) -> None:
+    async with running_server(test_config()) as srv, cuttable_proxy(srv.port) as proxy:
+        args = ["mono", str(harness_exe), proxy.url(), str(tmp_path / "say.wav"), "--drop"]
+        dropped = await run_with_a_drop(args, [srv], proxy, refuse=3)
+    check_backoff(dropped, refused=3, initial_ms=250, max_ms=5000)  # VoxpipeOptions' defaults
+    check_resumed(dropped, remembers=5, rewind=0)
+
+
+@pytest.mark.timeout(180)
+async def test_harness_resumes_on_another_server_when_its_server_drains(
+    harness_exe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two workers sharing a resume secret and a real Redis: going_away from one means "resume now, elsewhere"
+    async with redis_server() as redis_url:
+        monkeypatch.setenv("VOXPIPE_REDIS_URL", redis_url)
+        monkeypatch.setenv("VOXPIPE_RESUME_SECRET", "s" * 32)
+        shared = test_config(state={"backend": "redis"})
+        async with running_server(shared) as old, running_server(shared) as new, cuttable_proxy(old.port) as proxy:
+            args = ["mono", str(harness_exe), proxy.url(), str(tmp_path / "say.wav"), "--drop"]
+            dropped = await run_with_a_drop(args, [old, new], proxy, move_to=new, drain=old)
+    assert dropped.server is new  # picked up by the other worker, from Redis
+    assert "after going_away" in dropped.field("reconnecting: attempt 1 after 0 ms")  # at once: no backoff
+    check_resumed(dropped, remembers=5, rewind=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import wave
 from collections.abc import AsyncIterator
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 
 from tests.client import running_server, silence, test_config, tone
+from tests.proxy import cuttable_proxy
+from tests.services import redis_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
@@ -43,6 +46,10 @@ FLAGS = [
 ]
 
 pytestmark = pytest.mark.timeout(90)
+REFUSED_ATTEMPT = re.compile(
+    r"^WebSocket connection to '\S+' failed: "
+    r"Error (in connection establishment|during WebSocket handshake): net::ERR_[A-Z_]+$"
+)
 
 
 def write_mic_wav(path: Path) -> Path:
@@ -77,7 +84,9 @@ async def page(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[
             tab.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
 
             def on_console(msg: Any) -> None:
-                if msg.type == "error":
+                # Chromium reports each refused WebSocket attempt itself; the page backs off and retries (a
+                # test server that stopped while the page was connected): the browser's line, not a page error
+                if msg.type == "error" and not REFUSED_ATTEMPT.search(msg.text):
                     problems.append(f"console error: {msg.text}")
 
             tab.on("console", on_console)
@@ -234,3 +243,144 @@ async def test_capture_worklet_resamples_a_48k_context_to_16k(page: Any) -> None
         assert 0.33 < low["rms"] < 0.37  # a 0.5 sine keeps its level (0.354)
         high = await page.evaluate(CAPTURE_PROBE, [12000, 1])  # above 8 kHz: must not alias into the band
         assert high["rms"] < low["rms"] / 4, high
+
+
+async def connect_through(tab: Any, page_url: str, ws_url: str) -> None:
+    """Open the page, point it at ``ws_url`` (a proxy the test can cut), connect."""
+    await tab.goto(page_url)
+    await tab.wait_for_selector("[data-testid=stage-tts]")
+    await tab.fill("#server-url", ws_url)
+    await tab.click("#connect")
+    await tab.wait_for_selector("#conn-state[data-state=ready]")
+
+
+async def wait_state_label(tab: Any, label: str, timeout_ms: int = 15000) -> None:
+    await tab.wait_for_function(f"document.querySelector('#conn-state').textContent === {label!r}", timeout=timeout_ms)
+
+
+async def disconnect(tab: Any) -> None:
+    """bye: the session ends for good, and the page does not try to resume when the servers stop."""
+    await tab.click("#connect")
+    await tab.wait_for_selector("#conn-state[data-state=closed]")
+
+
+async def agent_said(tab: Any, text: str, timeout_ms: int = 10000) -> None:
+    await tab.locator(".turn.done [data-testid=agent-text]", has_text=text).wait_for(timeout=timeout_ms)
+
+
+@pytest.mark.parametrize("rewind", [0, 1000], ids=["exact", "rewound"])
+async def test_the_page_resumes_mid_turn_after_its_connection_is_reset(page: Any, rewind: int) -> None:
+    async with running_server(test_config()) as server, cuttable_proxy(server.port) as proxy:
+        # rewound: the resume asks for the whole tail again; what the page already handled must be ignored
+        await connect_through(page, f"{server.http_url}?resume_rewind={rewind}", proxy.url())
+        await type_and_press(page, "hello before the drop", "#send-text")
+        await agent_said(page, "You said: hello before the drop. I remember 0 messages.")
+        before = await played_ms(page)
+        await type_and_press(page, "a long story " + " ".join(f"w{i}" for i in range(30)), "#send-text")
+        await wait_played_over(page, before + 300)  # mid-turn: a few words of the answer heard
+        (session_id,) = server.sessions
+        assert proxy.cut() == 1  # TCP reset: no close frame, no bye
+
+        await wait_state_label(page, "reconnected · msgpack")
+        assert await page.get_attribute("#conn-state", "data-state") == "ready"
+        assert await page.inner_text("#resume-count") == "1"
+        status = page.locator(".turn.interrupted [data-testid=turn-status]")  # the replayed cut of the turn
+        await status.wait_for(timeout=5000)
+        heard = (await status.inner_text()).split("heard: “")[1].rstrip("”")
+        assert heard.startswith("You said:")
+
+        await type_and_press(page, "after the drop", "#send-text")
+        await agent_said(page, "You said: after the drop. I remember 4 messages.")  # hello, its answer, the cut turn
+        resumed = server.sessions[session_id]  # the page is still connected
+        assert resumed.history.messages()[3] == {"role": "assistant", "content": heard}
+        logged = [seq for seq, msg in resumed.log.tail()]
+        last_end = max(seq for seq, msg in resumed.log.tail() if msg["type"] == "turn_end")
+        handled = await page.evaluate("window.voxpipe.seqs")
+        # every message of the session up to the last turn's end, handled once and in order (pongs may follow)
+        assert [n for n in handled if n <= last_end] == [n for n in logged if n <= last_end]
+        conn = await page.evaluate(
+            "({...window.voxpipe.conn.lastResume, ignored: window.voxpipe.conn.ignored,"
+            " replayed: window.voxpipe.conn.replayed})"
+        )
+        assert conn["askedFrom"] == max(0, conn["handledSeq"] - rewind)
+        missed = [n for n in logged if conn["handledSeq"] < n < conn["readySeq"]]
+        assert conn["replayed"] == len(missed) >= 1  # at least the cut turn's interrupted
+        assert conn["ignored"] == len([n for n in logged if conn["askedFrom"] < n <= conn["handledSeq"]])
+        assert bool(conn["ignored"]) == bool(rewind)
+        turns = await page.eval_on_selector_all(".turn", "els => els.map(e => e.dataset.turn)")
+        assert len(turns) == 3, turns
+        assert len(set(turns)) == 3, turns  # no turn shown twice
+        assert await page.locator("#errors li").count() == 0, await page.inner_text("#errors")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / f"web-client-resumed-{rewind}.png"), full_page=True)
+        await disconnect(page)
+
+
+async def test_the_page_starts_a_new_session_when_its_resume_is_refused(page: Any) -> None:
+    async with (
+        running_server(test_config()) as server,
+        running_server(test_config()) as other,  # its own resume secret and store: it knows no session
+        cuttable_proxy(server.port) as proxy,
+    ):
+        await connect_through(page, server.http_url, proxy.url())
+        await type_and_press(page, "remember me", "#send-text")
+        await agent_said(page, "You said: remember me. I remember 0 messages.")
+        proxy.upstream_port = other.port
+        assert proxy.cut() == 1
+        await wait_state_label(page, "new session · msgpack")
+        refused = page.locator("#errors li[data-code=resume_failed]")
+        assert await refused.count() == 1
+        assert "a new session started" in await refused.inner_text()
+        await type_and_press(page, "who am I", "#send-text")
+        await agent_said(page, "You said: who am I. I remember 0 messages.")
+        assert await page.locator(".turn").count() == 2  # the old turn stays on the page; the new one is new
+        assert await page.inner_text("#resume-count") == "0"
+        await disconnect(page)
+
+
+async def test_the_page_resumes_on_another_server_when_its_server_drains(
+    page: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two workers sharing a resume secret and a real Redis: going_away from one means "resume now, elsewhere"
+    async with redis_server() as redis_url:
+        monkeypatch.setenv("VOXPIPE_REDIS_URL", redis_url)
+        monkeypatch.setenv("VOXPIPE_RESUME_SECRET", "s" * 32)
+        shared = test_config(state={"backend": "redis"})
+        async with running_server(shared) as old, running_server(shared) as new, cuttable_proxy(old.port) as proxy:
+            await connect_through(page, old.http_url, proxy.url())
+            await type_and_press(page, "remember the drain", "#send-text")
+            await agent_said(page, "You said: remember the drain. I remember 0 messages.")
+            proxy.upstream_port = new.port
+            await old.drain(timeout_s=0)  # going_away, then close 1001
+            await wait_state_label(page, "reconnected · msgpack")
+            await type_and_press(page, "and now", "#send-text")
+            await agent_said(page, "You said: and now. I remember 2 messages.")  # the history came from Redis
+            assert len(new.sessions) == 1
+            assert await page.locator("#errors li").count() == 0, await page.inner_text("#errors")  # not an error
+            await disconnect(page)
+
+
+async def test_the_page_keeps_trying_while_the_server_is_unreachable(page: Any) -> None:
+    async with running_server(test_config()) as server, cuttable_proxy(server.port) as proxy:
+        await connect_through(page, server.http_url, proxy.url())
+        await type_and_press(page, "still there", "#send-text")
+        await agent_said(page, "You said: still there. I remember 0 messages.")
+        proxy.refuse = 2  # the next two attempts are reset at once: attempt 3 (after ~125-250 + 250-500 ms) gets in
+        assert proxy.cut() == 1
+        await wait_state_label(page, "reconnected · msgpack")
+        resume = await page.evaluate("window.voxpipe.conn.lastResume")
+        assert (resume["resumed"], resume["attempts"]) == (True, 3)
+        assert proxy.accepted == 4
+        await disconnect(page)
+
+
+async def test_the_page_says_so_when_it_cannot_connect(page: Any) -> None:
+    async with running_server(test_config()) as server:
+        await page.goto(server.http_url)
+        await page.wait_for_selector("[data-testid=stage-tts]")
+        await page.fill("#server-url", "ws://127.0.0.1:9/ws")  # nothing listens there: no session to resume
+        await page.click("#connect")
+        await page.wait_for_selector("#conn-state[data-state=closed]")
+        await page.locator("#errors li[data-code=connect]").wait_for(timeout=5000)
+        assert await page.inner_text("#connect") == "Connect"  # ready to try again, not stuck "connected"
+        assert await page.inner_text("#resume-count") == "0"

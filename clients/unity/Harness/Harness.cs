@@ -1,9 +1,15 @@
 // Console harness for VoxpipeClient: proves the client against a running voxpipe server.
-//   mono harness.exe ws://127.0.0.1:8765/ws out.wav [--rate 24000]
+//   mono harness.exe ws://127.0.0.1:8765/ws out.wav [--rate 24000] [--drop [--rewind N]]
 // 1. say  -> every audio chunk of the turn until turn_end (seq 0,1,2..., one turn) -> out.wav
 // 2. text -> prints the streamed reply, then waits for turn_end
 // 3. a long say, interrupt after its first audio -> interrupted arrives, and no audio / turn_end of
 //    that turn follows it.
+// 4. (--drop) a long text turn; after 25 audio chunks (500 ms) it prints "drop: ..." and waits for the connection
+//    to drop (the test cuts it); the client resumes on its own ("reconnecting:", "resume:" lines), the
+//    cut turn's interrupted is replayed, and a new text is answered ("reply after resume: ...").
+//    --rewind N makes the resume ask for N already-handled messages again: they must be ignored.
+// Last line before the verdict: "handled: <session_seq of every message handled that a resume could replay
+// (all but audio and fatal errors), in order>".
 // Exit code 0 only when every check held; 1 with "FAIL: ..." lines otherwise; 2 when it could not run.
 using System;
 using System.Collections.Concurrent;
@@ -17,6 +23,8 @@ static class Harness
     static readonly BlockingCollection<object> Events = new BlockingCollection<object>(new ConcurrentQueue<object>(), 100000);
     static readonly List<string> Failures = new List<string>();
     static VoxpipeClient client;
+    // every message handled: (session, session_seq, never replayed?); numbering starts again in a new session
+    static readonly List<Tuple<string, long, bool>> Handled = new List<Tuple<string, long, bool>>();
 
     sealed class TurnEnded { public int Turn; }
     sealed class ClosedEvent { public Exception Failure; }
@@ -28,12 +36,17 @@ static class Harness
             Console.Error.WriteLine("usage: harness.exe WS_URL OUT.wav [--rate HZ]");
             return 2;
         }
-        int rate = 16000;
-        for (int i = 2; i + 1 < args.Length; i++)
-            if (args[i] == "--rate") rate = int.Parse(args[i + 1]);
+        int rate = 16000, rewind = 0;
+        bool drop = false;
+        for (int i = 2; i < args.Length; i++)
+        {
+            if (args[i] == "--rate" && i + 1 < args.Length) rate = int.Parse(args[++i]);
+            else if (args[i] == "--rewind" && i + 1 < args.Length) rewind = int.Parse(args[++i]);
+            else if (args[i] == "--drop") drop = true;
+        }
         try
         {
-            return Run(new Uri(args[0]), args[1], rate);
+            return Run(new Uri(args[0]), args[1], rate, drop, rewind);
         }
         catch (Exception exc)
         {
@@ -42,9 +55,19 @@ static class Harness
         }
     }
 
-    static int Run(Uri url, string wavPath, int rate)
+    static int Run(Uri url, string wavPath, int rate, bool drop, int rewind)
     {
-        client = new VoxpipeClient(new VoxpipeOptions { InputRate = 16000, OutputRate = rate });
+        client = new VoxpipeClient(new VoxpipeOptions { InputRate = 16000, OutputRate = rate, ResumeRewindMessages = rewind });
+        client.Message += m =>
+        {
+            object seq;
+            if (!m.TryGetValue("session_seq", out seq) || !(seq is long)) return;
+            // audio and fatal errors (going_away) are numbered but never replayed: kept apart from the record
+            bool replayable = m["type"] as string != "audio" && !(m["type"] as string == "error" && m.ContainsKey("fatal") && true.Equals(m["fatal"]));
+            lock (Handled) Handled.Add(Tuple.Create(client.Ready.Session, (long)seq, !replayable));
+        };
+        client.Reconnecting += e => Events.Add(e);
+        client.Reconnected += e => Events.Add(e);
         client.Audio += e => Events.Add(e);
         client.Reply += e => Events.Add(e);
         client.TurnEnd += t => Events.Add(new TurnEnded { Turn = t });
@@ -61,9 +84,11 @@ static class Harness
         SayToWav(wavPath, ready.OutputRate);
         TextReply();
         InterruptLongSay();
+        if (drop) DropAndResume();
 
         client.CloseAsync().GetAwaiter().GetResult();
         client.Dispose();
+        ReportHandled();
         if (Failures.Count == 0)
         {
             Console.WriteLine("OK: all checks held");
@@ -233,5 +258,96 @@ static class Harness
             Console.WriteLine("interrupt: turn " + turn + ", " + audioBefore + " chunks before, interrupted " +
                               (interruptedAt - interruptAt).ToString("0") + " ms after interrupt, played_ms " + cut.PlayedMs +
                               ", spoken \"" + cut.Text + "\", " + audioAfter + " chunks after");
+    }
+
+    // ------------------------------------------------------------ 4. a dropped connection, resumed
+
+    static void DropAndResume()
+    {
+        var words = new List<string>();
+        for (int i = 0; i < 30; i++) words.Add("w" + i);
+        client.SendText("a long story " + string.Join(" ", words));
+        int turn = -1, chunks = 0;
+        double receivedMs = 0;
+        var clock = Stopwatch.StartNew();
+        while (chunks < 25)
+        {
+            var e = Next(10000);
+            if (e == null) { Failures.Add("drop: no audio of the long turn within 10 s"); return; }
+            if (e is ErrorEvent) return;
+            if (turn < 0 && TurnOf(e) >= 0) turn = TurnOf(e);
+            var audio = e as AudioEvent;
+            if (audio == null || audio.Turn != turn) continue;
+            chunks++;
+            receivedMs += audio.Samples.Length * 1000.0 / audio.Rate;
+            client.Played(audio.Turn, Math.Min(receivedMs, clock.Elapsed.TotalMilliseconds));
+        }
+        Console.WriteLine("drop: turn " + turn + " speaking, " + chunks + " chunks received; waiting for the connection to drop");
+        Console.Out.Flush();
+
+        ReconnectedEvent back = null;
+        while (back == null)
+        {
+            var e = Next(15000);
+            if (e == null) { Failures.Add("drop: no resume within 15 s"); return; }
+            var trying = e as ReconnectingEvent;
+            if (trying != null)
+                Console.WriteLine("reconnecting: attempt " + trying.Attempt + " after " + trying.DelayMs + " ms (" + trying.Reason + ")");
+            back = e as ReconnectedEvent;
+        }
+        if (back.Resumed)
+            Console.WriteLine("resume: resumed session " + back.Session + " (attempt " + back.Attempts + "), last_session_seq " + back.LastSessionSeq +
+                              ", handled up to " + back.HandledSeq + ", ready " + back.ReadySeq);
+        else
+            Console.WriteLine("resume: new session " + back.Session + " (" + back.FailureCode + "), the conversation of " + back.PreviousSession + " is lost");
+        Check(client.Connection == ConnectionState.Ready, "drop: connection state " + client.Connection + " after Reconnected");
+
+        client.SendText("after the drop");
+        InterruptedEvent cut = null;
+        int newTurn = -1;
+        var reply = new System.Text.StringBuilder();
+        while (true)
+        {
+            var e = Next(10000);
+            if (e == null) { Failures.Add("drop: no answer after the resume within 10 s"); break; }
+            if (e is ErrorEvent) break;
+            int of = TurnOf(e);
+            if (back.Resumed && of == turn)
+            {
+                var interrupted = e as InterruptedEvent;
+                if (interrupted != null) { Check(cut == null, "drop: interrupted of turn " + turn + " handled twice"); cut = interrupted; }
+                Check(!(e is AudioEvent), "drop: audio of the cut turn " + turn + " after the resume");
+                Check(!(e is TurnEnded), "drop: turn_end of the cut turn " + turn);
+                continue;
+            }
+            if (newTurn < 0 && e is ReplyEvent) newTurn = of;
+            if (of != newTurn) continue;
+            var r = e as ReplyEvent;
+            if (r != null) reply.Append(r.Text);
+            if (e is InterruptedEvent) { Failures.Add("drop: the answer after the resume was interrupted"); break; }
+            if (e is TurnEnded) break;
+        }
+        if (back.Resumed)
+        {
+            Check(cut != null, "drop: no interrupted for the cut turn " + turn + " in the replay");
+            if (cut != null) Console.WriteLine("resume: turn " + turn + " cut at " + cut.PlayedMs + " ms, spoken \"" + cut.Text + "\"");
+        }
+        Console.WriteLine("reply after resume: " + reply.ToString().Trim());
+        Console.WriteLine("resume: replayed " + client.ReplayedMessages + ", ignored " + client.IgnoredDuplicates + " already handled");
+    }
+
+    static void ReportHandled()
+    {
+        var seen = new HashSet<string>();
+        var nonAudio = new List<string>();   // of the last session
+        lock (Handled)
+        {
+            foreach (var h in Handled)
+            {
+                Check(seen.Add(h.Item1 + ":" + h.Item2), "a message handled twice: session_seq " + h.Item2 + " of " + h.Item1);
+                if (h.Item1 == client.Ready.Session && !h.Item3) nonAudio.Add(h.Item2.ToString());
+            }
+        }
+        Console.WriteLine("handled: " + string.Join(",", nonAudio));
     }
 }

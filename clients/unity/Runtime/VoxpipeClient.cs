@@ -5,6 +5,12 @@
 // thread before touching Unity objects (see Samples/VoxpipeNpc.cs). Sends are queued and written by one
 // task (ClientWebSocket allows one send at a time); the queue is bounded and drops the oldest *audio*
 // frame when full (DroppedAudioFrames counts them), control messages are never dropped.
+// Resume (wire contract, "Resume"): when the socket drops, or the server says going_away, the client
+// reconnects on its own (Reconnecting, then Reconnected) with hello.resume and ?session=<id>, backing off
+// between attempts; the server replays what was missed, and a message whose session_seq is not above the
+// highest handled is ignored (ResumeState). While it is away, audio and played acks are dropped (they would
+// be stale), other messages wait in the queue and go after the new ready. A resume the server refuses
+// (resume_failed) gives a new session: Reconnected says so (Resumed false), the conversation is lost.
 using System;
 using System.Collections.Generic;
 using System.IO;
@@ -18,8 +24,15 @@ namespace Voxpipe
     public sealed class VoxpipeException : Exception
     {
         public readonly string Code;
-        public VoxpipeException(string code, string message) : base(code + ": " + message) { Code = code; }
+        public readonly int? CloseCode;      // the close frame's code, when the server closed
+        public VoxpipeException(string code, string message, int? closeCode = null) : base(code + ": " + message)
+        {
+            Code = code;
+            CloseCode = closeCode;
+        }
     }
+
+    public enum ConnectionState { Disconnected, Connecting, Ready, Reconnecting, Closed }
 
     public sealed class VoxpipeOptions
     {
@@ -33,6 +46,14 @@ namespace Voxpipe
         public string[] Subscribe = null;    // stage names whose output you want; null = all
         public int SendQueueFrames = 256;    // ~5 s of 20 ms audio frames
         public int ConnectTimeoutMs = 10000;
+        // Resume after a drop: attempt 1 at once, then ResumeInitialDelayMs doubling up to ResumeMaxDelayMs
+        // (jittered to 50-100 %); after ResumeMaxAttempts (30-60 s of trying with these values, as long as the
+        // server's 30 s session.resume_grace_s: past it a resume gives a new session) it gives up: Closed.
+        public bool AutoResume = true;
+        public int ResumeInitialDelayMs = 250;
+        public int ResumeMaxDelayMs = 5000;
+        public int ResumeMaxAttempts = 16;
+        public int ResumeRewindMessages = 0; // tests only: ask for this many already-handled messages again
     }
 
     public sealed class StageInfo
@@ -43,6 +64,8 @@ namespace Voxpipe
     public sealed class ReadyInfo
     {
         public string Session;
+        public string ResumeToken;           // null when the server has resume off
+        public bool Resumed;                 // true: the session of hello.resume, picked up where it was
         public int Protocol, InputRate, OutputRate;
         public List<StageInfo> Graph = new List<StageInfo>();
     }
@@ -53,6 +76,16 @@ namespace Voxpipe
     public sealed class InterruptedEvent { public int Turn; public double PlayedMs; public string Text; }
     public sealed class ErrorEvent { public string Code; public string Message; public bool Fatal; public int? Turn; }
     public sealed class VadEvent { public string Stage; public int Turn; public string Event; }
+    public sealed class ReconnectingEvent { public int Attempt; public int DelayMs; public string Reason; }
+    public sealed class ReconnectedEvent
+    {
+        public bool Resumed;                 // false: a new session (FailureCode says why); the history is gone
+        public string Session, PreviousSession, FailureCode;
+        public int Attempts;
+        public long LastSessionSeq;          // what the resume hello said it had handled
+        public long HandledSeq;              // the highest session_seq handled before the drop
+        public long ReadySeq;                // the resumed ready's session_seq: the replay is numbered below it
+    }
 
     public sealed class VoxpipeClient : IDisposable
     {
@@ -61,22 +94,45 @@ namespace Voxpipe
         public event Action<AudioEvent> Audio;
         public event Action<InterruptedEvent> Interrupted;
         public event Action<int> TurnEnd;
-        public event Action<ErrorEvent> Error;
+        public event Action<ErrorEvent> Error;                      // going_away and resume_failed are not raised
+                                                                    // here: they become Reconnecting / Reconnected
         public event Action<VadEvent> Vad;
         public event Action<Dictionary<string, object>> Metrics;
         public event Action<Dictionary<string, object>> Message;   // every server message, raw, before the typed event
-        public event Action<Exception> Closed;                      // null: closed cleanly
+        public event Action<ReconnectingEvent> Reconnecting;        // the socket went; a resume attempt follows
+        public event Action<ReconnectedEvent> Reconnected;          // back: resumed, or a new session
+        public event Action<Exception> Closed;                      // for good; null: closed cleanly
 
         readonly VoxpipeOptions options;
-        readonly ClientWebSocket socket = new ClientWebSocket();
         readonly CancellationTokenSource stop = new CancellationTokenSource();
         readonly LinkedList<Outgoing> sendQueue = new LinkedList<Outgoing>();
         readonly SemaphoreSlim sendSignal = new SemaphoreSlim(0);
-        Task receiveTask, sendTask;
+        readonly ResumeState resume = new ResumeState();
+        readonly Random random = new Random();
+        ClientWebSocket socket;              // the current connection's
+        Uri url;
+        Task runTask;
+        volatile ConnectionState connection = ConnectionState.Disconnected;
+        volatile bool closing;
         int droppedAudioFrames;
         int closedRaised;
 
-        struct Outgoing { public byte[] Utf8; public bool IsAudio; }
+        struct Outgoing { public byte[] Utf8; public bool IsAudio; public bool LiveOnly; }
+
+        sealed class Opened
+        {
+            public ClientWebSocket Socket;
+            public Dictionary<string, object> Ready;
+            public List<Dictionary<string, object>> Before = new List<Dictionary<string, object>>();
+        }
+
+        sealed class Ending
+        {
+            public int? CloseCode;           // null: no close frame (the socket just went)
+            public string FatalCode;         // a fatal error's code received before the end
+            public Exception Failure;
+            public string Reason;
+        }
 
         public VoxpipeClient(VoxpipeOptions options = null)
         {
@@ -85,36 +141,88 @@ namespace Voxpipe
 
         public ReadyInfo Ready { get; private set; }
         public int DroppedAudioFrames { get { return droppedAudioFrames; } }
-        public WebSocketState State { get { return socket.State; } }
+        public ConnectionState Connection { get { return connection; } }
+        public WebSocketState State { get { var s = socket; return s != null ? s.State : WebSocketState.None; } }
+        public long LastSessionSeq { get { return resume.LastSeq; } }
+        public int ReplayedMessages { get { return resume.Replayed; } }
+        public int IgnoredDuplicates { get { return resume.IgnoredDuplicates; } }
 
         // ------------------------------------------------------------ connect
 
-        /// Connects, sends hello and waits for ready; then starts the receive and send loops.
+        /// Connects, sends hello and waits for ready; then runs the connection (and its resumes) in the background.
+        /// A first connection that fails throws: there is no conversation to resume yet.
         public async Task<ReadyInfo> ConnectAsync(Uri url, CancellationToken cancel = default(CancellationToken))
         {
-            using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancel, stop.Token))
+            this.url = url;
+            connection = ConnectionState.Connecting;
+            Opened opened;
+            try
             {
-                timeout.CancelAfter(options.ConnectTimeoutMs);
-                await socket.ConnectAsync(url, timeout.Token).ConfigureAwait(false);
-                byte[] hello = Encoding.UTF8.GetBytes(MiniJson.Serialize(BuildHello()));
-                await socket.SendAsync(new ArraySegment<byte>(hello), WebSocketMessageType.Text, true, timeout.Token)
-                    .ConfigureAwait(false);
-                while (true)
-                {
-                    var msg = await ReceiveMessageAsync(timeout.Token).ConfigureAwait(false);
-                    if (msg == null) throw new VoxpipeException("closed", "the server closed before ready");
-                    string type = Str(msg, "type");
-                    if (type == "ready") { Ready = ParseReady(msg); break; }
-                    if (type == "error" && Bool(msg, "fatal"))
-                        throw new VoxpipeException(Str(msg, "code"), Str(msg, "message"));
-                }
+                opened = await OpenAsync(url, BuildHello(null), cancel).ConfigureAwait(false);
             }
-            receiveTask = Task.Run(ReceiveLoop);
-            sendTask = Task.Run(SendLoop);
+            catch
+            {
+                connection = ConnectionState.Closed;
+                throw;
+            }
+            Adopt(opened);
+            DispatchBefore(opened);
+            runTask = Task.Run(() => RunAsync(opened.Socket));
             return Ready;
         }
 
-        Dictionary<string, object> BuildHello()
+        /// One socket: connect, hello, and the messages up to ready (throws when there is no ready).
+        async Task<Opened> OpenAsync(Uri target, Dictionary<string, object> hello, CancellationToken cancel)
+        {
+            var ws = new ClientWebSocket();
+            try
+            {
+                using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancel, stop.Token))
+                {
+                    timeout.CancelAfter(options.ConnectTimeoutMs);
+                    await ws.ConnectAsync(target, timeout.Token).ConfigureAwait(false);
+                    byte[] bytes = Encoding.UTF8.GetBytes(MiniJson.Serialize(hello));
+                    await ws.SendAsync(new ArraySegment<byte>(bytes), WebSocketMessageType.Text, true, timeout.Token)
+                        .ConfigureAwait(false);
+                    var opened = new Opened { Socket = ws };
+                    while (true)
+                    {
+                        var msg = await ReceiveMessageAsync(ws, timeout.Token).ConfigureAwait(false);
+                        if (msg == null)
+                            throw new VoxpipeException("closed", "the server closed before ready", (int?)ws.CloseStatus);
+                        string type = Str(msg, "type");
+                        if (type == "ready") { opened.Ready = msg; return opened; }
+                        if (type == "error" && Bool(msg, "fatal"))
+                            throw new VoxpipeException(Str(msg, "code"), Str(msg, "message"));
+                        opened.Before.Add(msg);   // a refused resume's resume_failed comes before the new ready
+                    }
+                }
+            }
+            catch
+            {
+                ws.Dispose();
+                throw;
+            }
+        }
+
+        /// Take an opened socket as the current connection; true when it resumed the conversation.
+        bool Adopt(Opened opened)
+        {
+            bool resumed = resume.OnReady(opened.Ready);
+            Ready = ParseReady(opened.Ready);
+            socket = opened.Socket;
+            connection = ConnectionState.Ready;
+            return resumed;
+        }
+
+        /// The messages that came before ready (a refused resume's resume_failed), numbered in the new session.
+        void DispatchBefore(Opened opened)
+        {
+            foreach (var msg in opened.Before)
+                if (resume.Accept(msg)) Dispatch(msg);
+        }
+
+        Dictionary<string, object> BuildHello(Dictionary<string, object> resumeRequest)
         {
             var audioIn = new Dictionary<string, object> { { "format", "pcm16" }, { "rate", options.InputRate }, { "channels", 1 } };
             if (options.Aec.HasValue) audioIn["aec"] = options.Aec.Value;
@@ -130,12 +238,17 @@ namespace Voxpipe
             if (options.Voice != null) session["voice"] = options.Voice;
             if (options.Language != null) session["language"] = options.Language;
             if (session.Count > 0) hello["session"] = session;
+            if (resumeRequest != null) hello["resume"] = resumeRequest;
             return hello;
         }
 
         static ReadyInfo ParseReady(Dictionary<string, object> msg)
         {
-            var ready = new ReadyInfo { Session = Str(msg, "session"), Protocol = Int(msg, "protocol") };
+            var ready = new ReadyInfo
+            {
+                Session = Str(msg, "session"), ResumeToken = Str(msg, "resume_token"), Resumed = Bool(msg, "resumed"),
+                Protocol = Int(msg, "protocol"),
+            };
             var audioIn = msg.ContainsKey("audio_in") ? msg["audio_in"] as Dictionary<string, object> : null;
             var audioOut = msg.ContainsKey("audio_out") ? msg["audio_out"] as Dictionary<string, object> : null;
             ready.InputRate = audioIn != null ? Int(audioIn, "rate") : 0;
@@ -151,6 +264,144 @@ namespace Voxpipe
             return ready;
         }
 
+        // ------------------------------------------------------------ the connection, and its resumes
+
+        async Task RunAsync(ClientWebSocket current)
+        {
+            while (true)
+            {
+                var end = await ServeAsync(current).ConfigureAwait(false);
+                current.Dispose();
+                if (closing || !options.AutoResume || ResumeState.EndsForGood(end.CloseCode, end.FatalCode))
+                {
+                    Finish(closing ? null : end.Failure);
+                    return;
+                }
+                connection = ConnectionState.Reconnecting;
+                DropLiveOnlyQueued();
+                current = await ResumeAsync(end.Reason).ConfigureAwait(false);
+                if (current == null) return;   // Finish was called
+            }
+        }
+
+        /// Runs one socket's receive and send loops until it ends; says how it ended.
+        async Task<Ending> ServeAsync(ClientWebSocket ws)
+        {
+            using (var connStop = CancellationTokenSource.CreateLinkedTokenSource(stop.Token))
+            {
+                var sender = Task.Run(() => SendLoop(ws, connStop.Token));
+                var end = await ReceiveLoop(ws, connStop.Token).ConfigureAwait(false);
+                connStop.Cancel();
+                try { await sender.ConfigureAwait(false); } catch (Exception) { /* the socket is gone either way */ }
+                return end;
+            }
+        }
+
+        async Task<Ending> ReceiveLoop(ClientWebSocket ws, CancellationToken cancel)
+        {
+            var end = new Ending();
+            try
+            {
+                while (true)
+                {
+                    var msg = await ReceiveMessageAsync(ws, cancel).ConfigureAwait(false);
+                    if (msg == null)
+                    {
+                        end.CloseCode = (int?)ws.CloseStatus;
+                        end.Reason = "closed " + end.CloseCode + (end.FatalCode != null ? " after " + end.FatalCode : "");
+                        await AnswerClose(ws).ConfigureAwait(false);
+                        return end;
+                    }
+                    if (!resume.Accept(msg)) continue;   // already handled (a replay overlapping what we had)
+                    if (Str(msg, "type") == "error" && Bool(msg, "fatal"))
+                    {
+                        end.FatalCode = Str(msg, "code");
+                        if (!ResumeState.EndsForGood(null, end.FatalCode)) { RaiseMessage(msg); continue; }  // going_away
+                        end.Failure = new VoxpipeException(end.FatalCode, Str(msg, "message"));
+                    }
+                    Dispatch(msg);
+                }
+            }
+            catch (OperationCanceledException) { end.Reason = "stopped"; }
+            catch (Exception exc)
+            {
+                end.Failure = exc;
+                end.Reason = "connection lost: " + exc.Message;
+            }
+            return end;
+        }
+
+        static async Task AnswerClose(ClientWebSocket ws)
+        {
+            try
+            {
+                if (ws.State == WebSocketState.CloseReceived)
+                    using (var timeout = new CancellationTokenSource(1000))
+                        await ws.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "", timeout.Token).ConfigureAwait(false);
+            }
+            catch (Exception) { /* closing anyway */ }
+        }
+
+        /// Reconnect with hello.resume until a ready comes (the new socket), or give up (null, Closed raised).
+        async Task<ClientWebSocket> ResumeAsync(string reason)
+        {
+            string previous = resume.Session;
+            long handledSeq = resume.LastSeq;
+            Exception last = null;
+            for (int attempt = 1; attempt <= options.ResumeMaxAttempts; attempt++)
+            {
+                int delayMs = ResumeState.BackoffMs(attempt, options.ResumeInitialDelayMs, options.ResumeMaxDelayMs, random);
+                var reconnecting = Reconnecting;
+                if (reconnecting != null) reconnecting(new ReconnectingEvent { Attempt = attempt, DelayMs = delayMs, Reason = reason });
+                try
+                {
+                    if (delayMs > 0) await Task.Delay(delayMs, stop.Token).ConfigureAwait(false);
+                    var request = resume.CanResume ? resume.ResumeRequest(options.ResumeRewindMessages) : null;
+                    var target = resume.Session != null ? resume.ResumeUrl(url) : url;
+                    var opened = await OpenAsync(target, BuildHello(request), CancellationToken.None).ConfigureAwait(false);
+                    bool failedResume = false;
+                    foreach (var msg in opened.Before)
+                        failedResume |= Str(msg, "type") == "error" && Str(msg, "code") == "resume_failed";
+                    bool resumed = Adopt(opened);
+                    var reconnected = Reconnected;
+                    if (reconnected != null)
+                        reconnected(new ReconnectedEvent
+                        {
+                            Resumed = resumed, Session = Ready.Session, PreviousSession = previous, Attempts = attempt,
+                            LastSessionSeq = request != null ? (long)request["last_session_seq"] : 0, HandledSeq = handledSeq,
+                            ReadySeq = resume.ReplayBeforeSeq,
+                            FailureCode = resumed ? null : (failedResume ? "resume_failed" : request == null ? "resume_off" : "not_resumed"),
+                        });
+                    DispatchBefore(opened);
+                    return opened.Socket;
+                }
+                catch (OperationCanceledException) when (stop.IsCancellationRequested)
+                {
+                    Finish(null);   // CloseAsync or Dispose while reconnecting
+                    return null;
+                }
+                catch (VoxpipeException exc) when (ResumeState.EndsForGood(exc.CloseCode, exc.Code == "closed" ? null : exc.Code))
+                {
+                    Finish(exc);   // refused for good (unauthorized, a bad hello): trying again would not help
+                    return null;
+                }
+                catch (Exception exc)
+                {
+                    last = exc;
+                    reason = "attempt " + attempt + " failed: " + exc.Message;
+                }
+            }
+            Finish(new VoxpipeException("resume_gave_up", "no resume after " + options.ResumeMaxAttempts + " attempts" +
+                                        (last != null ? ": " + last.Message : "")));
+            return null;
+        }
+
+        void Finish(Exception failure)
+        {
+            connection = ConnectionState.Closed;
+            RaiseClosed(failure);
+        }
+
         // ------------------------------------------------------------ sending
 
         /// Mic audio: PCM16 mono at options.InputRate, best sent in 10-40 ms frames.
@@ -163,7 +414,7 @@ namespace Voxpipe
             Buffer.BlockCopy(samples, offset * 2, bytes, 0, count * 2);
             if (!BitConverter.IsLittleEndian)
                 for (int i = 0; i < bytes.Length; i += 2) { byte t = bytes[i]; bytes[i] = bytes[i + 1]; bytes[i + 1] = t; }
-            Enqueue("{\"type\":\"audio\",\"data\":\"" + Convert.ToBase64String(bytes) + "\"}", true);
+            Enqueue("{\"type\":\"audio\",\"data\":\"" + Convert.ToBase64String(bytes) + "\"}", true, true);
         }
 
         /// A user message for the LLM (ASR skipped).
@@ -181,27 +432,33 @@ namespace Voxpipe
         /// The client has actually played `ms` of `turn`'s audio (lets the server cut history precisely).
         public void Played(int turn, double ms)
         {
-            Enqueue(MiniJson.Serialize(new Dictionary<string, object> { { "type", "played" }, { "turn", turn }, { "ms", Math.Round(ms, 1) } }), false);
+            Enqueue(MiniJson.Serialize(new Dictionary<string, object> { { "type", "played" }, { "turn", turn }, { "ms", Math.Round(ms, 1) } }), false, true);
         }
 
         public void Ping(object id = null)
         {
             var map = new Dictionary<string, object> { { "type", "ping" } };
             if (id != null) map["id"] = id;
-            Enqueue(MiniJson.Serialize(map), false);
+            Enqueue(MiniJson.Serialize(map), false, false);
         }
 
         void SendMap(string type, string key, string value)
         {
             var map = new Dictionary<string, object> { { "type", type } };
             if (key != null) map[key] = value;
-            Enqueue(MiniJson.Serialize(map), false);
+            Enqueue(MiniJson.Serialize(map), false, false);
         }
 
-        void Enqueue(string json, bool isAudio)
+        /// liveOnly: meaningless once the socket dropped (audio, played acks): not kept while reconnecting.
+        void Enqueue(string json, bool isAudio, bool liveOnly)
         {
             if (Ready == null) throw new InvalidOperationException("call ConnectAsync first");
-            var item = new Outgoing { Utf8 = Encoding.UTF8.GetBytes(json), IsAudio = isAudio };
+            if (liveOnly && connection != ConnectionState.Ready)
+            {
+                if (isAudio) Interlocked.Increment(ref droppedAudioFrames);
+                return;
+            }
+            var item = new Outgoing { Utf8 = Encoding.UTF8.GetBytes(json), IsAudio = isAudio, LiveOnly = liveOnly };
             lock (sendQueue)
             {
                 if (isAudio && sendQueue.Count >= options.SendQueueFrames)
@@ -215,13 +472,30 @@ namespace Voxpipe
             sendSignal.Release();
         }
 
-        async Task SendLoop()
+        void DropLiveOnlyQueued()
+        {
+            lock (sendQueue)
+            {
+                for (var node = sendQueue.First; node != null;)
+                {
+                    var next = node.Next;
+                    if (node.Value.LiveOnly)
+                    {
+                        if (node.Value.IsAudio) Interlocked.Increment(ref droppedAudioFrames);
+                        sendQueue.Remove(node);
+                    }
+                    node = next;
+                }
+            }
+        }
+
+        async Task SendLoop(ClientWebSocket ws, CancellationToken cancel)
         {
             try
             {
                 while (true)
                 {
-                    await sendSignal.WaitAsync(stop.Token).ConfigureAwait(false);
+                    await sendSignal.WaitAsync(cancel).ConfigureAwait(false);
                     Outgoing item;
                     lock (sendQueue)
                     {
@@ -229,12 +503,12 @@ namespace Voxpipe
                         item = sendQueue.First.Value;
                         sendQueue.RemoveFirst();
                     }
-                    await socket.SendAsync(new ArraySegment<byte>(item.Utf8), WebSocketMessageType.Text, true, stop.Token)
+                    await ws.SendAsync(new ArraySegment<byte>(item.Utf8), WebSocketMessageType.Text, true, cancel)
                         .ConfigureAwait(false);
                 }
             }
             catch (OperationCanceledException) { }
-            catch (Exception exc) { RaiseClosed(exc); }
+            catch (Exception) { ws.Abort(); }   // the receive loop sees the end and decides: resume or close
         }
 
         /// Waits until every queued message has been handed to the socket (or `timeoutMs` passed).
@@ -250,14 +524,14 @@ namespace Voxpipe
 
         // ------------------------------------------------------------ receiving
 
-        async Task<Dictionary<string, object>> ReceiveMessageAsync(CancellationToken cancel)
+        static async Task<Dictionary<string, object>> ReceiveMessageAsync(ClientWebSocket ws, CancellationToken cancel)
         {
             var buffer = new byte[64 * 1024];
             using (var frame = new MemoryStream())
             {
                 while (true)
                 {
-                    var result = await socket.ReceiveAsync(new ArraySegment<byte>(buffer), cancel).ConfigureAwait(false);
+                    var result = await ws.ReceiveAsync(new ArraySegment<byte>(buffer), cancel).ConfigureAwait(false);
                     if (result.MessageType == WebSocketMessageType.Close) return null;
                     frame.Write(buffer, 0, result.Count);
                     if (!result.EndOfMessage) continue;
@@ -270,27 +544,15 @@ namespace Voxpipe
             }
         }
 
-        async Task ReceiveLoop()
+        void RaiseMessage(Dictionary<string, object> msg)
         {
-            Exception failure = null;
-            try
-            {
-                while (true)
-                {
-                    var msg = await ReceiveMessageAsync(stop.Token).ConfigureAwait(false);
-                    if (msg == null) break;
-                    Dispatch(msg);
-                }
-            }
-            catch (OperationCanceledException) { }
-            catch (Exception exc) { failure = exc; }
-            RaiseClosed(failure);
+            var raw = Message;
+            if (raw != null) raw(msg);
         }
 
         void Dispatch(Dictionary<string, object> msg)
         {
-            var raw = Message;
-            if (raw != null) raw(msg);
+            RaiseMessage(msg);
             switch (Str(msg, "type"))
             {
                 case "audio":
@@ -320,7 +582,7 @@ namespace Voxpipe
                     break;
                 case "error":
                     var error = Error;
-                    if (error != null)
+                    if (error != null && Str(msg, "code") != "resume_failed")
                         error(new ErrorEvent { Code = Str(msg, "code"), Message = Str(msg, "message"), Fatal = Bool(msg, "fatal"),
                                                Turn = msg.ContainsKey("turn") && msg["turn"] != null ? (int?)Int(msg, "turn") : null });
                     break;
@@ -355,30 +617,28 @@ namespace Voxpipe
 
         // ------------------------------------------------------------ closing
 
-        /// Says bye (the server closes with 1000), then closes the socket; waits up to `timeoutMs`.
+        /// Says bye (the server closes with 1000, and the session ends for good), then stops; waits up to
+        /// `timeoutMs`. While reconnecting, stops the attempts.
         public async Task CloseAsync(int timeoutMs = 3000)
         {
-            if (socket.State == WebSocketState.Open && Ready != null)
+            closing = true;
+            if (connection == ConnectionState.Ready && Ready != null)
             {
                 SendMap("bye", null, null);
                 await FlushAsync(timeoutMs).ConfigureAwait(false);
-                if (receiveTask != null) await Task.WhenAny(receiveTask, Task.Delay(timeoutMs)).ConfigureAwait(false);
+                if (runTask != null) await Task.WhenAny(runTask, Task.Delay(timeoutMs)).ConfigureAwait(false);
             }
-            try
-            {
-                if (socket.State == WebSocketState.Open || socket.State == WebSocketState.CloseReceived)
-                    using (var timeout = new CancellationTokenSource(timeoutMs))
-                        await socket.CloseAsync(WebSocketCloseStatus.NormalClosure, "bye", timeout.Token).ConfigureAwait(false);
-            }
-            catch (Exception) { /* the socket is going away either way */ }
             stop.Cancel();
-            if (sendTask != null) await Task.WhenAny(sendTask, Task.Delay(timeoutMs)).ConfigureAwait(false);
+            if (runTask != null) await Task.WhenAny(runTask, Task.Delay(timeoutMs)).ConfigureAwait(false);
+            connection = ConnectionState.Closed;
         }
 
         public void Dispose()
         {
+            closing = true;
             stop.Cancel();
-            socket.Dispose();
+            var s = socket;
+            if (s != null) s.Dispose();
         }
 
         // ------------------------------------------------------------ map access

@@ -4,6 +4,7 @@
 // - Plays the agent through OnAudioFilterRead from a lock-protected ring buffer (streaming, no AudioClip
 //   per chunk), flushes that buffer on `interrupted`, and acks what was actually played (`played`).
 // - Client events arrive on a network thread; anything that touches Unity objects is queued to Update.
+// - A dropped socket resumes on its own (VoxpipeClient); a refused resume starts a new session.
 // Not compiled by the repository's tests (it needs UnityEngine); the core it uses is.
 using System;
 using System.Collections.Concurrent;
@@ -82,6 +83,14 @@ public sealed class VoxpipeNpc : MonoBehaviour
         });
         client.Transcript += e => { if (e.Final) mainThread.Enqueue(() => Debug.Log("heard: " + e.Text)); };
         client.Error += e => mainThread.Enqueue(() => Debug.LogWarning("voxpipe " + e.Code + ": " + e.Message));
+        // A dropped socket resumes on its own; the cut turn's `interrupted` comes in the replay (Flush above).
+        client.Reconnecting += e => mainThread.Enqueue(() => Debug.Log("voxpipe reconnecting (attempt " + e.Attempt + "): " + e.Reason));
+        client.Reconnected += e =>
+        {
+            if (!e.Resumed) lock (ringLock) { cutTurns.Clear(); ringCount = 0; turnRuns.Clear(); }  // turn ids restart
+            mainThread.Enqueue(() => Debug.Log(e.Resumed ? "voxpipe resumed " + e.Session
+                                                         : "voxpipe: new session " + e.Session + " (" + e.FailureCode + "), the NPC forgot the conversation"));
+        };
         client.Closed += exc => mainThread.Enqueue(() => Debug.Log("voxpipe closed " + (exc != null ? exc.Message : "")));
         try
         {

@@ -7,9 +7,7 @@
 
 // nlohmann throws on misuse; Unreal builds without exceptions (Build.cs defines JSON_NOEXCEPTION), so
 // the protocol code uses only non-throwing paths (from_msgpack/parse with allow_exceptions=false, find()).
-THIRD_PARTY_INCLUDES_START
-#include "voxpipe_protocol.hpp"
-THIRD_PARTY_INCLUDES_END
+// voxpipe_protocol.hpp comes in through the header (ResumeState is a member).
 
 struct FVoxpipeFrame
 {
@@ -40,7 +38,22 @@ void UVoxpipeNpcComponent::BeginPlay()
     Speaker->SetSound(Wave);
     Speaker->Play();
 
-    Socket = FWebSocketsModule::Get().CreateWebSocket(ServerUrl, TEXT(""));
+    OpenSocket(/*bResume=*/false);
+}
+
+// One socket: a fresh session, or (bResume) hello.resume with ?session= so a balancer routes it back.
+void UVoxpipeNpcComponent::OpenSocket(bool bResume)
+{
+    CloseSocket();
+    bResuming = bResume && Resume.can_resume();
+    FString Url = ServerUrl;
+    if (bResuming)
+    {
+        Url += (ServerUrl.Contains(TEXT("?")) ? TEXT("&session=") : TEXT("?session="));
+        Url += UTF8_TO_TCHAR(voxpipe::ResumeState::url_escape(Resume.session()).c_str());
+    }
+    FatalCode.clear();
+    Socket = FWebSocketsModule::Get().CreateWebSocket(Url, TEXT(""));
     Socket->OnConnected().AddLambda([this]()
     {
         voxpipe::HelloOptions Hello;
@@ -48,20 +61,71 @@ void UVoxpipeNpcComponent::BeginPlay()
         Hello.out_rate = OutRate;
         Hello.aec = bClientHasEchoCancellation;
         Hello.system_prompt = TCHAR_TO_UTF8(*SystemPrompt);
-        SendFrame({voxpipe::hello(Hello, voxpipe::Framing::Msgpack)});
+        const voxpipe::ResumeRequest Request = Resume.request();
+        SendFrame({voxpipe::hello(Hello, voxpipe::Framing::Msgpack, bResuming ? &Request : nullptr)});
     });
-    Socket->OnConnectionError().AddLambda([](const FString& Error)
+    Socket->OnConnectionError().AddLambda([this](const FString& Error)
     {
         UE_LOG(LogTemp, Warning, TEXT("voxpipe: connection failed: %s"), *Error);
+        OnSocketEnded(-1, Error);
     });
     Socket->OnClosed().AddLambda([this](int32 Code, const FString& Reason, bool bClean)
     {
-        bReady = false;
         UE_LOG(LogTemp, Log, TEXT("voxpipe: closed %d %s"), Code, *Reason);
+        OnSocketEnded(bClean ? Code : -1, Reason);
     });
     // Binary frames arrive here, possibly in fragments (BytesRemaining > 0 until the last one).
     Socket->OnRawMessage().AddUObject(this, &UVoxpipeNpcComponent::OnRawMessage);
     Socket->Connect();
+}
+
+void UVoxpipeNpcComponent::CloseSocket()
+{
+    if (!Socket.IsValid()) return;
+    Socket->OnConnected().Clear();
+    Socket->OnConnectionError().Clear();
+    Socket->OnClosed().Clear();
+    Socket->OnRawMessage().Clear();
+    if (Socket->IsConnected()) Socket->Close();
+    Socket.Reset();
+    Partial.Reset();
+}
+
+// The socket is gone (or an attempt failed): resume after a backoff, or stop for good.
+void UVoxpipeNpcComponent::OnSocketEnded(int32 Code, const FString& Why)
+{
+    const bool bWasReady = bReady;
+    bReady = false;
+    if (bEnding || !bEverReady) return;  // EndPlay, or the first connection failed: nothing to resume
+    if (bWasReady && voxpipe::ResumeState::ends_for_good(Code, FatalCode))
+    {
+        UE_LOG(LogTemp, Warning, TEXT("voxpipe: the conversation ended (%d %s)"), Code, *Why);
+        return;
+    }
+    if (!bWasReady && !FatalCode.empty() && voxpipe::ResumeState::ends_for_good(-1, FatalCode))
+    {
+        UE_LOG(LogTemp, Warning, TEXT("voxpipe: the resume was refused for good (%s)"), UTF8_TO_TCHAR(FatalCode.c_str()));
+        return;
+    }
+    if (bWasReady)
+    {
+        Attempt = 0;
+        Wave->ResetAudio();  // the turn in flight was cut at what was played; no more of it comes
+        PlayingTurn = -1;
+        QueuedBytesOfTurn = 0;
+    }
+    if (++Attempt > 16)
+    {
+        UE_LOG(LogTemp, Warning, TEXT("voxpipe: no resume after 16 attempts; giving up"));
+        return;
+    }
+    const int32 DelayMs = voxpipe::ResumeState::backoff_ms(Attempt, 250, 5000, FMath::FRand());
+    UE_LOG(LogTemp, Log, TEXT("voxpipe: reconnecting, attempt %d in %d ms"), Attempt, DelayMs);
+    // SetTimer with a rate of 0 clears the timer: the first attempt (0 ms) waits one millisecond.
+    GetWorld()->GetTimerManager().SetTimer(ReconnectTimer, FTimerDelegate::CreateWeakLambda(this, [this]()
+    {
+        OpenSocket(/*bResume=*/true);
+    }), FMath::Max(DelayMs, 1) / 1000.f, false);
 }
 
 void UVoxpipeNpcComponent::SendFrame(const FVoxpipeFrame& F)
@@ -87,10 +151,30 @@ void UVoxpipeNpcComponent::HandleMessage(const TArray<uint8>& Bytes)
     const voxpipe::Message M = voxpipe::decode(Bytes.GetData(), Bytes.Num(), /*binary=*/true);
     if (M.type == "ready")
     {
+        const bool bResumed = Resume.on_ready(M);
         bReady = true;
-        StartMicrophone();
+        Attempt = 0;
+        if (bEverReady)
+        {
+            if (!bResumed) CutTurns.Reset();  // a new session numbers its turns from 1 again
+            OnReconnected.Broadcast(bResumed ? 1 : 0, UTF8_TO_TCHAR(M.session.c_str()));
+        }
+        else
+        {
+            StartMicrophone();
+        }
+        bEverReady = true;
+        return;
     }
-    else if (M.type == "audio")
+    if (!bReady)  // before this socket's ready: a refused hello or resume (resume_failed, shutting_down, ...)
+    {
+        if (M.type == "error" && M.fatal) FatalCode = M.code;
+        if (M.type == "error") UE_LOG(LogTemp, Log, TEXT("voxpipe %s: %s"), UTF8_TO_TCHAR(M.code.c_str()), UTF8_TO_TCHAR(M.message.c_str()));
+        return;
+    }
+    if (!Resume.accept(M)) return;  // a replayed message already handled
+    if (M.type == "error" && M.fatal) FatalCode = M.code;  // going_away: the close follows, then a resume
+    if (M.type == "audio")
     {
         if (CutTurns.Contains(M.turn)) return;  // the server sends none after `interrupted`; cheap to guard
         if (M.turn != PlayingTurn) { PlayingTurn = M.turn; QueuedBytesOfTurn = 0; }
@@ -113,7 +197,7 @@ void UVoxpipeNpcComponent::HandleMessage(const TArray<uint8>& Bytes)
     {
         OnTranscript.Broadcast(M.turn, UTF8_TO_TCHAR(M.text.c_str()));
     }
-    else if (M.type == "error")
+    else if (M.type == "error" && M.code != "going_away")  // going_away: handled by the resume
     {
         UE_LOG(LogTemp, Warning, TEXT("voxpipe %s: %s"), UTF8_TO_TCHAR(M.code.c_str()), UTF8_TO_TCHAR(M.message.c_str()));
     }
@@ -183,12 +267,14 @@ void UVoxpipeNpcComponent::StopTalking()
 
 void UVoxpipeNpcComponent::EndPlay(const EEndPlayReason::Type Reason)
 {
+    bEnding = true;
+    if (UWorld* World = GetWorld()) World->GetTimerManager().ClearTimer(ReconnectTimer);
     Capture.StopStream();
     Capture.CloseStream();
-    if (Socket.IsValid())
+    if (Socket.IsValid() && bReady)
     {
-        SendFrame({voxpipe::bye(voxpipe::Framing::Msgpack)});
-        Socket->Close();
+        SendFrame({voxpipe::bye(voxpipe::Framing::Msgpack)});  // the session ends for good
     }
+    CloseSocket();
     Super::EndPlay(Reason);
 }

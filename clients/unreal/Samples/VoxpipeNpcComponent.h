@@ -2,6 +2,8 @@
 // Transport: Unreal's IWebSocket (WebSockets module), binary frames carrying msgpack via the
 // engine-free voxpipe_protocol.hpp. Playback: USoundWaveProcedural fed as audio arrives, reset on
 // `interrupted`. Mic: Audio::FAudioCapture (AudioCaptureCore), resampled to 16 kHz, sent from Tick.
+// Resume: a dropped socket (or going_away) reconnects with hello.resume after a backoff, using the same
+// voxpipe::ResumeState as the C++ core (replayed duplicates ignored; resume_failed -> a new session).
 #pragma once
 
 #include "AudioCaptureCore.h"
@@ -9,6 +11,10 @@
 #include "Containers/Queue.h"
 #include "CoreMinimal.h"
 #include "IWebSocket.h"
+#include "TimerManager.h"
+THIRD_PARTY_INCLUDES_START
+#include "voxpipe_protocol.hpp"
+THIRD_PARTY_INCLUDES_END
 #include "VoxpipeNpcComponent.generated.h"
 
 class UAudioComponent;
@@ -40,6 +46,10 @@ public:
     UPROPERTY(BlueprintAssignable, Category = "Voxpipe")
     FVoxpipeTextEvent OnTranscript;   // what the player said (final transcripts)
 
+    // After a drop: Turn is 1 when the conversation was resumed, 0 when a new session started; Text the session id.
+    UPROPERTY(BlueprintAssignable, Category = "Voxpipe")
+    FVoxpipeTextEvent OnReconnected;
+
     UFUNCTION(BlueprintCallable, Category = "Voxpipe")
     void Say(const FString& Line);
 
@@ -59,10 +69,20 @@ private:
     void OnRawMessage(const void* Data, SIZE_T Size, SIZE_T BytesRemaining);
     void HandleMessage(const TArray<uint8>& Bytes);
     void StartMicrophone();
+    void OpenSocket(bool bResume);
+    void OnSocketEnded(int32 Code, const FString& Why);
+    void CloseSocket();
 
     TSharedPtr<IWebSocket> Socket;
     TArray<uint8> Partial;                     // fragments of the binary frame being received
     bool bReady = false;
+    bool bEverReady = false;                   // a session exists: a drop resumes it
+    bool bResuming = false;                    // the current socket sent hello.resume
+    bool bEnding = false;                      // EndPlay: no more reconnects
+    int32 Attempt = 0;
+    std::string FatalCode;                     // a fatal error's code on the current socket
+    voxpipe::ResumeState Resume;
+    FTimerHandle ReconnectTimer;
 
     UPROPERTY()
     TObjectPtr<USoundWaveProcedural> Wave;

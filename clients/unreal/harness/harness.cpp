@@ -1,9 +1,15 @@
 // Console harness for voxpipe::Client: proves the C++ core against a running voxpipe server.
-//   ./harness ws://127.0.0.1:8765/ws out.wav [--rate 24000] [--json]
+//   ./harness ws://127.0.0.1:8765/ws out.wav [--rate 24000] [--json] [--drop [--rewind N]]
 // 1. say  -> every audio chunk of the turn until turn_end (seq 0,1,2..., one turn) -> out.wav
 // 2. text -> prints the streamed reply, then waits for turn_end
 // 3. a long say, interrupt after its first audio -> interrupted arrives, and no audio / turn_end of
 //    that turn follows it.
+// 4. (--drop) a long text turn; after 25 audio chunks (500 ms) it prints "drop: ..." and waits for the
+//    connection to drop (the test cuts it); the client resumes on its own ("reconnecting:", "resume:"
+//    lines), the cut turn's interrupted is replayed, and a new text is answered ("reply after resume: ...").
+//    --rewind N makes the resume ask for N already-handled messages again: they must be ignored.
+// Last line before the verdict: "handled: <session_seq of every message handled that a resume could replay
+// (all but audio and fatal errors), in order>".
 // Exit code 0 only when every check held; 1 with "FAIL: ..." lines otherwise; 2 when it could not run.
 #include <algorithm>
 #include <chrono>
@@ -15,7 +21,9 @@
 #include <iostream>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "../Source/VoxpipeCore/voxpipe_client.hpp"
@@ -49,6 +57,10 @@ private:
 
 Inbox inbox;
 std::vector<std::string> failures;
+// every message handled: (session, session_seq, never replayed?); numbering starts again in a new session
+std::mutex handled_mu;
+std::vector<std::tuple<std::string, std::int64_t, bool>> handled;
+std::string current_session;  // guarded by handled_mu
 
 void check(bool ok, const std::string& what) {
     if (!ok) failures.push_back(what);
@@ -58,7 +70,9 @@ std::optional<Message> next(std::chrono::milliseconds timeout) {
     auto m = inbox.pop(timeout);
     if (!m) return m;
     if (m->type == "closed") throw std::runtime_error("connection closed: " + m->problem);
-    if (m->type == "error") failures.push_back("server error " + m->code + ": " + m->message);
+    // going_away and resume_failed are the client's business: they show as reconnecting / reconnected
+    if (m->type == "error" && m->code != "going_away" && m->code != "resume_failed")
+        failures.push_back("server error " + m->code + ": " + m->message);
     if (m->type.empty()) failures.push_back("undecodable frame: " + m->problem);
     return m;
 }
@@ -182,6 +196,89 @@ void interrupt_long_say(voxpipe::Client& client) {
                   << ", spoken \"" << cut->text << "\", " << after << " chunks after" << std::endl;
 }
 
+void drop_and_resume(voxpipe::Client& client) {
+    std::string words = "a long story";
+    for (int i = 0; i < 30; ++i) words += " w" + std::to_string(i);
+    client.send_text(words);
+    int turn = -1, chunks = 0;
+    double received_ms = 0;
+    auto start = Clock::now();
+    while (chunks < 25) {
+        auto m = next(std::chrono::seconds(10));
+        if (!m) { failures.push_back("drop: no audio of the long turn within 10 s"); return; }
+        if (m->type == "error") return;
+        if (turn < 0 && m->turn >= 0) turn = m->turn;
+        if (m->type != "audio" || m->turn != turn) continue;
+        ++chunks;
+        received_ms += m->pcm.size() * 1000.0 / client.ready().out_rate;
+        client.played(m->turn, std::min(received_ms, ms_since(start)));
+    }
+    std::cout << "drop: turn " << turn << " speaking, " << chunks << " chunks received; waiting for the connection to drop" << std::endl;
+
+    std::optional<Message> back;
+    while (!back) {
+        auto m = next(std::chrono::seconds(15));
+        if (!m) { failures.push_back("drop: no resume within 15 s"); return; }
+        if (m->type == "reconnecting")
+            std::cout << "reconnecting: attempt " << m->raw["attempt"] << " after " << m->raw["delay_ms"] << " ms ("
+                      << m->raw["reason"].get<std::string>() << ")" << std::endl;
+        if (m->type == "reconnected") back = m;
+    }
+    const auto& r = back->raw;
+    bool resumed = r["resumed"].get<bool>();
+    if (resumed)
+        std::cout << "resume: resumed session " << r["session"].get<std::string>() << " (attempt " << r["attempts"]
+                  << "), last_session_seq " << r["last_session_seq"] << ", handled up to " << r["handled_seq"]
+                  << ", ready " << r["ready_seq"] << std::endl;
+    else
+        std::cout << "resume: new session " << r["session"].get<std::string>() << " (" << r["failure_code"].get<std::string>()
+                  << "), the conversation of " << r["previous_session"].get<std::string>() << " is lost" << std::endl;
+    check(client.state() == voxpipe::State::Ready, "drop: not ready after on_reconnected");
+
+    client.send_text("after the drop");
+    std::optional<Message> cut;
+    int new_turn = -1;
+    std::string reply;
+    while (true) {
+        auto m = next(std::chrono::seconds(10));
+        if (!m) { failures.push_back("drop: no answer after the resume within 10 s"); break; }
+        if (m->type == "error" && m->code != "resume_failed") break;
+        if (resumed && m->turn == turn) {
+            if (m->type == "interrupted") {
+                check(!cut, "drop: interrupted of turn " + std::to_string(turn) + " handled twice");
+                cut = m;
+            }
+            check(m->type != "audio", "drop: audio of the cut turn " + std::to_string(turn) + " after the resume");
+            check(m->type != "turn_end", "drop: turn_end of the cut turn " + std::to_string(turn));
+            continue;
+        }
+        if (new_turn < 0 && m->type == "reply") new_turn = m->turn;
+        if (m->turn != new_turn || new_turn < 0) continue;
+        if (m->type == "reply") reply += m->text;
+        if (m->type == "interrupted") { failures.push_back("drop: the answer after the resume was interrupted"); break; }
+        if (m->type == "turn_end") break;
+    }
+    if (resumed) {
+        check(bool(cut), "drop: no interrupted for the cut turn " + std::to_string(turn) + " in the replay");
+        if (cut) std::cout << "resume: turn " << turn << " cut at " << cut->played_ms << " ms, spoken \"" << cut->text << "\"" << std::endl;
+    }
+    auto first = reply.find_first_not_of(' ');
+    std::cout << "reply after resume: " << (first == std::string::npos ? "" : reply.substr(first)) << std::endl;
+    std::cout << "resume: replayed " << client.replayed_messages() << ", ignored " << client.ignored_duplicates()
+              << " already handled" << std::endl;
+}
+
+void report_handled(const std::string& last_session) {
+    std::set<std::pair<std::string, std::int64_t>> seen;
+    std::string non_audio;
+    std::lock_guard<std::mutex> lock(handled_mu);
+    for (const auto& [session, seq, not_replayed] : handled) {
+        check(seen.insert({session, seq}).second, "a message handled twice: session_seq " + std::to_string(seq) + " of " + session);
+        if (session == last_session && !not_replayed) non_audio += (non_audio.empty() ? "" : ",") + std::to_string(seq);
+    }
+    std::cout << "handled: " << non_audio << std::endl;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -192,14 +289,43 @@ int main(int argc, char** argv) {
     std::string url = argv[1], wav = argv[2];
     voxpipe::HelloOptions options;
     voxpipe::Framing framing = voxpipe::Framing::Msgpack;
+    voxpipe::ResumeOptions resume;
+    bool drop = false;
     for (int i = 3; i < argc; ++i) {
         std::string arg = argv[i];
         if (arg == "--rate" && i + 1 < argc) options.out_rate = std::atoi(argv[++i]);
         else if (arg == "--json") framing = voxpipe::Framing::Json;
+        else if (arg == "--drop") drop = true;
+        else if (arg == "--rewind" && i + 1 < argc) resume.rewind_messages = std::atoi(argv[++i]);
     }
     try {
-        voxpipe::Client client(framing);
-        client.on_message = [](const Message& m) { inbox.push(m); };
+        voxpipe::Client client(framing, 256, resume);
+        client.on_message = [](const Message& m) {
+            if (m.session_seq >= 0) {
+                std::lock_guard<std::mutex> lock(handled_mu);
+                // audio and fatal errors (going_away) are numbered but never replayed: kept apart from the record
+                handled.emplace_back(current_session, m.session_seq, m.type == "audio" || (m.type == "error" && m.fatal));
+            }
+            inbox.push(m);
+        };
+        client.on_reconnecting = [](int attempt, int delay_ms, const std::string& reason) {
+            Message m;
+            m.type = "reconnecting";
+            m.raw = {{"attempt", attempt}, {"delay_ms", delay_ms}, {"reason", reason}};
+            inbox.push(std::move(m));
+        };
+        client.on_reconnected = [](const voxpipe::Reconnected& r) {
+            {
+                std::lock_guard<std::mutex> lock(handled_mu);
+                current_session = r.session;  // before the new session's messages are delivered
+            }
+            Message m;
+            m.type = "reconnected";
+            m.raw = {{"resumed", r.resumed}, {"session", r.session}, {"previous_session", r.previous_session},
+                     {"failure_code", r.failure_code}, {"attempts", r.attempts}, {"last_session_seq", r.last_session_seq},
+                     {"handled_seq", r.handled_seq}, {"ready_seq", r.ready_seq}};
+            inbox.push(std::move(m));
+        };
         client.on_closed = [](const std::string& why) {
             Message m;
             m.type = "closed";
@@ -207,6 +333,11 @@ int main(int argc, char** argv) {
             inbox.push(std::move(m));
         };
         const Message& ready = client.connect(url, options);
+        {
+            std::lock_guard<std::mutex> lock(handled_mu);  // messages before this point carry no session yet
+            current_session = ready.session;
+            for (auto& h : handled) std::get<0>(h) = ready.session;
+        }
         std::string graph;
         if (ready.raw.contains("graph") && ready.raw["graph"].is_array())
             for (const auto& node : ready.raw["graph"])
@@ -219,7 +350,9 @@ int main(int argc, char** argv) {
         say_to_wav(client, wav, ready.out_rate);
         text_reply(client);
         interrupt_long_say(client);
+        if (drop) drop_and_resume(client);
         client.close();
+        report_handled(current_session);  // the I/O thread has stopped
     } catch (const std::exception& exc) {
         std::cerr << "ERROR: " << exc.what() << std::endl;
         return 2;

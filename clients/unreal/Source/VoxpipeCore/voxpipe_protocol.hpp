@@ -3,8 +3,13 @@
 // IWebSocket. Binary frames carry msgpack (nlohmann::json::to_msgpack/from_msgpack, audio as msgpack
 // bin); text frames carry JSON (audio as base64). Decoding never throws: a bad frame comes back as a
 // Message with type "" and `problem` set (works with JSON_NOEXCEPTION builds such as Unreal's).
+// ResumeState holds what a resume after a dropped socket needs and decides (wire contract, "Resume"), with
+// no I/O either: the Boost.Beast client and Unreal's IWebSocket component share it.
 #pragma once
 
+#include <algorithm>
+#include <cctype>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -23,6 +28,7 @@ struct Frame {
     std::vector<std::uint8_t> bytes;  // msgpack, or UTF-8 JSON text
     bool binary = true;               // true: send as a binary frame; false: as a text frame
     bool droppable = false;           // audio: may be dropped (oldest first) when the send queue is full
+    bool live_only = false;           // audio, played: stale once the socket dropped, not kept while reconnecting
 };
 
 struct HelloOptions {
@@ -39,6 +45,9 @@ struct Message {
     std::string problem;
     json raw;                         // the whole map; "data" is removed (decoded into pcm)
     std::string stage, text, event, code, message, session;
+    std::string resume_token;         // ready: send it back in hello.resume after a lost socket
+    bool resumed = false;             // ready: the session of hello.resume, picked up where it was
+    std::int64_t session_seq = -1;    // every server message of a session (-1: a refused hello's errors)
     int turn = -1;
     int seq = -1;
     bool final = false;
@@ -110,7 +119,13 @@ inline Frame encode(const json& msg, Framing framing, bool droppable = false) {
     return frame;
 }
 
-inline Frame hello(const HelloOptions& o, Framing framing) {
+// hello.resume: pick the session up after a lost socket.
+struct ResumeRequest {
+    std::string session, token;
+    std::int64_t last_session_seq = 0;
+};
+
+inline Frame hello(const HelloOptions& o, Framing framing, const ResumeRequest* resume = nullptr) {
     json audio_in = {{"format", "pcm16"}, {"rate", o.in_rate}, {"channels", 1}};
     if (o.aec) audio_in["aec"] = *o.aec;
     json msg = {{"type", "hello"}, {"protocol", 1}, {"audio_in", audio_in},
@@ -122,6 +137,8 @@ inline Frame hello(const HelloOptions& o, Framing framing) {
     if (!o.voice.empty()) session["voice"] = o.voice;
     if (!o.language.empty()) session["language"] = o.language;
     if (!session.empty()) msg["session"] = session;
+    if (resume)
+        msg["resume"] = {{"session", resume->session}, {"token", resume->token}, {"last_session_seq", resume->last_session_seq}};
     return encode(msg, framing);
 }
 
@@ -136,7 +153,9 @@ inline Frame audio(const std::int16_t* samples, std::size_t count, Framing frami
     json msg = {{"type", "audio"}};
     if (framing == Framing::Msgpack) msg["data"] = json::binary(std::move(bytes));
     else msg["data"] = base64_encode(bytes.data(), bytes.size());
-    return encode(msg, framing, /*droppable=*/true);
+    Frame frame = encode(msg, framing, /*droppable=*/true);
+    frame.live_only = true;
+    return frame;
 }
 
 inline Frame text(const std::string& t, Framing f) { return encode({{"type", "text"}, {"text", t}}, f); }
@@ -145,7 +164,9 @@ inline Frame interrupt(Framing f) { return encode({{"type", "interrupt"}}, f); }
 inline Frame commit(Framing f) { return encode({{"type", "commit"}}, f); }
 inline Frame bye(Framing f) { return encode({{"type", "bye"}}, f); }
 inline Frame played(int turn, double ms, Framing f) {
-    return encode({{"type", "played"}, {"turn", turn}, {"ms", double(std::int64_t(ms * 10)) / 10.0}}, f);
+    Frame frame = encode({{"type", "played"}, {"turn", turn}, {"ms", double(std::int64_t(ms * 10)) / 10.0}}, f);
+    frame.live_only = true;
+    return frame;
 }
 inline Frame ping(int id, Framing f) { return encode({{"type", "ping"}, {"id", id}}, f); }
 
@@ -200,6 +221,10 @@ inline Message decode(const std::uint8_t* data, std::size_t size, bool binary) {
     out.code = str(m, "code");
     out.message = str(m, "message");
     out.session = str(m, "session");
+    out.resume_token = str(m, "resume_token");
+    out.resumed = flag(m, "resumed");
+    auto seq_it = m.find("session_seq");
+    if (seq_it != m.end() && seq_it->is_number_integer()) out.session_seq = seq_it->get<std::int64_t>();
     out.turn = int(num(m, "turn", -1));
     out.seq = int(num(m, "seq", -1));
     out.final = flag(m, "final");
@@ -210,5 +235,98 @@ inline Message decode(const std::uint8_t* data, std::size_t size, bool binary) {
     out.raw = std::move(m);
     return out;
 }
+
+// ------------------------------------------------------------ resume (no I/O)
+
+// The session and its token, the highest session_seq handled (ready's own number aside: on a resume it
+// comes before the replay's older numbers), duplicates, the resume hello and URL, which ends are for good,
+// and the backoff between attempts. Not thread-safe: call it from the thread that reads the socket.
+class ResumeState {
+public:
+    const std::string& session() const { return session_; }
+    const std::string& token() const { return token_; }
+    std::int64_t last_seq() const { return last_seq_; }
+    std::int64_t replay_before_seq() const { return replay_before_; }  // a resumed ready's number
+    int replayed() const { return replayed_; }                 // messages handled from replays
+    int ignored_duplicates() const { return ignored_; }        // not above last_seq: already handled
+    bool can_resume() const { return !session_.empty() && !token_.empty(); }
+
+    // A ready arrived: true when it resumed the known session; false for a new one (numbering restarts).
+    bool on_ready(const Message& ready) {
+        bool resumed = !session_.empty() && ready.session == session_ && ready.resumed;
+        if (!resumed) last_seq_ = 0;
+        session_ = ready.session;
+        token_ = ready.resume_token;
+        replay_before_ = resumed ? ready.session_seq : 0;
+        return resumed;
+    }
+
+    // False for a message already handled (its session_seq is not above the highest so far): ignore it.
+    bool accept(const Message& m) {
+        if (m.session_seq < 0) return true;  // only a refused hello's errors have none
+        if (m.session_seq <= last_seq_) { ++ignored_; return false; }
+        last_seq_ = m.session_seq;
+        if (m.session_seq < replay_before_) ++replayed_;
+        return true;
+    }
+
+    // rewind_messages > 0 asks for already-handled messages again (tests of the de-dup).
+    ResumeRequest request(std::int64_t rewind_messages = 0) const {
+        return ResumeRequest{session_, token_, std::max<std::int64_t>(0, last_seq_ - rewind_messages)};
+    }
+
+    // The URL path of a resume: the first path with session=<id> in its query (replacing one it had).
+    std::string resume_path(const std::string& path) const {
+        std::string base = path, query;
+        auto q = path.find('?');
+        if (q != std::string::npos) { base = path.substr(0, q); query = path.substr(q + 1); }
+        std::string kept;
+        std::size_t start = 0;
+        while (start <= query.size() && !query.empty()) {
+            auto amp = query.find('&', start);
+            std::string part = query.substr(start, amp == std::string::npos ? std::string::npos : amp - start);
+            if (!part.empty() && part.compare(0, 8, "session=") != 0) kept += part + "&";
+            if (amp == std::string::npos) break;
+            start = amp + 1;
+        }
+        return base + "?" + kept + "session=" + url_escape(session_);
+    }
+
+    // Whether a connection that ended this way ends the conversation (no resume). close_code: the close
+    // frame's code (-1: the socket just went away); fatal_code: a fatal error's code before it ("": none).
+    static bool ends_for_good(int close_code, const std::string& fatal_code) {
+        if (fatal_code == "going_away" || fatal_code == "shutting_down" || fatal_code == "server_full") return false;
+        if (!fatal_code.empty()) return true;  // idle_timeout, unauthorized, not_hello, ...
+        switch (close_code) {
+            case -1: case 1001: case 1006: case 1011: case 1012: case 1013: case 1014: return false;
+            default: return true;              // 1000 bye, 1002, 1008, 1009, 4000 taken over, ...
+        }
+    }
+
+    // The pause before attempt `attempt` (1, 2, ...): none before the first (a drop or going_away means
+    // "resume now"), then initial_ms, 2x, 4x ... up to max_ms, scaled by 0.5 + 0.5 * jitter01 (0..1).
+    static int backoff_ms(int attempt, int initial_ms, int max_ms, double jitter01) {
+        if (attempt <= 1) return 0;
+        double full = std::min(double(max_ms), initial_ms * std::pow(2.0, std::min(30, attempt - 2)));
+        return int(full * (0.5 + 0.5 * jitter01));
+    }
+
+    static std::string url_escape(const std::string& s) {
+        static const char* hex = "0123456789ABCDEF";
+        std::string out;
+        for (unsigned char c : s) {
+            if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') out += char(c);
+            else { out += '%'; out += hex[c >> 4]; out += hex[c & 15]; }
+        }
+        return out;
+    }
+
+private:
+    std::string session_, token_;
+    std::int64_t last_seq_ = 0;
+    std::int64_t replay_before_ = 0;
+    int replayed_ = 0;
+    int ignored_ = 0;
+};
 
 }  // namespace voxpipe
