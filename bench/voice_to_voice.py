@@ -129,8 +129,11 @@ class ServerProcess:
             self.proc.kill()
 
 
-async def play_turn(client: Client, speech: bytes, question: str, timeout_s: float) -> TurnResult:
-    """Speak ``speech`` at real time, keep the microphone open (silence) until the turn ends."""
+async def play_turn(
+    client: Client, speech: bytes, question: str, timeout_s: float, lead_silence_ms: float = 300.0
+) -> TurnResult:
+    """Speak ``speech`` at real time after ``lead_silence_ms`` of silence, keep the microphone open
+    (silence) until the turn ends."""
     result = TurnResult(question)
     step = RATE_HZ * FRAME_MS // 1000 * 2
     speech_done = asyncio.Event()
@@ -140,7 +143,7 @@ async def play_turn(client: Client, speech: bytes, question: str, timeout_s: flo
         nonlocal speech_end_at
         start = time.monotonic()
         sent = 0
-        for pcm in (silence(300), speech):
+        for pcm in (silence(lead_silence_ms), speech):
             for i in range(0, len(pcm), step):
                 await client.send({"type": "audio", "data": pcm[i : i + step]})
                 sent += 1
@@ -198,9 +201,9 @@ def stats(values: list[float]) -> dict[str, float]:
     }
 
 
-def summarize(turns: list[TurnResult]) -> dict[str, dict[str, float]]:
+def summarize(turns: list[TurnResult], skip_first: bool = True) -> dict[str, dict[str, float]]:
     """Per metric over the turns; the first turn is kept out (it pays one-off cache misses)."""
-    measured = [t for t in turns[1:] if t.outcome == "turn_end"] or turns
+    measured = [t for t in turns[1 if skip_first else 0 :] if t.outcome == "turn_end"] or turns
     rows: dict[str, list[float]] = {}
     for t in measured:
         for stage in STAGES:
