@@ -4,9 +4,9 @@ The VAD hears a pause; this says whether the words before it make a whole uttera
 the turn quickly after "What time is it?" and wait after "I'd like to book a flight to". A lexical test,
 cheap enough to run on every pause transcript (the ASR's speculative decode): an utterance sounds
 unfinished when it ends on a word that needs a continuation (an article, a preposition, a conjunction,
-a filler, a hanging auxiliary), on a preposition and a demonstrative (a clipped "about the" heard as
-"about this"), with no closing mark after more than a few words (Whisper closes what it heard as a
-sentence), or trails off ("...", "-"). Otherwise it sounds finished.
+a filler, a hanging auxiliary, unless a question that opened as one closes on it), on a preposition
+and a demonstrative (a clipped "about the" heard as "about this"), with no closing mark after more than
+a few words (Whisper closes what it heard as a sentence), or trails off ("...", "-"). Otherwise it sounds finished.
 Chosen over an audio turn-taking model: none that ships its weights in a package on the index was found
 (LiveKit's and pipecat's detectors download theirs from a model hub at run time).
 """
@@ -38,6 +38,7 @@ HANGING_AUXILIARIES: frozenset[str] = frozenset(
     )
 )
 SHORT_ANSWER_WORDS = 3
+QUESTION_OPENERS: frozenset[str] = frozenset(("what", "how", "who", "where", "when", "which", "why", "whose"))
 PREPOSITIONS: frozenset[str] = frozenset(("about", "in", "on", "at", "for", "with", "to", "of", "from", "by", "near"))
 DEMONSTRATIVES: frozenset[str] = frozenset(("this", "that"))
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
@@ -62,7 +63,9 @@ def sounds_complete(text: str) -> bool:
     if last in CONTINUES:
         return False  # "a timer for?": Whisper puts a question mark on the unfinished question too
     if last in HANGING_AUXILIARIES:
-        return len(words) <= SHORT_ANSWER_WORDS
+        # "How many legs does a spider have?": a question that opens as one may close on its auxiliary
+        asks = stripped.endswith("?") and (words[0] in QUESTION_OPENERS or words[0] in HANGING_AUXILIARIES)
+        return asks or len(words) <= SHORT_ANSWER_WORDS
     if len(words) >= 2 and words[-2] in PREPOSITIONS and last in DEMONSTRATIVES:
         return False  # "about this", "in that": most often a clipped "about the", "in the"
     # Whisper ends what it heard as a sentence with a mark; a cut-off clause often has none

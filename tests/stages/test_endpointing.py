@@ -17,6 +17,8 @@ from stages.endpointing import sounds_complete
         "Could you please translate this?",
         "I think so.",
         "Book it for next Friday.",
+        "How many legs does a spider have?",  # a question closing on its auxiliary
+        "Do you know what it does?",
         "",  # no words (a cough): nothing to wait for
     ],
 )
@@ -32,6 +34,7 @@ def test_finished(text: str) -> None:
         "Tell me about the",
         "Can you set a timer for",
         "I was thinking that maybe we could",
+        "So I was thinking that maybe we could?",  # not a question's opening: the "?" is Whisper's habit
         "Um,",
         "Well, I'm",
         "and then...",
