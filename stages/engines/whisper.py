@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from stages.base import StageContext
-from stages.executor import BoundedExecutor
+from stages.executor import SHEDDABLE, URGENT, BoundedExecutor
 from vocab.errors import ConfigError, StageError
 from vocab.options import require
 
@@ -171,12 +171,14 @@ class WhisperAsr:
             raise StageError(f"whisper failed: {exc}", code="asr_failed") from exc
 
     async def transcribe(self, pcm: bytes, *, rate_hz: int, final: bool, ctx: StageContext) -> str:
-        """Text of ``pcm`` (16 kHz); off the event loop, in line behind other sessions' decodes."""
+        """Text of ``pcm`` (16 kHz); off the event loop, in line with other sessions' decodes (finals first)."""
         if rate_hz != RATE_HZ:
             raise StageError(f"whisper takes {RATE_HZ} Hz audio, got {rate_hz} Hz", code="asr_failed")
         if self.model is None:
             raise StageError("whisper: the model is not loaded", code="asr_failed")
-        return await self.executor.run(self._transcribe, pcm, ctx.language or "en", final)
+        # finals (and the speculative final at a pause) before partials; a full line sheds partials first
+        priority = URGENT if final else SHEDDABLE
+        return await self.executor.run(self._transcribe, pcm, ctx.language or "en", final, priority=priority)
 
     async def aclose(self) -> None:
         self.executor.shutdown()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from stages.executor import BoundedExecutor, stream_from_worker
+from stages.executor import SHEDDABLE, URGENT, BoundedExecutor, stream_from_worker
 from tests.waiting import stays_false, wait_until
 from vocab.errors import StageError
 
@@ -40,6 +40,62 @@ async def test_a_full_line_fails_at_once_with_busy(executor: BoundedExecutor) ->
     gate.set()
     assert await asyncio.gather(*calls) == [True, True, True]
     assert executor.in_use == 0
+
+
+async def test_urgent_calls_are_served_before_sheddable_ones_waiting_longer(executor: BoundedExecutor) -> None:
+    gate = threading.Event()
+    ran: list[str] = []
+    running = asyncio.ensure_future(executor.run(gate.wait, 5))
+    await wait_until(lambda: executor.in_use == 1)
+    partial = asyncio.ensure_future(executor.run(ran.append, "partial", priority=SHEDDABLE))
+    await wait_until(lambda: executor.in_use == 2)
+    final = asyncio.ensure_future(executor.run(ran.append, "final", priority=URGENT))
+    await wait_until(lambda: executor.in_use == 3)
+    gate.set()
+    await asyncio.gather(running, partial, final)
+    assert ran == ["final", "partial"]
+    assert executor.in_use == 0
+
+
+async def test_a_full_line_sheds_the_oldest_partial_for_a_final(executor: BoundedExecutor) -> None:
+    gate = threading.Event()
+    ran: list[str] = []
+    running = asyncio.ensure_future(executor.run(gate.wait, 5))
+    await wait_until(lambda: executor.in_use == 1)
+    old = asyncio.ensure_future(executor.run(ran.append, "old partial", priority=SHEDDABLE))
+    await wait_until(lambda: executor.in_use == 2)
+    new = asyncio.ensure_future(executor.run(ran.append, "new partial", priority=SHEDDABLE))
+    await wait_until(lambda: executor.in_use == 3)  # the line is full
+    final = asyncio.ensure_future(executor.run(ran.append, "final"))
+    with pytest.raises(StageError) as caught:
+        await old
+    assert caught.value.code == "busy"
+    assert executor.shed == 1
+    with pytest.raises(StageError):  # line full of a final and a partial: a second final sheds the partial
+        await asyncio.gather(executor.run(ran.append, "second final"), new)
+    with pytest.raises(StageError) as refused:  # nothing left to shed: only finals in line
+        await executor.run(ran.append, "third final")
+    assert refused.value.code == "busy"
+    gate.set()
+    await asyncio.gather(running, final)
+    await wait_until(lambda: ran == ["final", "second final"])
+    assert executor.in_use == 0
+
+
+async def test_a_newer_partial_sheds_an_older_one_never_a_final(executor: BoundedExecutor) -> None:
+    gate = threading.Event()
+    ran: list[str] = []
+    running = asyncio.ensure_future(executor.run(gate.wait, 5))
+    await wait_until(lambda: executor.in_use == 1)
+    final = asyncio.ensure_future(executor.run(ran.append, "final"))
+    old = asyncio.ensure_future(executor.run(ran.append, "old partial", priority=SHEDDABLE))
+    await wait_until(lambda: executor.in_use == 3)
+    new = asyncio.ensure_future(executor.run(ran.append, "new partial", priority=SHEDDABLE))
+    with pytest.raises(StageError):
+        await old
+    gate.set()
+    await asyncio.gather(running, final, new)
+    assert ran == ["final", "new partial"]
 
 
 async def test_cancelling_a_waiting_call_removes_it_from_the_line(executor: BoundedExecutor) -> None:
