@@ -156,7 +156,12 @@ class AsrStage(BaseStage):
         self.partial_task = self.ctx.spawn(self._partial(self.turn or 0, bytes(self.buffer), out))
 
     async def _partial(self, turn: int, pcm: bytes, out: Emitter) -> None:
-        text = await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=False, ctx=self.ctx)
+        try:
+            text = await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=False, ctx=self.ctx)
+        except StageError as exc:
+            if exc.code == "busy":
+                return  # shed under load (finals go first): a partial less, not an error for the user
+            raise
         text = text.strip()
         # an urgent turn's first partial goes out even with no words: "nothing said" decides too
         first_urgent = not self.partials_sent and turn in self.ctx.urgent_turns
