@@ -4,13 +4,15 @@ Short-window decoding: stock Whisper pads every input to a 30 s window, and the 
 the same ~0.7 s for "yes" as for 30 s of speech on 2 cores. Voice turns are short, so the audio is
 padded only to ``window_s`` (10 s: encoder ~0.1 s) and decoded greedily with a token budget that
 grows with the audio. A result that looks like a hallucination loop (Whisper's own compression-ratio
-test) is decoded again the stock way. Measured on Piper sentences, 10 s windows transcribe exactly as
-the 30 s window does, at a quarter of the time; ``window_s: 30`` restores stock behaviour.
+test, or a run of words heard twice) is decoded again the stock way. Measured on Piper sentences,
+10 s windows transcribe exactly as the 30 s window does, at a quarter of the time; ``window_s: 30``
+restores stock behaviour.
 The model is loaded once per process; every decode runs in the engine's bounded executor.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +31,17 @@ COMPRESSION_RATIO_LIMIT = 2.4  # faster-whisper's default: above it, text is a r
 NO_SPEECH_PROB = 0.6  # with a low average log-prob: the window holds no speech
 LOW_LOGPROB = -1.0
 SILENCE_PEAK = 0.001  # -60 dBFS: nothing to transcribe
+REPEAT_WORDS = 4  # a run of this many words heard twice in one short decode is a loop
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def repeats(text: str, n_words: int = REPEAT_WORDS) -> bool:
+    """Whether a run of ``n_words`` words comes twice: Whisper looping on a short window ("Tell me
+    something interesting about the ocean. Tell me something interesting about the ocean. Tell"),
+    which the compression-ratio test misses when the loop has run only twice."""
+    heard = _WORD.findall(text.lower())
+    runs = [tuple(heard[i : i + n_words]) for i in range(len(heard) - n_words + 1)]
+    return len(runs) != len(set(runs))
 
 
 def default_model_path() -> str:
@@ -137,7 +150,7 @@ class WhisperAsr:
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         if result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < LOW_LOGPROB:
             return ""
-        if len(tokens) >= budget or get_compression_ratio(text) > COMPRESSION_RATIO_LIMIT:
+        if len(tokens) >= budget or get_compression_ratio(text) > COMPRESSION_RATIO_LIMIT or repeats(text):
             return None
         return text
 

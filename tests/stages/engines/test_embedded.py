@@ -19,11 +19,13 @@ from tests.embedded import require_models, words
 
 require_models()
 
+from faster_whisper.transcribe import get_compression_ratio  # noqa: E402
+
 from stages.base import StageContext  # noqa: E402
 from stages.engines.llama import LlamaLlm, fit_messages  # noqa: E402
 from stages.engines.piper_tts import PiperTts  # noqa: E402
 from stages.engines.webrtc_vad import WebrtcVad  # noqa: E402
-from stages.engines.whisper import WhisperAsr  # noqa: E402
+from stages.engines.whisper import COMPRESSION_RATIO_LIMIT, WhisperAsr, repeats  # noqa: E402
 from stages.items import AudioIn, SpeechAudio, TurnDone, VadEvent  # noqa: E402
 from stages.resample import resample  # noqa: E402
 from stages.vad import Options as VadOptions  # noqa: E402
@@ -165,6 +167,15 @@ async def test_whisper_short_window_matches_the_stock_30_s_window(speech_16k: by
     finally:
         stock.executor.shutdown()
     assert words(text) == words(SENTENCE)
+
+
+def test_a_run_of_words_heard_twice_is_a_loop() -> None:
+    # the speculative final of bench/voice_to_voice.py turn 4 (2026-12-02): the final transcript, and a 1.2 s wait
+    looped = "Tell me something interesting about the ocean. Tell me something interesting about the ocean. Tell"
+    assert repeats(looped)
+    assert get_compression_ratio(looped) < COMPRESSION_RATIO_LIMIT  # what the stock test alone let through
+    assert not repeats("What is the tallest mountain in the world?")
+    assert not repeats("I think, I think so.")  # a short stammer is speech, not a loop
 
 
 async def test_whisper_hears_nothing_in_silence_and_refuses_other_rates(whisper: WhisperAsr) -> None:
