@@ -243,6 +243,8 @@ class WebrtcCall:
         task = self.host.spawn(self._guard(peer, coro))
         peer.tasks.add(task)
         task.add_done_callback(peer.tasks.discard)
+        # a negotiation superseded before its task's first step never starts ``coro``: close it (no warning)
+        task.add_done_callback(lambda _task: coro.close())
 
     async def _guard(self, peer: _Peer, coro: Coroutine[Any, Any, Any]) -> None:
         try:

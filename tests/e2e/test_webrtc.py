@@ -8,14 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import gc
 import math
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.client import Client, running_server, silence, test_config, tone
 from tests.waiting import wait_until
@@ -277,3 +280,85 @@ def test_webrtc_section_is_validated() -> None:
         WebrtcHub.from_config({"max_peer": 3})
     with pytest.raises(ConfigError, match=r"webrtc\.ice_servers\[0\]"):
         WebrtcHub.from_config({"ice_servers": ["http://example.org"]})
+
+
+# ---------------------------------------------------------------- offers back to back (issue 13 #1)
+
+
+def _audio_m_lines(sdp: str) -> int:
+    return sum(1 for line in sdp.splitlines() if line.startswith("m=audio"))
+
+
+async def _offerer(audio_m_lines: int) -> tuple[RTCPeerConnection, str]:
+    """A client peer whose offer has ``audio_m_lines`` audio sections, so an answer tells which offer it answers."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(PcmTrack())
+    for _ in range(audio_m_lines - 1):
+        pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, pc.localDescription.sdp
+
+
+def _server_peers(client_pcs: list[RTCPeerConnection]) -> weakref.WeakSet[RTCPeerConnection]:
+    """The server's peer connections alive now (every RTCPeerConnection in this process but the client's)."""
+    ours = {id(pc) for pc in client_pcs}
+    # type(), not isinstance(): a dead weakref.proxy among the objects would raise ReferenceError
+    found = (o for o in gc.get_objects() if issubclass(type(o), RTCPeerConnection) and id(o) not in ours)
+    return weakref.WeakSet(found)
+
+
+async def _offer_twice(client: Client) -> tuple[list[RTCPeerConnection], list[dict[str, Any]]]:
+    """Two offers back to back (the second sent before the first is answered); waits for the second's answer."""
+    pcs = [await _offerer(1), await _offerer(2)]
+    for _pc, sdp in pcs:
+        await client.send({"type": "webrtc_offer", "sdp": sdp})
+    msgs = await client.recv_until(
+        lambda m: m["type"] == "error" or (m["type"] == "webrtc_answer" and _audio_m_lines(m["sdp"]) == 2), 15
+    )
+    assert msgs[-1]["type"] == "webrtc_answer", msgs[-1]
+    answers = [m for m in msgs if m["type"] == "webrtc_answer"]
+    for answer in answers:  # each answer is applied to the offer it answers
+        pc = pcs[_audio_m_lines(answer["sdp"]) - 1][0]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+    return [pc for pc, _sdp in pcs], answers
+
+
+async def test_offers_back_to_back_leave_no_orphan_peer() -> None:
+    """A second offer sent before the first is answered supersedes it: after ``bye`` no peer is left open
+    (``hub.peers`` back to 0) and every server-side peer connection is closed."""
+    async with running_server(test_config()) as server:
+        client_pcs: list[RTCPeerConnection] = []
+        try:
+            async with Client.connect(server.url, hello={"audio_out": {"format": "pcm16", "rate": 48000}}) as c:
+                client_pcs, answers = await _offer_twice(c)
+                assert answers[-1]["type"] == "webrtc_answer"
+                await wait_until(lambda: client_pcs[1].connectionState == "connected", 10)  # the newest call is up
+                server_side = _server_peers(client_pcs)
+                assert len(server_side) >= 1
+                await c.send({"type": "bye"})
+                with contextlib.suppress(ConnectionClosed):
+                    await c.recv_until(lambda _m: False)
+            await wait_until(lambda: not server.sessions)
+            await wait_until(lambda: server.webrtc.peers == 0, 5)
+            await wait_until(lambda: all(pc.connectionState == "closed" for pc in server_side), 5)
+        finally:
+            for pc in client_pcs:
+                await pc.close()
+
+
+async def test_twenty_offer_bursts_leave_the_peer_cap_free() -> None:
+    """20 sessions each send two offers back to back and leave: the server-wide peer cap (20) is free again,
+    and a fresh caller still gets an answer."""
+    async with running_server(test_config()) as server:
+        for _ in range(20):
+            client_pcs: list[RTCPeerConnection] = []
+            try:
+                async with Client.connect(server.url, hello={"audio_out": {"format": "pcm16", "rate": 48000}}) as c:
+                    client_pcs, _answers = await _offer_twice(c)
+            finally:
+                for pc in client_pcs:
+                    await pc.close()
+        await wait_until(lambda: not server.sessions)
+        await wait_until(lambda: server.webrtc.peers == 0, 5)
+        async with call(server.url) as fresh:
+            assert fresh.pc.connectionState == "connected"
