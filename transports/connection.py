@@ -147,7 +147,12 @@ class Connection:
         """A session opened for the hello: ``ready`` goes out, and the limits start counting."""
         self.phase = "open"
         self.limiter = SessionLimiter(
-            self.limits, in_rate_hz=ready.audio_in.rate, max_frame_bytes=self.max_frame_bytes, now=now, busy=busy
+            self.limits,
+            in_rate_hz=ready.audio_in.rate,
+            max_frame_bytes=self.max_frame_bytes,
+            now=now,
+            busy=busy,
+            entries=[(node.name, node.input) for node in ready.graph],
         )
         self._out += self.encode(ready)
 

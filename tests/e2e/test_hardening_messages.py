@@ -237,3 +237,42 @@ async def test_a_hello_with_a_huge_integer_is_a_bad_field_and_may_be_retried() -
         assert (err["code"], err["fatal"]) == ("bad_field", False)
         await c.hello()
         assert c.ready["session"]
+
+
+# ---------------------------------------------------------------- the text limit, whatever the framing (issue 13 #3)
+
+
+@pytest.mark.parametrize("target", [{"stage": "llm"}, {"stage": "tts"}, {"entry": 2}, {"entry": 3}])
+async def test_binary_input_to_a_text_stage_obeys_the_text_limit(target: dict[str, Any]) -> None:
+    """A ``bin`` ``input.data`` for the LLM or TTS is text once decoded: over ``max_text_chars`` it is refused with
+    ``too_long`` and makes no turn (the next turn is still turn 1)."""
+    async with running_server() as srv, Client.connect(srv.url) as c:
+        too_long = ("word " * 1000).encode()  # 5,000 characters, over the default 4,000
+        err = await survives(c, msgpack.packb({"type": "input", "data": too_long, **target}), "too_long")
+        assert "4000" in err["message"]
+        await c.send({"type": "say", "text": "short"})
+        msgs = await c.turn()
+        assert msgs[-1] == {**msgs[-1], "type": "turn_end", "turn": 1}, msgs[-1]
+        assert not [m for m in c.received if m["type"] in ("reply", "transcript") and m.get("turn") != 1]
+
+
+async def test_json_input_audio_is_not_text_and_spends_the_audio_budget() -> None:
+    """The reverse of the same rule: base64 audio in a JSON ``input`` for the VAD is audio, not text: longer
+    than ``max_text_chars`` it is fine, and flooding it runs out the audio budget (1008) as ``audio`` would."""
+    config = test_config(
+        server={"max_frame_bytes": 65536},  # the audio burst is at least one max-size frame: 2 s here
+        limits={"audio_max_realtime": 2.0, "audio_burst_s": 1.0, "max_text_chars": 100},
+    )
+    async with running_server(config) as srv, Client.connect(srv.url, framing="json") as c:
+        half_s = silence(500)  # 16,000 bytes: 21,334 base64 characters
+        await c.send({"type": "input", "stage": "vad", "data": half_s})
+        await c.send({"type": "ping", "id": 1})
+        assert not [m for m in await c.recv_until(lambda m: m["type"] == "pong") if m["type"] == "error"]
+        with pytest.raises(ConnectionClosed):
+            for _ in range(20):  # 10 s of audio at once: far over 2x real time
+                await c.send({"type": "input", "stage": "vad", "data": half_s})
+            while True:
+                await c.recv()
+        assert c.ws.close_code == 1008
+        errors = [m for m in c.received if m["type"] == "error"]
+        assert errors[-1]["code"] == "rate_limited", errors
