@@ -57,19 +57,25 @@ def _schema_bytes() -> bytes:
 
 
 def _static(web_root: Path, path: str) -> Response | None:
+    """The file at ``path`` under ``web_root``, or None (404). Any path the file system cannot take (an
+    embedded null byte, a name over NAME_MAX, a file that vanished) is simply not found, never an error."""
     rel = "index.html" if path in ("", "/") else path.lstrip("/")
-    root = web_root.resolve()
-    target = (root / rel).resolve()
-    if root not in target.parents and target != root:
-        return None
-    if not target.is_file():
-        if rel == "index.html":
-            return response(200, PLACEHOLDER_PAGE, "text/html; charset=utf-8")
+    try:
+        root = web_root.resolve()
+        target = (root / rel).resolve()
+        if root not in target.parents and target != root:
+            return None
+        if not target.is_file():
+            if rel == "index.html":
+                return response(200, PLACEHOLDER_PAGE, "text/html; charset=utf-8")
+            return None
+        body = target.read_bytes()
+    except (OSError, ValueError):  # ValueError: "embedded null byte"; OSError: ENAMETOOLONG, EACCES, ...
         return None
     kind = _EXTRA_TYPES.get(target.suffix) or mimetypes.guess_type(target.name)[0] or "application/octet-stream"
     if kind.startswith("text/") or kind == "application/json":
         kind += "; charset=utf-8"
-    return response(200, target.read_bytes(), kind)
+    return response(200, body, kind)
 
 
 def web_root(configured: str | None) -> Path:
@@ -118,7 +124,8 @@ class Routes:
 
     def _metrics(self, request: Request) -> Response:
         if self._metrics_auth is not None:
-            given = request.headers.get("Authorization", "").encode()
+            values = request.headers.get_all("Authorization")  # not .get(): two headers raise there
+            given = values[0].encode() if len(values) == 1 else b""  # one credential, or none
             if not hmac.compare_digest(given, self._metrics_auth):
                 return response(
                     401,
