@@ -36,11 +36,15 @@ class FakeOpenAi(FakeService):
 
     async def route(self, ex: Exchange, behavior: str) -> None:
         if not self._authorized(ex):
+            given = ex.request.headers.get("authorization", "").removeprefix("Bearer ")
+            masked = given[:4] + "*" * max(0, len(given) - 8) + given[-4:] if len(given) > 8 else "***"
             await ex.respond_json(
                 401,
                 {
                     "error": {
-                        "message": "Incorrect API key provided",
+                        # as OpenAI answers it: the key, partly masked, in the error body
+                        "message": f"Incorrect API key provided: {masked}. You can find your API key at "
+                        "https://platform.openai.com/account/api-keys.",
                         "type": "invalid_request_error",
                         "code": "invalid_api_key",
                     }
