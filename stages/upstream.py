@@ -38,6 +38,7 @@ log = logging.getLogger("voxpipe.upstream")
 T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({408, 425})  # and every 5xx; 429 is retried too, as busy
+ERROR_BODY_BYTES = 4096  # read of an error response's body (its first 300 bytes go to the log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,14 +180,25 @@ def _retry_after(response: httpx.Response) -> float:
         return 0.0
 
 
+async def _error_body(response: httpx.Response) -> str:
+    """The start of an error response's body, for the log: at most ``ERROR_BODY_BYTES`` are read (a broken
+    proxy's error page may never end); the rest is dropped with the connection."""
+    head = bytearray()
+    try:
+        async for piece in response.aiter_bytes():
+            head += piece
+            if len(head) >= ERROR_BODY_BYTES:
+                break
+    except httpx.HTTPError:
+        pass
+    return bytes(head[:300]).decode("utf-8", "replace").strip()
+
+
 async def _check_status(response: httpx.Response, url: str) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
-    try:
-        body = (await response.aread())[:300].decode("utf-8", "replace").strip()
-    except httpx.HTTPError:
-        body = ""
+    body = await _error_body(response)
     message = f"{url}: HTTP {status}" + (f": {body}" if body else "")
     if status == 429:
         raise _AttemptFailed(

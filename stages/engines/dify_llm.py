@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import httpx
 
 from stages.base import StageContext
-from stages.engines.http_common import HttpBackend, bad, parse_json, sse_events
+from stages.engines.http_common import HttpBackend, bad, body_bytes, parse_json, sse_events
 from stages.upstream import HttpCall, HttpOptions
 from vocab.errors import UpstreamError
 from vocab.options import require
@@ -81,7 +81,7 @@ def dify_answers(
 
 
 async def _drain(response: httpx.Response) -> AsyncIterator[None]:
-    await response.aread()
+    await body_bytes(response, max_bytes=64 << 10)  # a stop's answer is tiny
     yield None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import time
 import wave
 from typing import Any
@@ -109,6 +110,10 @@ class FakeOpenAi(FakeService):
         if behavior == "malformed":
             await ex.respond(200, b'{"text": ', "application/json")
             return
+        if behavior == "endless_body":
+            await ex.send_head(200, {"Content-Type": "application/json"})
+            await self.endless(ex, b'{"text": "')
+            return
         if behavior in ("midway", "stall"):
             await ex.send_head(200, {"Content-Type": "application/json"}, length=100)
             await ex.send(b'{"text": "hel')
@@ -135,5 +140,12 @@ class FakeOpenAi(FakeService):
         if fmt == "wav":
             pieces.insert(0, wav_header(self.speech_rate_hz, 0xFFFFFFFF))
         ctype = "audio/wav" if fmt == "wav" else "audio/pcm"
+        if behavior == "wav_1hz" and fmt == "wav":
+            pieces[0] = wav_header(1, 0xFFFFFFFF)
+        if behavior == "wav_huge_chunk" and fmt == "wav":
+            # RIFF, WAVE, then a LIST chunk that says it is 4 GiB long, then bytes that never end
+            await ex.send_head(200, {"Content-Type": ctype})
+            await self.endless(ex, b"RIFF\xff\xff\xff\xffWAVELIST" + struct.pack("<I", 0xFFFFFFF0))
+            return
         await ex.send_head(200, {"Content-Type": ctype})
         await self.stream_pieces(ex, pieces, behavior, bad_piece=b"", error_piece=b"")
