@@ -282,7 +282,8 @@ class HttpTtsBackend(HttpBackend):
         def parse(response: Any) -> AsyncIterator[bytes]:
             return audio_body(response, media=self.media, want_hz=rate_hz, learned=self._learned)
 
-        pieces = self.upstream.stream(HttpCall("POST", self.path, json=self.request_body(text, ctx)), parse)
+        call = HttpCall("POST", self.path, json=self.request_body(text, ctx), idempotent=True)  # speech again: harmless
+        pieces = self.upstream.stream(call, parse)
         async with contextlib.aclosing(pieces):
             async for pcm in pieces:
                 yield pcm

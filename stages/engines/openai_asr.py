@@ -71,6 +71,7 @@ class OpenAiAsr(HttpBackend):
             self.options.path,
             data=self.form_fields(ctx),
             files={"file": ("speech.wav", wav_bytes(pcm, rate_hz), "audio/wav")},
+            idempotent=True,
         )
         texts = self.upstream.stream(call, transcription_text)
         async with contextlib.aclosing(texts):

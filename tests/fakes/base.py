@@ -15,8 +15,8 @@ applies. Behaviors: ``ok``, ``slow`` (drip, ``drip_s`` per piece), ``http_500``/
 on the client's memory), each sent until the client leaves: ``endless_error_body`` (HTTP 503 and a body that
 never ends), ``endless_line`` (HTTP 200 and a line that never ends: SSE, NDJSON), ``endless_body`` (HTTP 200 and
 a JSON body that never ends: transcriptions), ``wav_huge_chunk`` (a WAV header with a 4 GiB chunk before its
-data), ``wav_1hz`` (a WAV header that says 1 Hz), and ``agent_thought_drop`` (Dify: a tool ran, then the
-connection drops).
+data), ``wav_1hz`` (a WAV header that says 1 Hz), ``agent_thought_drop`` (Dify: a tool ran, then the
+connection drops) and ``error_first`` (Dify: an ``error`` event before any answer).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ BEHAVIORS = (
     "wav_huge_chunk",
     "wav_1hz",
     "agent_thought_drop",
+    "error_first",
 )
 ENDLESS_PIECE = b"x" * 65536
 ENDLESS_MAX_BYTES = 256 << 20  # "endless": far past any cap, and still a bound for a client that has none

@@ -139,19 +139,21 @@ class FakeDify(FakeService):
         pieces.append(
             event({"event": "message_end", **ids, "id": message_id, "metadata": {"usage": {"total_tokens": 42}}})
         )
+        error = event(
+            {
+                "event": "error",
+                **ids,
+                "status": 400,
+                "code": "completion_request_error",
+                "message": "model quota exceeded",
+            }
+        )
         await ex.send_head(200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        if behavior == "error_first":  # the app ran (workflow started) and failed before any answer
+            for piece in [*pieces[:2], error]:
+                await ex.send(piece)
+            await ex.end()
+            return
         await self.stream_pieces(
-            ex,
-            pieces,
-            behavior,
-            bad_piece=b'data: {"event": "message", "answer\n\n',
-            error_piece=event(
-                {
-                    "event": "error",
-                    **ids,
-                    "status": 400,
-                    "code": "completion_request_error",
-                    "message": "model quota exceeded",
-                }
-            ),
+            ex, pieces, behavior, bad_piece=b'data: {"event": "message", "answer\n\n', error_piece=error
         )

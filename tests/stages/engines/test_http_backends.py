@@ -474,3 +474,61 @@ class _Pieces(httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for piece in self.pieces:
             yield piece
+
+
+# ---------------------------------------------------------------------- retries and side effects (issue 13 #8)
+
+
+async def test_dify_agent_that_ran_a_tool_then_dropped_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dify is not idempotent: an agent that ran a tool (``agent_thought``) before the connection dropped must not
+    run it again, and a retry would start another conversation. One POST, not three."""
+    monkeypatch.setenv("VOXPIPE_TEST_DIFY_KEY", "app-fake-key")
+    async with (
+        FakeDify() as fake,
+        backend(DifyLlm, url=fake.url, api_key_env="VOXPIPE_TEST_DIFY_KEY", retries=2) as llm,
+    ):
+        fake.fail_next("agent_thought_drop")
+        with pytest.raises(UpstreamError) as err:
+            await collect(llm.stream(MESSAGES, ctx=stage_context()))
+        assert err.value.code == "upstream_unavailable"
+        assert [r.path for r in fake.requests] == ["/v1/chat-messages"]
+        assert fake.tool_runs == 1
+        assert len(fake.conversations) == 1
+
+
+async def test_dify_error_event_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOXPIPE_TEST_DIFY_KEY", "app-fake-key")
+    async with (
+        FakeDify() as fake,
+        backend(DifyLlm, url=fake.url, api_key_env="VOXPIPE_TEST_DIFY_KEY", retries=2) as llm,
+    ):
+        fake.fail_next("error_first")  # before any answer was handed on
+        with pytest.raises(UpstreamError, match="model quota exceeded"):
+            await collect(llm.stream(MESSAGES, ctx=stage_context()))
+        assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("fault", ["http_503", "http_429", "down"])
+async def test_dify_is_retried_when_the_request_cannot_have_been_acted_on(
+    fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connection refused, 503 and 429 say the service did nothing: another attempt is safe."""
+    monkeypatch.setenv("VOXPIPE_TEST_DIFY_KEY", "app-fake-key")
+    async with FakeDify() as a, FakeDify() as b:
+        endpoints = [{"url": a.url}, {"url": b.url}]
+        async with backend(DifyLlm, endpoints=endpoints, api_key_env="VOXPIPE_TEST_DIFY_KEY", retries=2) as llm:
+            if fault == "down":
+                await a.down()
+            else:
+                a.fail_next(fault)
+            assert "".join(await collect(llm.stream(MESSAGES, ctx=stage_context()))).startswith("You said")
+            assert len(a.requests) == (0 if fault == "down" else 1)
+            assert len(b.requests) == 1
+
+
+@pytest.mark.parametrize("fault", ["hang", "malformed", "refuse", "http_500"])
+async def test_idempotent_backends_still_retry_before_the_first_item(fault: str) -> None:
+    async with FakeOpenAi() as fake, backend(OpenAiLlm, url=fake.url, model="m", retries=1, read_timeout_s=0.3) as llm:
+        fake.fail_next(fault)
+        assert "".join(await collect(llm.stream(MESSAGES, ctx=stage_context()))) == "You said: what time is it"
+        assert len(fake.requests) == 2
