@@ -21,7 +21,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.client import Client, running_server, silence, test_config, tone
-from tests.waiting import wait_until
+from tests.waiting import stays_false, wait_until
 
 aiortc = pytest.importorskip("aiortc", reason="WebRTC tests need aiortc (pip install aiortc)")
 import av  # noqa: E402
@@ -362,3 +362,139 @@ async def test_twenty_offer_bursts_leave_the_peer_cap_free() -> None:
         await wait_until(lambda: server.webrtc.peers == 0, 5)
         async with call(server.url) as fresh:
             assert fresh.pc.connectionState == "connected"
+
+
+# ---------------------------------------------------------------- what an offer may ask of the server (issue 13 #5)
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    """A local UDP port that counts what reaches it (a STUN connectivity check, say)."""
+
+    def __init__(self) -> None:
+        self.packets: list[tuple[bytes, Any]] = []
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.packets.append((data, addr))
+
+
+@contextlib.asynccontextmanager
+async def udp_listener(host: str) -> AsyncIterator[tuple[UdpListener, int]]:
+    transport, listener = await asyncio.get_running_loop().create_datagram_endpoint(UdpListener, local_addr=(host, 0))
+    try:
+        yield listener, transport.get_extra_info("sockname")[1]
+    finally:
+        transport.close()
+
+
+def with_candidates(sdp: str, candidates: list[tuple[str, int]]) -> str:
+    """``sdp`` with host candidates at ``candidates`` added to its first media section, at the top priority."""
+    lines = sdp.split("\r\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("a=candidate:"))
+    extra = [f"a=candidate:x{n} 1 udp {2**31 - 1 - n} {ip} {port} typ host" for n, (ip, port) in enumerate(candidates)]
+    return "\r\n".join(lines[:at] + extra + lines[at:])
+
+
+def lan_address(sdp: str) -> str:
+    """The address of the client's own host candidate (this machine's LAN address; aioice skips loopback)."""
+    line = next(line for line in sdp.split("\r\n") if line.startswith("a=candidate:"))
+    return line.split()[4]
+
+
+async def test_5000_candidates_at_a_local_udp_listener_are_refused_and_never_checked() -> None:
+    config = test_config(webrtc={"max_sdp_bytes": 1 << 20})  # the candidate cap, not the size cap, says no
+    async with (
+        running_server(config) as server,
+        Client.connect(server.url, hello={"audio_out": {"format": "pcm16", "rate": 48000}}) as c,
+    ):
+        pc, sdp = await _offerer(1)
+        try:
+            async with udp_listener("127.0.0.1") as (loop_seen, loop_port), udp_listener(lan_address(sdp)) as lan:
+                lan_seen, lan_port = lan
+                targets = [("127.0.0.1", loop_port), (lan_address(sdp), lan_port)] * 2500
+                await c.send({"type": "webrtc_offer", "sdp": with_candidates(sdp, targets)})
+                err = await c.recv_until(lambda m: m["type"] in ("error", "webrtc_answer"))
+                assert (err[-1]["type"], err[-1].get("code")) == ("error", "bad_sdp"), err[-1]
+                assert "candidates" in err[-1]["message"]
+                await stays_false(lambda: bool(loop_seen.packets or lan_seen.packets), 1.5)
+                assert server.webrtc.peers == 0
+        finally:
+            await pc.close()
+
+
+async def test_candidates_at_loopback_and_link_local_are_dropped_and_never_checked() -> None:
+    """The offer's own LAN candidate is kept and the call comes up; the ones at loopback and link-local are
+    dropped before aioice sees them: the listener at 127.0.0.1 gets no STUN packet."""
+    async with running_server(test_config()) as server:
+        client = Client.connect(server.url, hello={"audio_out": {"format": "pcm16", "rate": 48000}})
+        async with client as c, udp_listener("127.0.0.1") as (seen, port):
+            pc, sdp = await _offerer(1)
+            try:
+                offer = with_candidates(sdp, [("127.0.0.1", port), ("169.254.10.10", port), ("::1", port)])
+                await c.send({"type": "webrtc_offer", "sdp": offer})
+                answer = await c.recv_until(lambda m: m["type"] in ("error", "webrtc_answer"))
+                assert answer[-1]["type"] == "webrtc_answer", answer[-1]
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=answer[-1]["sdp"], type="answer"))
+                await wait_until(lambda: pc.connectionState == "connected", 10)
+                await stays_false(lambda: bool(seen.packets), 1.0)
+            finally:
+                await pc.close()
+
+
+async def test_an_offer_over_the_size_cap_is_bad_sdp() -> None:
+    async with (
+        running_server(test_config()) as server,
+        Client.connect(server.url, hello={"audio_out": {"format": "pcm16", "rate": 48000}}) as c,
+    ):
+        pc, sdp = await _offerer(1)
+        try:
+            padded = sdp.replace("\r\na=", "\r\na=x-padding:" + "p" * 100_000 + "\r\na=", 1)
+            await c.send({"type": "webrtc_offer", "sdp": padded})
+            err = await c.recv_type("error")
+            assert err["code"] == "bad_sdp"
+            assert "bytes" in err["message"]
+            assert server.webrtc.peers == 0
+            await c.send({"type": "webrtc_offer", "sdp": sdp})  # the same offer without the padding is fine
+            assert "a=candidate" in (await c.recv_type("webrtc_answer"))["sdp"]
+        finally:
+            await pc.close()
+
+
+async def test_video_is_refused_with_port_0_and_the_audio_call_comes_up() -> None:
+    async with (
+        running_server(test_config()) as server,
+        Client.connect(server.url, hello={"audio_out": {"format": "pcm16", "rate": 48000}}) as c,
+    ):
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            pc.addTrack(PcmTrack())
+            pc.addTransceiver("video", direction="sendrecv")
+            await pc.setLocalDescription(await pc.createOffer())
+            await c.send({"type": "webrtc_offer", "sdp": pc.localDescription.sdp})
+            answer = (await c.recv_type("webrtc_answer"))["sdp"]
+            video = [line for line in answer.split("\r\n") if line.startswith("m=video")]
+            assert video, answer
+            assert video[0].split()[1] == "0", video  # refused
+            assert next(line for line in answer.split("\r\n") if line.startswith("m=audio")).split()[1] != "0"
+            assert "a=group:BUNDLE 0\r\n" in answer  # the refused section is out of the group (RFC 8843)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            peer = server.webrtc.calls[c.ready["session"]].peer
+            assert peer is not None
+            # The server's side of the call comes up. (aiortc as a client does not stop a refused section, as
+            # browsers do: it waits for a transport of its own for it, so its overall state stays "connecting".)
+            await wait_until(lambda: peer.connected.is_set() and pc.iceConnectionState == "completed", 10)
+            # once the negotiation has ended, one task is left: the caller's audio; no reader of video
+            await wait_until(lambda: len(peer.tasks) == 1)
+            await stays_false(lambda: len(peer.tasks) != 1, 0.3)
+        finally:
+            await pc.close()
+
+
+def test_candidate_networks_are_validated() -> None:
+    from transports.webrtc import WebrtcHub
+    from vocab.errors import ConfigError
+
+    hub = WebrtcHub.from_config({"candidate_networks": ["192.0.2.0/24"]})
+    assert hub.candidates.allows("192.0.2.7")
+    assert not hub.candidates.allows("198.51.100.1")
+    with pytest.raises(ConfigError, match=r"webrtc\.candidate_networks\[1\]"):
+        WebrtcHub.from_config({"candidate_networks": ["10.0.0.0/8", "not-a-network"]})
