@@ -121,6 +121,8 @@ class RunningServer:
     async def handler(self, ws: ServerConnection) -> None:
         def open_session(hello: m.Hello, send: m.Send) -> Session:
             session = self.open_session(hello, send, ticket)
+            expires_at = ticket.identity.expires_at  # a JWT's exp holds during the session too
+            conn.expire_at(None if expires_at is None else time.monotonic() + (expires_at - time.time()))
             self.sessions[session.id] = session
             SESSIONS_TOTAL.inc()
             opened.append(session)

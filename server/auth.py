@@ -55,6 +55,7 @@ class AuthOptions:
 @dataclass(frozen=True, slots=True)
 class Identity:
     user: str | None  # None when auth is off
+    expires_at: float | None = None  # wall-clock time (epoch s) the credential ends: a JWT's exp + leeway_s
 
 
 ANONYMOUS = Identity(None)
@@ -116,7 +117,7 @@ class Authenticator:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise unauthorized("invalid token: 'sub' must be a non-empty string")
-        return Identity(subject)
+        return Identity(subject, expires_at=float(claims["exp"]) + opts.leeway_s)  # pyjwt checked exp is a number
 
 
 def resolve_secret(options: AuthOptions, environ: Any) -> bytes:

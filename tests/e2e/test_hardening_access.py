@@ -111,6 +111,31 @@ async def test_token_without_subject_or_expiry_401() -> None:
             assert status == 401
 
 
+@pytest.mark.parametrize("where", ["header", "hello"])
+async def test_a_session_ends_when_its_token_expires(where: str) -> None:
+    """A JWT's ``exp`` holds during the session, not only at its start: when it passes (plus ``leeway_s``), the
+    session ends with ``error token_expired`` and close 1008, busy or not."""
+    async with running_server(test_config(auth={**JWT, "leeway_s": 0})) as srv:
+        short = token(ttl_s=2)  # exp is whole seconds: it passes 1-2 s from now
+        exp = jwt.decode(short, options={"verify_signature": False})["exp"]
+        kwargs: dict[str, Any] = (
+            {"additional_headers": {"Authorization": f"Bearer {short}"}}
+            if where == "header"
+            else {"hello": {"token": short}}
+        )
+        async with Client.connect(srv.url, **kwargs) as c:
+            await c.send({"type": "say", "text": " ".join(["word"] * 40)})  # busy: 4 s of speech
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await c.recv(5)
+            assert time.time() >= exp - 0.05  # not before the token's end
+            assert time.time() < exp + 1.0
+            errors = [m for m in c.received if m["type"] == "error"]
+            assert [(e["code"], e["fatal"]) for e in errors] == [("token_expired", True)]
+            assert c.ws.close_code == 1008
+            assert not [m for m in c.received if m["type"] == "turn_end"]  # cut off mid-turn
+
+
 async def test_good_token_by_header_query_or_hello() -> None:
     async with running_server(test_config(auth=JWT)) as srv:
         await serves(srv.url, additional_headers={"Authorization": f"Bearer {token()}"})
