@@ -53,6 +53,7 @@ class RunningServer:
             Authenticator(config.auth),
             config.limits,
             max_sessions=config.server.max_sessions,
+            max_pending=config.server.max_pending_hellos,
             accepting=lambda: self.accepting,
         )
         self.webrtc = WebrtcHub.from_config(  # validates the webrtc section
@@ -112,6 +113,7 @@ class RunningServer:
                 close_code=CloseCode.TRY_AGAIN_LATER,
             )
         self.admission.check_ip(ticket)
+        self.admission.session_opened(ticket)
         session = Session(
             hello, self.specs, self.config.session, send, echo_guard=self.echo_guard, calls=self.webrtc.call_for
         )

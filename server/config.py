@@ -28,10 +28,11 @@ class ServerOptions:
     ping_timeout_s: float | None = 20.0
     open_timeout_s: float | None = 10.0  # TCP accept -> WebSocket handshake done
     close_timeout_s: float | None = 5.0
-    hello_timeout_s: float = 10.0  # handshake done -> hello received
+    hello_timeout_s: float = 5.0  # handshake done -> hello received (a client sends it at once)
     write_limit_bytes: int = 64 * 1024  # websockets' write buffer high-water mark
     max_queue_frames: int = 4  # websockets' incoming frame queue: 4 x max_frame_bytes worst case per connection
-    max_sessions: int = 200
+    max_sessions: int = 200  # sessions (after hello); connections still waiting for theirs do not count
+    max_pending_hellos: int = 64  # connections waiting for their hello; more get HTTP 503 at the handshake
     drain_timeout_s: float = 10.0  # SIGTERM: how long current turns may finish
     web_root: str | None = None  # folder served at GET /; default: clients/web next to the code
     # GET /metrics needs "Authorization: Bearer <token>" when set: the token comes from this environment
@@ -43,6 +44,8 @@ class ServerOptions:
         require(self.ws_path.startswith("/"), "ws_path", "must start with '/'")
         require(self.max_frame_bytes >= 1024, "max_frame_bytes", "must be at least 1024")
         require(self.max_sessions >= 1, "max_sessions", "must be at least 1")
+        require(self.max_pending_hellos >= 1, "max_pending_hellos", "must be at least 1")
+        require(self.hello_timeout_s > 0, "hello_timeout_s", "must be > 0")
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ class LimitOptions:
     slow_reader_grace_s: float | None = 10.0  # a send blocked this long (client not reading) closes 1008
     # caps (server.max_sessions is the per-process cap)
     max_sessions_per_ip: int | None = 20  # connections open from one client IP (before and after hello)
+    max_pending_per_ip: int | None = 4  # of those, still waiting for their hello (silent connections)
     max_sessions_per_user: int | None = 5  # sessions of one authenticated user (token subject)
     client_ip_header: str | None = None  # e.g. X-Forwarded-For or X-Real-IP, set by a reverse proxy
     trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])  # who may set it
@@ -48,7 +49,7 @@ class LimitOptions:
         require(self.audio_burst_s > 0, "audio_burst_s", "must be > 0")
         require(self.max_text_chars is None or self.max_text_chars >= 1, "max_text_chars", "must be >= 1")
         require(self.max_ping_id_chars >= 1, "max_ping_id_chars", "must be >= 1")
-        for key in ("max_sessions_per_ip", "max_sessions_per_user"):
+        for key in ("max_sessions_per_ip", "max_pending_per_ip", "max_sessions_per_user"):
             value = getattr(self, key)
             require(value is None or value >= 1, key, "must be >= 1 (or null: off)")
 

@@ -16,8 +16,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from server import cli
 from server.auth import issue_token
-from server.config import parse_config
+from server.config import ServerOptions, parse_config
 from tests.client import Client, running_server, test_config
+from tests.rawws import open_raw
 from vocab.errors import ConfigError
 
 SECRET = "s" * 40
@@ -204,6 +205,55 @@ async def test_per_ip_cap_503_counts_connections_before_hello() -> None:
         async with connect(srv.url), Client.connect(srv.url):  # one without hello, one with
             status, body, _ = await refused(srv.url)
             assert (status, body["code"]) == (503, "too_many_sessions")
+        await serves(srv.url)
+
+
+async def test_connections_that_never_send_hello_do_not_fill_the_session_cap() -> None:
+    """Connections still waiting for their hello are not sessions: many of them (here 10, the cap is 5) leave
+    the session cap to clients that say hello."""
+    config = test_config(server={"max_sessions": 5}, limits={"max_sessions_per_ip": None, "max_pending_per_ip": None})
+    async with running_server(config) as srv:
+        silent = [await open_raw(srv.port, hello=False) for _ in range(10)]
+        try:
+            assert all(raw.status == 101 for raw in silent)
+            async with Client.connect(srv.url) as c:  # a real client still gets a session
+                await c.send({"type": "ping", "id": 1})
+                await c.recv_type("pong")
+        finally:
+            for raw in silent:
+                await raw.close()
+
+
+async def test_connections_waiting_for_hello_have_their_own_cap_and_a_short_timeout() -> None:
+    config = test_config(
+        server={"max_pending_hellos": 3}, limits={"max_sessions_per_ip": None, "max_pending_per_ip": None}
+    )
+    async with running_server(config) as srv:
+        silent = [await open_raw(srv.port, hello=False) for _ in range(3)]
+        try:
+            status, body, _ = await refused(srv.url)
+            assert (status, body["code"]) == (503, "server_full")
+            assert "waiting for their hello" in body["message"]
+            await silent[0].send_msg({"type": "hello", "protocol": 1})  # one says hello: a slot frees up
+            assert (await silent[0].read_msg())["type"] == "ready"
+            await serves(srv.url)
+        finally:
+            for raw in silent:
+                await raw.close()
+    assert ServerOptions().hello_timeout_s <= 5.0
+
+
+async def test_connections_waiting_for_hello_are_capped_per_address() -> None:
+    config = test_config(limits={"max_sessions_per_ip": None, "max_pending_per_ip": 2})
+    async with running_server(config) as srv:
+        silent = [await open_raw(srv.port, hello=False) for _ in range(2)]
+        try:
+            status, body, _ = await refused(srv.url)
+            assert (status, body["code"]) == (503, "too_many_sessions")
+            assert "waiting for their hello" in body["message"]
+        finally:
+            for raw in silent:
+                await raw.close()
         await serves(srv.url)
 
 

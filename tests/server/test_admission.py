@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -68,12 +69,33 @@ def test_a_draining_server_refuses_with_503() -> None:
 def test_the_process_and_per_ip_caps() -> None:
     gate = admission(max_sessions=2, max_sessions_per_ip=1)
     first = Peer(("10.0.0.1", 1), request())
-    with gate.connection(first):
+    with gate.connection(first) as ticket:
+        gate.session_opened(ticket)
         assert refusal(gate.check_handshake(Peer(("10.0.0.1", 2)), request())) == (503, "too_many_sessions")
         other = Peer(("10.0.0.2", 1), request())
         assert gate.check_handshake(other, request()) is None
-        with gate.connection(other):
+        with gate.connection(other) as second:
+            assert gate.check_handshake(Peer(("10.0.0.3", 1)), request()) is None  # still waiting for its hello
+            gate.session_opened(second)
             assert refusal(gate.check_handshake(Peer(("10.0.0.3", 1)), request())) == (503, "server_full")
+
+
+def test_connections_waiting_for_hello_have_caps_of_their_own() -> None:
+    gate = admission(max_sessions=5, max_sessions_per_ip=None, max_pending_per_ip=2)
+    gate.max_pending = 3
+    with contextlib.ExitStack() as stack:
+        tickets = [stack.enter_context(gate.connection(Peer((f"10.0.0.{i % 2}", i), request()))) for i in range(3)]
+        assert (gate.connections, gate.pending) == (3, 3)
+        response = gate.check_handshake(Peer(("10.0.0.9", 1)), request())
+        assert refusal(response) == (503, "server_full")  # three waiting: the cap for waiting connections
+        gate.session_opened(tickets[1])  # 10.0.0.1 has a session now; 10.0.0.0 still has two waiting
+        assert gate.pending == 2
+        assert gate.check_handshake(Peer(("10.0.0.9", 1)), request()) is None
+        assert refusal(gate.check_handshake(Peer(("10.0.0.0", 9)), request())) == (503, "too_many_sessions")
+        gate.session_opened(tickets[1])  # once only
+        assert gate.pending == 2
+    assert (gate.connections, gate.pending) == (0, 0)
+    assert not gate.pending_per_ip
 
 
 def test_tokens_at_the_handshake_or_in_hello_and_the_per_user_cap() -> None:
