@@ -23,7 +23,7 @@ from typing import Any
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from server.auth import ANONYMOUS, Authenticator, Identity, token_from_request
+from server.auth import ANONYMOUS, Authenticator, Identity, origin_allowed, token_from_request
 from server.http import response
 from transports.limits import LimitOptions
 from vocab.errors import ProtocolError
@@ -96,6 +96,11 @@ class Admission:
         """``process_request`` for the WebSocket path: a Response refuses, None goes on with the handshake."""
         if not self.accepting():
             return _refuse(503, "shutting_down", "the server is shutting down")
+        origins, hosts = request.headers.get_all("Origin"), request.headers.get_all("Host")
+        if len(origins) > 1 or len(hosts) > 1:
+            return _refuse(400, "bad_request", "one Origin and one Host header at most")
+        if not origin_allowed(origins[0] if origins else None, hosts[0] if hosts else None, self.auth.options):
+            return _refuse(403, "bad_origin", "this page's origin may not open a session (auth.allowed_origins)")
         if self.auth.enabled:
             token = token_from_request(request.path, request.headers)
             if token is None and self.auth.options.require_at_handshake:

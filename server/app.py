@@ -17,13 +17,12 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.frames import CloseCode
-from websockets.typing import Origin
 
 from server.admission import Admission, Ticket
 from server.auth import Authenticator
 from server.config import Config
 from server.echo_guard import echo_guard_options
-from server.http import Routes, metrics_token, web_root
+from server.http import HostAllowList, Routes, metrics_token, web_root
 from server.session import Session, validate_hello
 from stages.registry import StageSpec, build_pipeline, describe_chain, load_all
 from transports import messages as m
@@ -184,14 +183,6 @@ class RunningServer:
                 self.log("voxpipe: some connections did not finish closing; stopping anyway")
 
 
-def _origins(config: Config) -> list[Origin | None] | None:
-    """websockets' Origin check (HTTP 403): the allowed list, plus None (no header) for non-browser clients."""
-    if config.auth.allowed_origins is None:
-        return None
-    allowed: list[Origin | None] = [Origin(o) for o in config.auth.allowed_origins]
-    return [*allowed, None] if config.auth.allow_missing_origin else allowed
-
-
 def _stderr_log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -218,13 +209,13 @@ async def serve(
         health=running.health,
         admit=running.admission.check_handshake,
         metrics_token=token,
+        hosts=HostAllowList.for_server(opts.allowed_hosts, opts.host),
     )
     ws_server = await ws_serve(
         running.handler,
         opts.host,
         opts.port,
-        process_request=routes,
-        origins=_origins(config),
+        process_request=routes,  # Origin is checked there too (Admission.check_handshake)
         max_size=opts.max_frame_bytes,
         compression=None,
         ping_interval=opts.ping_interval_s,

@@ -35,6 +35,10 @@ class ServerOptions:
     max_pending_hellos: int = 64  # connections waiting for their hello; more get HTTP 503 at the handshake
     drain_timeout_s: float = 10.0  # SIGTERM: how long current turns may finish
     web_root: str | None = None  # folder served at GET /; default: clients/web next to the code
+    # Host header names the HTTP routes and the WebSocket answer (others: 403), against DNS rebinding; entries
+    # are names or "*.example.com"; IP literals always pass. null: none checked on loopback, this machine's
+    # names (localhost, hostname, FQDN) when bound beyond it. ["*"]: no check.
+    allowed_hosts: list[str] | None = None
     # GET /metrics needs "Authorization: Bearer <token>" when set: the token comes from this environment
     # variable (a missing or empty variable is a start-up error). null: /metrics is open (restrict it at a proxy).
     metrics_token_env: str | None = None

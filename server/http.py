@@ -7,10 +7,13 @@ WebSocket path falls through to the handshake.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import mimetypes
 import os
+import socket
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ _EXTRA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "a
 def response(status: int, body: bytes, content_type: str, *, extra: dict[str, str] | None = None) -> Response:
     reasons = {
         200: "OK",
+        400: "Bad Request",
         401: "Unauthorized",
         403: "Forbidden",
         404: "Not Found",
@@ -104,6 +108,67 @@ def metrics_token(env_name: str | None, environ: Mapping[str, str] | None = None
     return value
 
 
+def host_name(value: str) -> str | None:
+    """The name in a ``Host`` header (``example.com:8765``, ``[::1]:80``), lower-cased; None when malformed."""
+    try:
+        return urlsplit("//" + value).hostname or None
+    except ValueError:
+        return None
+
+
+def is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(bind_host: str) -> bool:
+    """Whether the server listens on loopback only (``127.0.0.1``, ``::1``, ``localhost``)."""
+    if bind_host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind_host).is_loopback
+    except ValueError:
+        return False  # "0.0.0.0", "::", "" and names: beyond loopback
+
+
+@dataclass(frozen=True, slots=True)
+class HostAllowList:
+    """Host names the HTTP routes and the WebSocket handshake answer; another gets 403 (``bad_host``).
+
+    Against DNS rebinding: a page at ``evil.example`` whose name was re-pointed at this server is same-origin
+    with it for the browser, but its requests still say ``Host: evil.example``. IP literals are always
+    answered (no name was rebound), so are requests without a Host header (no browser sends one).
+    """
+
+    names: frozenset[str]
+    suffixes: tuple[str, ...] = ()  # from ``*.example.com`` entries: ``.example.com``
+
+    @classmethod
+    def for_server(cls, configured: list[str] | None, bind_host: str) -> HostAllowList | None:
+        """``server.allowed_hosts``; when unset: none on loopback (a local proxy decides), else this machine's
+        names (``localhost``, its hostname and FQDN). ``["*"]``: any Host, no check."""
+        if configured is None:
+            if is_loopback(bind_host):
+                return None
+            names = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+            return cls(frozenset(names), (".localhost",))
+        if "*" in configured:
+            return None
+        exact = {n.lower() for n in configured if not n.startswith("*.")}
+        return cls(frozenset(exact), tuple(n[1:].lower() for n in configured if n.startswith("*.")))
+
+    def allows(self, header: str | None) -> bool:
+        if header is None:
+            return True
+        name = host_name(header)
+        if name is None:
+            return False
+        return is_ip_literal(name) or name in self.names or name.endswith(self.suffixes)
+
+
 class Routes:
     """``process_request`` for the server: returns a Response, or None to go on with the handshake."""
 
@@ -115,11 +180,13 @@ class Routes:
         health: Callable[[], dict[str, Any]],
         admit: Callable[[Any, Request], Response | None] | None = None,
         metrics_token: str | None = None,
+        hosts: HostAllowList | None = None,
     ) -> None:
         self.ws_path = ws_path
         self.web_root = web_root
         self.health = health
         self.admit = admit  # the WebSocket path's gate (auth, caps): a Response refuses the handshake
+        self.hosts = hosts  # None: any Host header
         self._metrics_auth = None if metrics_token is None else f"Bearer {metrics_token}".encode()
 
     def _metrics(self, request: Request) -> Response:
@@ -136,6 +203,10 @@ class Routes:
         return response(200, METRICS.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
 
     def __call__(self, connection: Any, request: Request) -> Response | None:
+        if self.hosts is not None:
+            values = request.headers.get_all("Host")
+            if len(values) > 1 or not self.hosts.allows(values[0] if values else None):
+                return json_response(403, {"code": "bad_host", "message": "this server does not answer that Host"})
         path = unquote(urlsplit(request.path).path)
         if path == self.ws_path:
             return self.admit(connection, request) if self.admit is not None else None

@@ -3,6 +3,7 @@ process / IP / user (503 at the handshake, 1013 after hello), and the config tha
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from server import cli
 from server.auth import issue_token
 from server.config import ServerOptions, parse_config
 from tests.client import Client, running_server, test_config
-from tests.rawws import open_raw
+from tests.rawws import open_raw, open_tcp
 from vocab.errors import ConfigError
 
 SECRET = "s" * 40
@@ -77,6 +78,58 @@ async def test_missing_origin_can_be_refused_too() -> None:
         status, _, _ = await refused(srv.url)
         assert status == 403
         await serves(srv.url, origin="https://app.example.com")
+
+
+async def test_by_default_only_the_servers_own_page_may_open_a_session() -> None:
+    """With ``allowed_origins`` unset, a browser's Origin must be the server's own (the Host it asked for): any
+    other web page (cross-site WebSocket hijacking) gets 403. Clients that send no Origin are not browsers."""
+    async with running_server(test_config()) as srv:
+        own = f"http://127.0.0.1:{srv.port}"
+        for other in (
+            "https://evil.example",
+            f"http://127.0.0.1:{srv.port + 1}",
+            "http://127.0.0.1",  # port 80: another server of this host
+            "null",
+        ):
+            status, body, _ = await refused(srv.url, origin=other)
+            assert (status, body.get("code")) == (403, "bad_origin"), other
+        await serves(srv.url, origin=own)
+        await serves(srv.url)
+    async with running_server(test_config(auth={"allowed_origins": ["*"]})) as srv:
+        await serves(srv.url, origin="https://evil.example")  # any origin, when the config says so
+
+
+async def http_get(port: int, path: str, host: str) -> int:
+    reader, writer = await open_tcp(port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    reply = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return int(reply.split(b" ", 2)[1])
+
+
+async def test_bound_beyond_loopback_the_http_routes_answer_only_known_host_names() -> None:
+    """DNS rebinding: a page at evil.example whose name now points at this server reads ``/metrics`` with
+    ``Host: evil.example``. Bound beyond loopback, only IP literals, localhost, the machine's own names and
+    ``server.allowed_hosts`` are answered; others get 403, the WebSocket handshake too."""
+    async with running_server(test_config(server={"host": "0.0.0.0"})) as srv:
+        for host in ("evil.example", f"evil.example:{srv.port}", "localhost.evil.example"):
+            assert await http_get(srv.port, "/metrics", host) == 403, host
+            assert await http_get(srv.port, "/", host) == 403, host
+        for host in (f"127.0.0.1:{srv.port}", "localhost", f"localhost:{srv.port}", f"[::1]:{srv.port}", "192.0.2.2"):
+            assert await http_get(srv.port, "/metrics", host) == 200, host
+        raw = await open_raw(srv.port, headers={"Host": "evil.example"}, hello=False)
+        assert raw.status == 403
+        await raw.close()
+    config = test_config(server={"host": "0.0.0.0", "allowed_hosts": ["voice.example.com", "*.corp.example"]})
+    async with running_server(config) as srv:
+        assert await http_get(srv.port, "/healthz", "voice.example.com") == 200
+        assert await http_get(srv.port, "/healthz", "a.corp.example:443") == 200
+        assert await http_get(srv.port, "/healthz", "evil.example") == 403
+    async with running_server(test_config()) as srv:  # on loopback (behind a proxy, say): any Host by default
+        assert await http_get(srv.port, "/healthz", "voice.example.com") == 200
+    async with running_server(test_config(server={"allowed_hosts": ["localhost"]})) as srv:  # unless configured
+        assert await http_get(srv.port, "/healthz", "evil.example") == 403
+        assert await http_get(srv.port, "/healthz", f"localhost:{srv.port}") == 200
 
 
 # ---------------------------------------------------------------- tokens

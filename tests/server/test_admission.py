@@ -12,7 +12,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request
 
 from server.admission import Admission
-from server.auth import Authenticator, AuthOptions
+from server.auth import Authenticator, AuthOptions, origin_allowed, same_host
 from transports.limits import LimitOptions
 from vocab.errors import ProtocolError
 
@@ -124,3 +124,34 @@ def test_the_client_ip_header_is_trusted_only_from_a_trusted_proxy() -> None:
     forwarded = request(**{"X-Forwarded-For": "203.0.113.9, 198.51.100.7"})
     assert gate.client_ip(Peer(("127.0.0.1", 1)), forwarded) == "198.51.100.7"  # the entry the proxy added
     assert gate.client_ip(Peer(("10.9.9.9", 1)), forwarded) == "10.9.9.9"  # anyone else: the peer address
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "same"),
+    [
+        ("http://127.0.0.1:8765", "127.0.0.1:8765", True),
+        ("https://voice.example.com", "voice.example.com", True),  # behind a TLS proxy that passes Host
+        ("http://voice.example.com", "voice.example.com:80", True),
+        ("http://127.0.0.1:3000", "127.0.0.1:8765", False),  # another server of the same host
+        ("http://127.0.0.1", "127.0.0.1:8765", False),
+        ("https://evil.example", "127.0.0.1:8765", False),
+        ("null", "127.0.0.1:8765", False),
+        ("file://", "127.0.0.1:8765", False),
+        ("http://[::1]:8765", "[::1]:8765", True),
+        ("http://x:99999", "x:99999", False),
+    ],
+)
+def test_same_host_origins(origin: str, host: str, same: bool) -> None:
+    assert same_host(origin, host) is same
+
+
+def test_the_origin_check_by_default_and_configured() -> None:
+    default = AuthOptions()
+    assert origin_allowed("http://h:1", "h:1", default)
+    assert not origin_allowed("http://evil:1", "h:1", default)
+    assert origin_allowed(None, "h:1", default)  # not a browser
+    assert not origin_allowed(None, "h:1", AuthOptions(allow_missing_origin=False))
+    assert origin_allowed("http://evil:1", "h:1", AuthOptions(allowed_origins=["*"]))
+    listed = AuthOptions(allowed_origins=["https://app.example.com"])
+    assert origin_allowed("https://app.example.com", "h:1", listed)
+    assert not origin_allowed("http://h:1", "h:1", listed)  # a list replaces the same-host rule
