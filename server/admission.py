@@ -46,6 +46,7 @@ class Ticket:
     ip: str
     identity: Identity
     user_counted: str | None = None
+    connection: Any = None  # the websockets connection it admitted
     pending: bool = True  # waiting for its hello (no session yet)
 
 
@@ -132,7 +133,7 @@ class Admission:
     @contextlib.contextmanager
     def connection(self, ws: Any) -> Iterator[Ticket]:
         """Count one open connection (per process and per IP) for as long as the block runs."""
-        ticket = Ticket(self.client_ip(ws, ws.request), self._handshake_identity.pop(ws, ANONYMOUS))
+        ticket = Ticket(self.client_ip(ws, ws.request), self._handshake_identity.pop(ws, ANONYMOUS), connection=ws)
         self.connections += 1
         self.pending += 1
         self.pending_per_ip[ticket.ip] += 1
