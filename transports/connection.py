@@ -76,7 +76,8 @@ class ConnectionProtocol(Protocol):
 def _graph_entries(opening: list[Any]) -> list[tuple[str, str]]:
     """(name, input type) of each stage of the ``ready`` among the opening messages: an ``input`` is charged by
     the stage it enters (``SessionLimiter``)."""
-    ready = next((msg for msg in reversed(opening) if isinstance(msg, m.Ready)), None)
+    messages = [msg.message if isinstance(msg, m.Sequenced) else msg for msg in opening]
+    ready = next((msg for msg in reversed(messages) if isinstance(msg, m.Ready)), None)
     return [] if ready is None else [(node.name, node.input) for node in ready.graph]
 
 

@@ -202,3 +202,16 @@ def test_no_expiry_leaves_the_other_deadlines() -> None:
     assert conn.deadline() == 100.0
     conn.expire_at(500.0)
     assert conn.deadline() == 100.0
+
+
+def test_an_input_is_charged_by_the_stage_the_ready_names() -> None:
+    """The limiter learns the graph from the opening ``ready`` (numbered or not): bytes for the LLM are text."""
+    graph = [m.GraphNode("vad", "energy", "audio", "speech"), m.GraphNode("llm", "echo", "text", "text")]
+    ready = m.Ready(session="s1", graph=graph, audio_in=m.AudioFormat(), audio_out=m.AudioFormat())
+    for opening in ([ready], [m.Sequenced(1, ready)]):
+        conn = connection(max_text_chars=5)
+        conn.receive(json.dumps(HELLO), 0.0)
+        conn.accept(opening, in_rate_hz=16000, busy=lambda: False, now=0.0)
+        [err] = conn.receive(msgpack.packb({"type": "input", "stage": "llm", "data": b"123456"}), 0.0)
+        assert isinstance(err, ProtocolError)
+        assert err.code == "too_long"
