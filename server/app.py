@@ -23,7 +23,6 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
-from websockets.typing import Origin
 
 from server.admission import Admission, Ticket
 from server.aec import available as aec_available
@@ -31,7 +30,7 @@ from server.aec import echo_canceller_options
 from server.auth import Authenticator
 from server.config import Config
 from server.echo_guard import echo_guard_options
-from server.http import Routes, metrics_token, web_root
+from server.http import HostAllowList, Routes, metrics_token, web_root
 from server.resume import Resumes
 from server.resume_tokens import ResumeTokens, resume_secret
 from server.session import Session, validate_hello
@@ -71,6 +70,7 @@ class RunningServer:
             Authenticator(config.auth),
             config.limits,
             max_sessions=config.server.max_sessions,
+            max_pending=config.server.max_pending_hellos,
             accepting=lambda: self.accepting,
         )
         self.webrtc = WebrtcHub.from_config(  # validates the webrtc section
@@ -189,6 +189,7 @@ class RunningServer:
             message = "this session cannot be resumed (unknown, expired, or not yours): a new one starts"
             session.opening_errors.append(m.Error(code="resume_failed", message=message, fatal=False))
         self.resumes.attach(session)
+        self.admission.session_opened(ticket)  # no longer a connection waiting for its hello
         what = "resumed" if restored is not None else "opened"
         log.info("session %s %s: ip %s user %s", session.id, what, ticket.ip, identity.user or "-")
         return session
@@ -196,6 +197,8 @@ class RunningServer:
     async def handler(self, ws: ServerConnection) -> None:
         async def open_session(hello: m.Hello, send: m.Send) -> Session:
             session = await self.open_session(hello, send, ticket)
+            expires_at = ticket.identity.expires_at  # a JWT's exp holds during the session too
+            conn.expire_at(None if expires_at is None else time.monotonic() + (expires_at - time.time()))
             self.sessions[session.id] = session
             self._sockets[session.id] = ws
             SESSIONS_TOTAL.inc()
@@ -273,14 +276,6 @@ class RunningServer:
                 self.log("voxpipe: some connections did not finish closing; stopping anyway")
 
 
-def _origins(config: Config) -> list[Origin | None] | None:
-    """websockets' Origin check (HTTP 403): the allowed list, plus None (no header) for non-browser clients."""
-    if config.auth.allowed_origins is None:
-        return None
-    allowed: list[Origin | None] = [Origin(o) for o in config.auth.allowed_origins]
-    return [*allowed, None] if config.auth.allow_missing_origin else allowed
-
-
 def _stderr_log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -307,15 +302,15 @@ async def serve(
         health=running.health,
         admit=running.admission.check_handshake,
         metrics_token=token,
+        hosts=HostAllowList.for_server(opts.allowed_hosts, opts.host),
         ready=lambda: running.ready_for_sessions,
     )
     ws_server = await ws_serve(
         running.handler,
         opts.host,
         opts.port,
-        process_request=routes,
+        process_request=routes,  # Origin is checked there too (Admission.check_handshake)
         process_response=running.name_session,
-        origins=_origins(config),
         max_size=opts.max_frame_bytes,
         compression=None,
         ping_interval=opts.ping_interval_s,

@@ -37,7 +37,8 @@ class AuthOptions:
     tokens: dict[str, str] = field(default_factory=dict)
     # both modes: a token must come with the handshake (HTTP 401 otherwise), not only in hello
     require_at_handshake: bool = False
-    # browser Origins allowed to connect (HTTP 403 otherwise); null = any. Non-browser clients send none.
+    # browser Origins allowed to connect (HTTP 403 otherwise); null: the server's own page only (an Origin
+    # whose host and port are the request's Host); ["*"]: any. Non-browser clients send none.
     allowed_origins: list[str] | None = None
     allow_missing_origin: bool = True
 
@@ -48,13 +49,14 @@ class AuthOptions:
             short = [user for token, user in self.tokens.items() if len(token) < 16]
             require(not short, "tokens", f"the token of {short[:1]} is shorter than 16 characters")
         if self.allowed_origins is not None:
-            bad = [o for o in self.allowed_origins if o.endswith("/") or "://" not in o]
+            bad = [o for o in self.allowed_origins if o != "*" and (o.endswith("/") or "://" not in o)]
             require(not bad, "allowed_origins", f"{bad[:1]}: an origin is scheme://host[:port], no path")
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
     user: str | None  # None when auth is off
+    expires_at: float | None = None  # wall-clock time (epoch s) the credential ends: a JWT's exp + leeway_s
 
 
 ANONYMOUS = Identity(None)
@@ -116,7 +118,7 @@ class Authenticator:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise unauthorized("invalid token: 'sub' must be a non-empty string")
-        return Identity(subject)
+        return Identity(subject, expires_at=float(claims["exp"]) + opts.leeway_s)  # pyjwt checked exp is a number
 
 
 def resolve_secret(options: AuthOptions, environ: Any) -> bytes:
@@ -131,6 +133,30 @@ def resolve_secret(options: AuthOptions, environ: Any) -> bytes:
     if len(secret) < MIN_SECRET_BYTES:
         raise ConfigError(f"auth: the secret in {where} must be at least {MIN_SECRET_BYTES} bytes")
     return secret
+
+
+def origin_allowed(origin: str | None, host: str | None, options: AuthOptions) -> bool:
+    """The browser ``Origin`` check of the WebSocket handshake (cross-site WebSocket hijacking)."""
+    if origin is None:
+        return options.allow_missing_origin  # not a browser
+    allowed = options.allowed_origins
+    if allowed is not None:
+        return "*" in allowed or origin in allowed
+    return host is not None and same_host(origin, host)
+
+
+def same_host(origin: str, host: str) -> bool:
+    """Whether ``origin`` (``scheme://name[:port]``) is the page of the server the request's ``Host`` names."""
+    try:
+        page = urlsplit(origin)
+        target = urlsplit("//" + host)
+        page_port, target_port = page.port, target.port
+    except ValueError:
+        return False
+    default = {"http": 80, "https": 443}.get(page.scheme)
+    if default is None or not page.hostname or page.hostname != target.hostname:
+        return False
+    return (page_port or default) == (target_port or default)
 
 
 def token_from_request(path: str, headers: Headers) -> str | None:

@@ -38,7 +38,7 @@ from stages.graph import Graph, stage_error
 from stages.items import Item, ReplyDelta, SpeechAudio, Transcription, TurnDone, VadEvent
 from stages.registry import StageSpec
 from transports import messages as m
-from vocab.errors import ProtocolError
+from vocab.errors import ProtocolError, VoxpipeError
 from vocab.metrics import ERRORS_TOTAL, INTERRUPTIONS_TOTAL, TURNS_TOTAL
 
 log = logging.getLogger("voxpipe.session")
@@ -430,13 +430,23 @@ class Session:
             turn.mark_output(stage, self.clock())
 
     def stage_failed(self, stage: str, turn: int | None, exc: Exception) -> None:
+        """The client gets the stable code and a generic message; the details go to the log (with a traceback
+        when the failure was not raised on purpose)."""
         err = stage_error(exc)
-        if not isinstance(exc, type(err)) or err.code == "stage_failed":
-            log.warning("session %s: stage %s failed on turn %s: %r", self.id, stage, turn, exc)
+        unexpected = not isinstance(exc, VoxpipeError)
+        log.warning(
+            "session %s: stage %s failed on turn %s: %s: %s",
+            self.id,
+            stage,
+            turn,
+            err.code,
+            err.message,
+            exc_info=exc if unexpected else None,
+        )
         live = self.turns.live.get(turn) if turn is not None else None
         if live is not None:
             live.failed = True
-        self.error(err.code, f"{stage}: {err.message}", turn=turn if live is not None else None)
+        self.error(err.code, f"{stage}: {err.public_message}", turn=turn if live is not None else None)
 
     def error(self, code: str, message: str, *, turn: int | None = None, fatal: bool = False) -> None:
         ERRORS_TOTAL.inc(code=code)

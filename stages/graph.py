@@ -300,7 +300,8 @@ class StageRunner:
 
 
 def stage_error(exc: Exception) -> StageError:
-    """The error a client sees for a stage failure: its own code, or ``stage_failed``."""
+    """A stage failure as a ``StageError``: its own code, or ``stage_failed``. Its ``message`` (details, for the
+    server log) differs from its ``public_message`` (for the client)."""
     if isinstance(exc, StageError):
         return exc
     return StageError(f"{type(exc).__name__}: {exc}")

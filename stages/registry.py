@@ -71,6 +71,10 @@ class StageSpec:
     def output_type(self) -> str:
         return self.factory.output_type
 
+    def option(self, name: str, default: Any) -> Any:
+        """The stage kind's option ``name`` (``max_utterance_ms``, ...), or ``default`` when it has none."""
+        return getattr(getattr(self.factory, "options", None), name, default)
+
 
 def stage_kind(kind: str) -> StageKind[Any]:
     found: StageKind[Any] = _import(KINDS[kind])
