@@ -24,14 +24,17 @@ from server.auth import Authenticator
 from server.config import Config
 from server.echo_guard import echo_guard_options
 from server.http import Routes, metrics_token, web_root
+from server.resume import Resumes
+from server.resume_tokens import ResumeTokens, resume_secret
 from server.session import Session, validate_hello
+from server.state import SafeStore, make_store
 from stages.registry import StageSpec, build_pipeline, describe_chain, load_all
 from transports import messages as m
 from transports.connection import Connection
 from transports.webrtc import WebrtcHub
 from transports.websocket import close_bounded, reap_closing, serve_connection
 from vocab.errors import ProtocolError
-from vocab.metrics import METRICS, SESSIONS_OPEN, SESSIONS_TOTAL
+from vocab.metrics import ERRORS_TOTAL, METRICS, SESSIONS_OPEN, SESSIONS_TOTAL
 
 log = logging.getLogger("voxpipe.app")
 
@@ -44,6 +47,7 @@ class RunningServer:
         self.specs = specs
         self.log = log
         self.sessions: dict[str, Session] = {}
+        self._sockets: dict[str, ServerConnection] = {}  # by session id, while its connection is open
         self.started_at = time.monotonic()
         self.ws_server: Server | None = None
         self.port = 0
@@ -60,7 +64,27 @@ class RunningServer:
             audio_max_realtime=config.limits.audio_max_realtime,
             audio_burst_s=config.limits.audio_burst_s,
         )
+        self.resumes = self._resumes(config)
         METRICS.add_collector(lambda: SESSIONS_OPEN.set(len(self.sessions)))
+
+    def _resumes(self, config: Config) -> Resumes:
+        opts, limits = config.session, config.limits
+        store = SafeStore(make_store(config.state), timeout_s=config.state.timeout_s)
+        tokens = None
+        lifetime_s = limits.max_session_s or 86_400.0
+        if opts.resume_grace_s is not None:
+            secret, shared = resume_secret(opts.resume_secret_env)
+            if not shared:
+                self.log(f"voxpipe: resume works within this process (set ${opts.resume_secret_env} to share it)")
+            tokens = ResumeTokens(secret, ttl_s=opts.resume_token_ttl_s or lifetime_s + opts.resume_grace_s)
+        live_ttl_s = (limits.idle_timeout_s or lifetime_s) + (opts.resume_grace_s or 0.0)
+        return Resumes(store, tokens, grace_s=opts.resume_grace_s, live_ttl_s=live_ttl_s, takeover=self._take_over)
+
+    async def _take_over(self, session_id: str) -> None:
+        """A resume of a session still connected here: its old socket goes (it is held, then resumed)."""
+        ws = self._sockets.get(session_id)
+        if ws is not None:
+            await close_bounded(ws, 4000, "resumed on another connection")
 
     @property
     def host(self) -> str:
@@ -93,7 +117,12 @@ class RunningServer:
             ],
         }
 
-    def open_session(self, hello: m.Hello, send: m.Send, ticket: Ticket) -> Session:
+    @property
+    def ready_for_sessions(self) -> bool:
+        """``GET /ready``: taking new sessions (not draining, below the session cap)."""
+        return self.accepting and self.admission.connections < self.config.server.max_sessions
+
+    async def open_session(self, hello: m.Hello, send: m.Send, ticket: Ticket) -> Session:
         identity = self.admission.admit_user(ticket, hello.token)  # unauthorized: close 1008
         validate_hello(hello, [s.name for s in self.specs])
         prompt = hello.session.system_prompt if hello.session else None
@@ -112,16 +141,32 @@ class RunningServer:
                 close_code=CloseCode.TRY_AGAIN_LATER,
             )
         self.admission.check_ip(ticket)
+        restored = None if hello.resume is None else await self.resumes.find(hello.resume, identity.user)
         session = Session(
-            hello, self.specs, self.config.session, send, echo_guard=self.echo_guard, calls=self.webrtc.call_for
+            hello,
+            self.specs,
+            self.config.session,
+            send,
+            user=identity.user,
+            restored=restored,
+            last_seen_seq=hello.resume.last_session_seq if restored is not None and hello.resume else 0,
+            echo_guard=self.echo_guard,
+            calls=self.webrtc.call_for,
         )
-        log.info("session %s opened: ip %s user %s", session.id, ticket.ip, identity.user or "-")
+        if hello.resume is not None and restored is None:
+            ERRORS_TOTAL.inc(code="resume_failed")
+            message = "this session cannot be resumed (unknown, expired, or not yours): a new one starts"
+            session.opening_errors.append(m.Error(code="resume_failed", message=message, fatal=False))
+        self.resumes.attach(session)
+        what = "resumed" if restored is not None else "opened"
+        log.info("session %s %s: ip %s user %s", session.id, what, ticket.ip, identity.user or "-")
         return session
 
     async def handler(self, ws: ServerConnection) -> None:
-        def open_session(hello: m.Hello, send: m.Send) -> Session:
-            session = self.open_session(hello, send, ticket)
+        async def open_session(hello: m.Hello, send: m.Send) -> Session:
+            session = await self.open_session(hello, send, ticket)
             self.sessions[session.id] = session
+            self._sockets[session.id] = ws
             SESSIONS_TOTAL.inc()
             opened.append(session)
             return session
@@ -140,15 +185,23 @@ class RunningServer:
                     ws, conn, open_session, slow_reader_grace_s=self.config.limits.slow_reader_grace_s
                 )
             finally:
+                # no close decided by the protocol: the socket went away, or the server closed it (drain,
+                # takeover): the session is held for a resume. A bye or a fatal close ends it.
+                dropped = conn.close is None
                 for session in opened:
-                    self.sessions.pop(session.id, None)
+                    try:
+                        await self.resumes.release(session, dropped=dropped)
+                    finally:
+                        self.sessions.pop(session.id, None)
+                        if self._sockets.get(session.id) is ws:
+                            del self._sockets[session.id]
 
     async def drain(self, timeout_s: float | None = None) -> None:
-        """Stop accepting, let the turns in flight finish (up to ``timeout_s``), then close all with 1001."""
+        """Stop taking sessions (``/ready`` 503, handshakes 503), let the turns in flight finish (up to
+        ``timeout_s``), tell every client ``going_away`` (fatal: resume elsewhere), then close all with 1001.
+        Their sessions are held for a resume, in the state store another worker reads."""
         self.accepting = False
         deadline = time.monotonic() + (self.config.server.drain_timeout_s if timeout_s is None else timeout_s)
-        if self.ws_server is not None:
-            self.ws_server.server.close()  # stop listening; open connections go on (websockets' close() runs once)
         # polls many sessions' turns: there is no single event to wait on
         while time.monotonic() < deadline and any(  # noqa: ASYNC110
             t.responding for s in self.sessions.values() for t in s.turns.live.values()
@@ -157,6 +210,15 @@ class RunningServer:
         server = self.ws_server
         if server is None:
             return
+        server.server.close()  # stop listening; open connections go on (websockets' close() runs once)
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            hint = "the server is restarting: reconnect and resume with your token" if self.resumes.enabled else ""
+            session.error("going_away", hint or "the server is shutting down", fatal=True)
+        if sessions:
+            with contextlib.suppress(TimeoutError):  # a client that does not read gets the close anyway
+                async with asyncio.timeout(self.config.server.close_timeout_s or 5.0):
+                    await asyncio.gather(*(s.outbox.flush_control() for s in sessions))
         # websockets' own close waits for every client to read its close frame; a client that stopped
         # reading would hold the shutdown, so each close is bounded and then aborted.
         closing = [
@@ -214,6 +276,7 @@ async def serve(
         health=running.health,
         admit=running.admission.check_handshake,
         metrics_token=token,
+        ready=lambda: running.ready_for_sessions,
     )
     ws_server = await ws_serve(
         running.handler,

@@ -1,14 +1,17 @@
 """``voxpipe serve``, ``voxpipe check-config`` and ``voxpipe token``: start-up banner, SIGINT/SIGTERM drain,
-and HS256 tokens for ``auth.mode: jwt``."""
+worker processes (``--workers N``), and HS256 tokens for ``auth.mode: jwt``. A mistake is one line on
+stderr and exit status 2: a bad config key, or an address already in use."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -28,6 +31,36 @@ def _load(path: str, host: str | None, port: int | None) -> Config:
     if port is not None:
         server = dataclasses.replace(server, port=port)
     return dataclasses.replace(config, server=server)
+
+
+class ListenError(Exception):
+    """The server cannot listen where it was told to."""
+
+
+def check_listen(host: str, port: int) -> None:
+    """Fail fast (before loading models) when ``host:port`` is taken or not ours to use."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror} (check server.host or --host)") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ListenError(_listen_message(host, port, exc)) from None
+
+
+def _listen_message(host: str, port: int, exc: OSError) -> str:
+    what = {
+        errno.EADDRINUSE: "the address is already in use (another voxpipe, or another program)",
+        errno.EACCES: "permission denied (ports below 1024 need privileges)",
+        errno.EADDRNOTAVAIL: "no such address on this machine",
+    }.get(exc.errno or 0, exc.strerror or str(exc))
+    return f"cannot listen on {host}:{port}: {what}; choose another port with --port (or server.port)"
 
 
 async def _serve(config: Config) -> None:
@@ -62,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--host", help="override server.host")
     run.add_argument("--port", type=int, help="override server.port (0 = any free port)")
     run.add_argument("--log-level", default="WARNING", help="Python logging level (default: WARNING)")
+    run.add_argument(
+        "--workers", type=int, default=0, help="run N worker processes on ports port..port+N-1 (default: one process)"
+    )
     check = sub.add_parser("check-config", help="validate a config file and print the stage chain")
     check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     tok = sub.add_parser("token", help="print an HS256 JWT for a user (auth.mode: jwt)")
@@ -81,11 +117,42 @@ def main(argv: list[str] | None = None) -> int:
             return _print_token(args.config, args.user, args.ttl_s)
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
         config = _load(args.config, args.host, args.port)
-        asyncio.run(_serve(config))
+        server = config.server
+        if args.workers:
+            return _serve_workers(args, config)
+        check_listen(server.host, server.port)
+        try:
+            asyncio.run(_serve(config))
+        except OSError as exc:  # lost the race for the port between the check and the bind
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+                raise
+            raise ListenError(_listen_message(server.host, server.port, exc)) from None
         return 0
     except ConfigError as exc:
         print(f"voxpipe: config error: {exc.message}", file=sys.stderr)
         return 2
+    except ListenError as exc:
+        print(f"voxpipe: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve_workers(args: argparse.Namespace, config: Config) -> int:
+    from server.workers import run_workers
+
+    server = config.server
+    if args.workers < 1 or server.port == 0:
+        raise ConfigError("--workers: needs N >= 1 and a fixed server.port (worker i listens on port + i)")
+    build_pipeline(config.pipeline)  # a bad pipeline fails once, here, not in every worker
+    for i in range(args.workers):
+        check_listen(server.host, server.port + i)
+    return run_workers(
+        args.config,
+        args.workers,
+        host=server.host,
+        port=server.port,
+        log_level=args.log_level,
+        secret_env=config.session.resume_secret_env,
+    )
 
 
 if __name__ == "__main__":

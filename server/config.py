@@ -2,10 +2,18 @@
 
 Every limit has a unit in its name and a safe default; ``None`` (YAML ``null``) turns a limit off
 where that makes sense. ``load_config`` raises ``ConfigError`` naming the bad key.
+
+Any key can be set from the environment too (containers are configured that way):
+``VOXPIPE_SERVER__PORT=9000``, ``VOXPIPE_STATE__BACKEND=redis``, ``VOXPIPE_PIPELINE__2__MAX_TOKENS=32``
+(sections and keys joined by ``__``, list entries by index; values read as YAML scalars). Overrides are
+validated with the file, and an error names the variable.
 """
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +21,7 @@ from typing import Any
 import yaml
 
 from server.auth import AuthOptions
+from server.state import StateOptions
 from transports.limits import LimitOptions
 from vocab.errors import ConfigError
 from vocab.options import build, require
@@ -56,6 +65,11 @@ class SessionDefaults:
     stage_queue_items: int = 64  # every other edge; a full queue blocks its producer
     outbox_max_items: int = 512  # messages waiting for the socket; a full outbox blocks the stages
     max_history_messages: int = 40
+    # resume after a dropped socket (wire contract, "Resume")
+    resume_grace_s: float | None = 30.0  # a dropped session is held this long for a resume; null: resume off
+    replay_max_messages: int = 512  # messages other than audio kept for a resume to replay
+    resume_secret_env: str = "VOXPIPE_RESUME_SECRET"  # HMAC key every worker shares (unset: one per process)
+    resume_token_ttl_s: float | None = None  # default: limits.max_session_s + resume_grace_s (24 h when off)
 
     def validate(self) -> None:
         require(self.lead_ms >= 0, "lead_ms", "must be >= 0")
@@ -64,6 +78,11 @@ class SessionDefaults:
         require(self.stage_queue_items >= 1, "stage_queue_items", "must be >= 1")
         require(self.outbox_max_items >= 16, "outbox_max_items", "must be >= 16")
         require(self.max_history_messages >= 0, "max_history_messages", "must be >= 0")
+        require(self.resume_grace_s is None or self.resume_grace_s > 0, "resume_grace_s", "must be > 0 (or null: off)")
+        require(self.replay_max_messages >= 16, "replay_max_messages", "must be >= 16")
+        require(
+            self.resume_token_ttl_s is None or self.resume_token_ttl_s > 0, "resume_token_ttl_s", "must be > 0"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +92,13 @@ class Config:
     # Raw stage entries; ``stages.registry.build_pipeline`` validates them against each engine.
     pipeline: list[dict[str, Any]] = field(default_factory=list)
     auth: AuthOptions = field(default_factory=AuthOptions)  # server/auth.py
-    limits: LimitOptions = field(default_factory=LimitOptions)  # server/limits.py
+    limits: LimitOptions = field(default_factory=LimitOptions)  # transports/limits.py
+    state: StateOptions = field(default_factory=StateOptions)  # server/state.py
     # Sections owned and validated by their modules: webrtc (transports/webrtc.py), echo_guard (server/echo_guard.py).
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-KNOWN_SECTIONS = ("server", "session", "pipeline", "auth", "limits")
+KNOWN_SECTIONS = ("server", "session", "pipeline", "auth", "limits", "state")
 EXTRA_SECTIONS = ("webrtc", "echo_guard")
 
 
@@ -103,11 +123,55 @@ def parse_config(data: Any, source: str = "config") -> Config:
         pipeline=pipeline,
         auth=build(AuthOptions, data.get("auth"), "auth"),
         limits=build(LimitOptions, data.get("limits"), "limits"),
+        state=build(StateOptions, data.get("state"), "state"),
         extra={k: data[k] for k in EXTRA_SECTIONS if k in data},
     )
 
 
-def load_config(path: str | Path) -> Config:
+ENV_PREFIX = "VOXPIPE_"
+_ENV_NAME = re.compile(r"^VOXPIPE_[A-Z0-9_]+__[A-Z0-9_]+$")
+
+
+def apply_env(data: Any, environ: Mapping[str, str]) -> tuple[Any, dict[str, str]]:
+    """``data`` with every ``VOXPIPE_A__B__C`` variable set at ``a.b.c``; and key path -> variable name."""
+    if data is None:
+        data = {}
+    sources: dict[str, str] = {}
+    for name in sorted(environ):
+        if not _ENV_NAME.match(name):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not isinstance(data, dict) or not all(parts):
+            raise ConfigError(f"${name}: not a config key (VOXPIPE_SECTION__KEY)")
+        try:
+            value = yaml.safe_load(environ[name])
+        except yaml.YAMLError:
+            value = environ[name]
+        node: Any = data
+        path = parts[0]
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"{path}: no entry {part} to set from ${name}")
+                key: Any = int(part)
+            elif isinstance(node, dict):
+                key = part
+            else:
+                raise ConfigError(f"{path}: not a section, cannot set {part} from ${name}")
+            if last:
+                node[key] = value
+            else:
+                if isinstance(node, dict) and node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
+                path += f"[{parts[i + 1]}]" if isinstance(node, list) else f".{parts[i + 1]}"
+        sources[path] = name
+    return data, sources
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """The file at ``path`` with the environment's overrides, validated; ``ConfigError`` names the key."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -117,4 +181,12 @@ def load_config(path: str | Path) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(data, str(path))
+    data, sources = apply_env(data, os.environ if environ is None else environ)
+    try:
+        return parse_config(data, str(path))
+    except ConfigError as exc:
+        head = exc.message.split(":", 1)[0]  # the key the error names
+        for key, name in sources.items():
+            if head == key or head.startswith((key + ".", key + "[")) or key.startswith((head + ".", head + "[")):
+                raise ConfigError(f"{exc.message} (set by ${name})") from None
+        raise

@@ -35,6 +35,11 @@ class History:
     def entries(self) -> list[Entry]:
         return list(self._entries)
 
+    def restore(self, entries: list[tuple[int, str, str]]) -> None:
+        """The history of a resumed session: (turn, role, content) as ``entries()`` gave them."""
+        self._entries = [Entry(turn, role, content) for turn, role, content in entries]
+        self._trim()
+
     def add_user(self, turn: int, text: str) -> None:
         self._entries.append(Entry(turn, "user", text))
         self._trim()

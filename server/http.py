@@ -1,4 +1,7 @@
-"""Plain HTTP on the WebSocket port: the demo page and its files, /healthz, /schema, /metrics.
+"""Plain HTTP on the WebSocket port: the demo page and its files, /healthz, /ready, /schema, /metrics.
+
+``/healthz`` says the process is alive (200 while it runs); ``/ready`` whether it takes new sessions
+(200, or 503 while draining or at its session cap): load balancers route on the second.
 
 Answers are built as ``websockets`` responses from ``process_request``; a request for the
 WebSocket path falls through to the handshake.
@@ -109,10 +112,12 @@ class Routes:
         health: Callable[[], dict[str, Any]],
         admit: Callable[[Any, Request], Response | None] | None = None,
         metrics_token: str | None = None,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.ws_path = ws_path
         self.web_root = web_root
         self.health = health
+        self.ready = ready
         self.admit = admit  # the WebSocket path's gate (auth, caps): a Response refuses the handshake
         self._metrics_auth = None if metrics_token is None else f"Bearer {metrics_token}".encode()
 
@@ -134,6 +139,9 @@ class Routes:
             return self.admit(connection, request) if self.admit is not None else None
         if path == "/healthz":
             return json_response(200, self.health())
+        if path == "/ready":
+            ready = self.ready()
+            return json_response(200 if ready else 503, {"ready": ready})
         if path == "/schema":
             return response(200, _schema_bytes(), "application/schema+json")
         if path == "/metrics":

@@ -43,6 +43,8 @@ class Outbox:
         self._finish_turn = finish_turn
         self._control: deque[Any] = deque()
         self._max_control = max_control
+        self._control_queued = self._control_sent = 0  # counts, for ``flush_control``
+        self._control_progress = asyncio.Event()
         self._messages: Inbox[tuple[str, int | None, Item]] = Inbox(max_items)
         self._wakeup = asyncio.Event()
         playhead.wake = self._wakeup.set
@@ -55,7 +57,15 @@ class Outbox:
             QUEUE_DROPS_TOTAL.inc(edge="outbox_control")
             return
         self._control.append(message)
+        self._control_queued += 1
         self._wakeup.set()
+
+    async def flush_control(self) -> None:
+        """Wait until every control message queued so far has been sent (callers bound the wait)."""
+        target = self._control_queued
+        while self._control_sent < target:
+            self._control_progress.clear()
+            await self._control_progress.wait()
 
     async def put_message(self, stage: str, item: Item) -> None:
         """A stage output for the client; the wire message is built when it is sent (``server/outbound.py``)."""
@@ -79,6 +89,19 @@ class Outbox:
         self._messages.purge(lambda entry: entry[1] == turn)
         self.playhead.drop_turn(turn, now)
 
+    def take_unsent(self) -> list[Any]:
+        """What the writer had not sent yet, in its order, audio left out (the socket is gone: for the log)."""
+        out = list(self._control)
+        self._control.clear()
+        self._control_sent += len(out)
+        self._control_progress.set()
+        while not self._messages.empty():
+            stage, turn, item = self._messages.get_nowait()
+            message = to_message(stage, item) if turn is None or turn in self._turns else None
+            if message is not None:
+                out.append(message)
+        return out
+
     # ------------------------------------------------------------ the writer
 
     async def _sleep(self, seconds: float) -> None:
@@ -97,6 +120,8 @@ class Outbox:
             self._wakeup.clear()  # cleared before looking, so no put between look and wait is missed
             if self._control:
                 await self._send(self._control.popleft())
+                self._control_sent += 1
+                self._control_progress.set()
                 continue
             if not self._messages.empty():
                 stage, turn, item = self._messages.get_nowait()

@@ -5,10 +5,12 @@
 - ``history`` (``server/history.py``): the chat messages, keyed by turn;
 - ``playhead`` (``server/playhead.py``): the one playout clock;
 - ``outbox`` (``server/outbox.py``): the one writer of the socket;
+- ``log`` (``server/replay.py``): ``session_seq`` for every message, and the tail a resume replays;
 - ``inputs`` (``server/dispatch.py``): client messages -> graph entries.
 The session itself runs them (``run``), watches stage outputs (``observe``: latency marks, barge-in,
 the reply text) and interrupts: close the turn (the outbox gate), cancel its in-flight work, drop its
 queued output, send ``interrupted``, and cut the history to what was played.
+A session can be rebuilt from its ``SessionState`` (``server/state.py``) on any worker: that is resume.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from server.config import SessionDefaults
@@ -26,6 +28,8 @@ from server.echo_guard import EchoGuard, EchoGuardOptions
 from server.history import History
 from server.outbox import Outbox
 from server.playhead import Playhead
+from server.replay import SessionLog
+from server.state import SessionState
 from server.turns import Turn, Turns
 from stages.base import StageContext
 from stages.graph import Graph, stage_error
@@ -61,11 +65,15 @@ class Session:
         send: m.Send,
         *,
         session_id: str | None = None,
+        user: str | None = None,
+        restored: SessionState | None = None,
+        last_seen_seq: int = 0,
         echo_guard: EchoGuardOptions | None = None,
         calls: CallFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.id = session_id or uuid.uuid4().hex[:12]
+        self.id = restored.session if restored is not None else session_id or uuid.uuid4().hex[:12]
+        self.user = user
         self.hello = hello
         self.specs = specs
         self.defaults = defaults
@@ -74,8 +82,13 @@ class Session:
         self.in_rate_hz = hello.audio_in.rate
         self.out_rate_hz = hello.audio_out.rate
         self.barge_in_min_ms = defaults.barge_in_min_ms
+        self._socket_send = send
         self.turns = Turns()
         self.history = History(defaults.max_history_messages)
+        self.log = SessionLog(max_messages=defaults.replay_max_messages)
+        self.resume_token: str | None = None  # set by the server when resume is on
+        self.opening_errors: list[m.Error] = []  # sent before ready (a resume that failed)
+        self.replay: list[m.Sequenced] = []  # sent right after ready on a resume
         self.playhead = Playhead(
             rate_hz=self.out_rate_hz,
             lead_ms=defaults.lead_ms,
@@ -84,7 +97,7 @@ class Session:
             clock=clock,
         )
         self.outbox = Outbox(
-            send,
+            self._send,
             playhead=self.playhead,
             live_turns=self.turns.live,
             finish_turn=self._finish_turn,
@@ -119,6 +132,54 @@ class Session:
         self.call: Call | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._spawned: set[asyncio.Task[Any]] = set()
+        # called with a snapshot at each turn end (the server keeps it in the state store); one at a time
+        self.autosave: Callable[[SessionState], Awaitable[None]] | None = None
+        self._saving: asyncio.Task[None] | None = None
+        self._save_again = False
+        if restored is not None:
+            self._restore(restored, last_seen_seq)
+
+    def _restore(self, state: SessionState, last_seen_seq: int) -> None:
+        """Pick the conversation up from its snapshot: history, settings, counters; what the client missed."""
+        self.ctx.system_prompt = state.system_prompt
+        self.ctx.voice = state.voice
+        self.ctx.language = state.language
+        self.history.restore(state.history)
+        self.turns.last = state.last_turn
+        self.log = SessionLog(
+            max_messages=self.defaults.replay_max_messages,
+            # a client may have seen messages newer than the snapshot (a worker killed between turn ends)
+            last_seq=max(state.last_seq, last_seen_seq),
+            tail=state.replay,
+            forgotten_seq=state.forgotten_seq,
+        )
+        self.replay, complete = self.log.since(last_seen_seq)
+        if not complete:
+            self.error("replay_incomplete", "some messages sent while the client was away are no longer kept")
+
+    def snapshot(self) -> SessionState:
+        """The conversation as a resume on any worker restores it (bounded: history and log are)."""
+        return SessionState(
+            session=self.id,
+            user=self.user,
+            system_prompt=self.ctx.system_prompt,
+            voice=self.ctx.voice,
+            language=self.ctx.language,
+            history=[(e.turn, e.role, e.content) for e in self.history.entries()],
+            last_turn=self.turns.last,
+            last_seq=self.log.last_seq,
+            replay=self.log.tail(),
+            forgotten_seq=self.log.forgotten_seq,
+            saved_at=time.time(),
+        )
+
+    def stamp(self, message: Any) -> m.Sequenced:
+        """``message`` with the session's next ``session_seq`` (logged for a resume unless audio)."""
+        return self.log.stamp(message)
+
+    async def _send(self, message: Any) -> None:
+        """The outbox's writer: every message gets its ``session_seq`` (and is logged) as it goes out."""
+        await self._socket_send(self.log.stamp(message))
 
     @property
     def live_turns(self) -> Mapping[int, Turn]:
@@ -129,9 +190,18 @@ class Session:
         """Not idle: a turn is open (the user is speaking or the agent answering), or a call is up."""
         return bool(self.turns.live) or (self.call is not None and self.call.active)
 
-    def ready(self) -> m.Ready:
+    def ready(self) -> list[m.Sequenced]:
+        """What the connection sends before anything else: errors of the hello (``resume_failed``), then ready."""
         graph = [m.GraphNode(s.name, s.engine_name, s.input_type, s.output_type) for s in self.specs]
-        return m.Ready(session=self.id, graph=graph, audio_in=self.hello.audio_in, audio_out=self.hello.audio_out)
+        ready = m.Ready(
+            session=self.id,
+            graph=graph,
+            audio_in=self.hello.audio_in,
+            audio_out=self.hello.audio_out,
+            resume_token=self.resume_token,
+            resumed=self.hello.resume is not None and self.hello.resume.session == self.id,
+        )
+        return [*(self.log.stamp(e) for e in self.opening_errors), self.log.stamp(ready)]
 
     # ------------------------------------------------------------ lifecycle
 
@@ -142,6 +212,9 @@ class Session:
         """
         tasks: list[asyncio.Task[Any]] = []
         try:
+            for missed in self.replay:  # what the client missed while it was away, before anything new
+                await self._socket_send(missed)
+            self.replay = []
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tasks.append(tg.create_task(self.outbox.run(), name=f"{self.id}:outbox"))
@@ -158,12 +231,24 @@ class Session:
                         task.cancel()
         finally:
             self._tg = None
-            self.turns.live.clear()
             try:
                 if self.call is not None:
                     await self.call.close()
             finally:
                 await self.graph.close()
+
+    def hold(self) -> SessionState:
+        """The socket dropped (call after ``run``): cut the turns in flight at what was played, as for an
+        interruption, log what was still queued for the client (audio aside), and return the snapshot."""
+        self.interrupt("disconnect")
+        for message in self.outbox.take_unsent():
+            self.log.stamp(message)
+        self.turns.live.clear()
+        return self.snapshot()
+
+    def end(self) -> None:
+        """The session is over for good (bye, a fatal close): no turn stays live."""
+        self.turns.live.clear()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """A task in the session's group; a failure is reported to the client, never kills the session."""
@@ -222,6 +307,7 @@ class Session:
             return []
         if turn.reply_text:
             self.history.set_reply(turn.id, turn.reply_text)
+        self._autosave()
         TURNS_TOTAL.inc(outcome="end")
         first, v2v = turn.metrics(self.playhead.first_released_at(turn_id))
         out: list[Any] = []
@@ -229,6 +315,23 @@ class Session:
             out.append(m.Metrics(turn=turn_id, first_output_ms=first, voice_to_voice_ms=v2v))
         out.append(m.TurnEnd(turn=turn_id))
         return out
+
+    def _autosave(self) -> None:
+        """Keep the snapshot current (at each turn end): one save at a time, the latest state wins."""
+        if self.autosave is None or self._tg is None or self.closed:
+            return
+        if self._saving is not None and not self._saving.done():
+            self._save_again = True
+            return
+        self._saving = self.spawn(self._save_loop())
+
+    async def _save_loop(self) -> None:
+        assert self.autosave is not None
+        while True:
+            self._save_again = False
+            await self.autosave(self.snapshot())
+            if not self._save_again:
+                return
 
     def interrupt(self, cause: str, *, before_turn: int | None = None) -> list[int]:
         """Cut off every turn the agent is responding to (older than ``before_turn`` when given)."""

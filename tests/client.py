@@ -81,6 +81,9 @@ class Client:
         self.framing = framing
         self.ready: Message = {}
         self.received: list[Message] = []
+        # every server message carries session_seq, one more each time (a resume's replay aside)
+        self.last_seq: int | None = None
+        self.check_seq = True
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -107,6 +110,8 @@ class Client:
             "audio_out": {"format": "pcm16", "rate": 16000},
             **fields,
         }
+        if "resume" in fields:
+            self.check_seq = False  # ready comes first, then the replay with its older numbers
         await self.send(msg)
         self.ready = await self.recv_type("ready")
         return self.ready
@@ -123,6 +128,16 @@ class Client:
         async with asyncio.timeout(timeout):
             frame = await self.ws.recv()
         msg = decode_server(frame)
+        seq = msg.pop("session_seq", None)
+        if seq is None:  # only the errors of a refused hello come before a session exists
+            assert msg["type"] == "error", f"{msg.get('type')} without session_seq"
+            assert self.last_seq is None, "an error without session_seq inside a session"
+        else:
+            assert isinstance(seq, int)
+            if self.check_seq and self.last_seq is not None:
+                assert seq == self.last_seq + 1, f"session_seq {seq} after {self.last_seq} ({msg.get('type')})"
+            self.last_seq = seq if self.last_seq is None else max(seq, self.last_seq)
+            msg["_seq"] = seq
         msg["_at"] = time.monotonic()
         self.received.append(msg)
         return msg

@@ -8,6 +8,7 @@ A second wire dialect (the OpenAI Realtime events) is a second class with the sa
 
 Lifecycle: ``hello`` (frames until a valid hello; the caller opens a session and calls ``accept`` or
 ``refuse``) -> ``open`` (messages for the session) -> ``closing`` once ``close`` is set.
+Server messages may come ``Sequenced`` (with their ``session_seq``); ``encode`` puts the number on the wire.
 """
 
 from __future__ import annotations
@@ -49,7 +50,15 @@ class ConnectionProtocol(Protocol):
 
     def receive(self, frame: wire.Frame, now: float) -> list[Any]: ...
 
-    def accept(self, ready: m.Ready, *, busy: Callable[[], bool], now: float) -> None: ...
+    def accept(
+        self,
+        opening: list[Any],
+        *,
+        in_rate_hz: int,
+        busy: Callable[[], bool],
+        now: float,
+        stamp: Callable[[Any], Any] = lambda message: message,
+    ) -> None: ...
 
     def refuse(self, err: ProtocolError) -> None: ...
 
@@ -88,6 +97,7 @@ class Connection:
         self._hello_deadline = now + hello_timeout_s
         self._attempts = 0
         self._out: list[wire.Frame] = []
+        self._stamp: Callable[[Any], Any] = lambda message: message
 
     # ------------------------------------------------------------ input
 
@@ -143,13 +153,24 @@ class Connection:
 
     # ------------------------------------------------------------ the session's answer to a hello
 
-    def accept(self, ready: m.Ready, *, busy: Callable[[], bool], now: float) -> None:
-        """A session opened for the hello: ``ready`` goes out, and the limits start counting."""
+    def accept(
+        self,
+        opening: list[Any],
+        *,
+        in_rate_hz: int,
+        busy: Callable[[], bool],
+        now: float,
+        stamp: Callable[[Any], Any] = lambda message: message,
+    ) -> None:
+        """A session opened for the hello: its opening messages go out (``ready`` last), the limits start.
+        ``stamp`` numbers the protocol's own messages from now on (the session's ``session_seq``)."""
         self.phase = "open"
+        self._stamp = stamp
         self.limiter = SessionLimiter(
-            self.limits, in_rate_hz=ready.audio_in.rate, max_frame_bytes=self.max_frame_bytes, now=now, busy=busy
+            self.limits, in_rate_hz=in_rate_hz, max_frame_bytes=self.max_frame_bytes, now=now, busy=busy
         )
-        self._out += self.encode(ready)
+        for message in opening:
+            self._out += self.encode(message)
 
     def refuse(self, err: ProtocolError) -> None:
         """No session for this hello: a fatal error closes; another kind waits for a better hello."""
@@ -212,7 +233,7 @@ class Connection:
 
     def _error(self, err: ProtocolError, framing: wire.Framing, *, fatal: bool) -> None:
         ERRORS_TOTAL.inc(code=err.code)
-        self._out.append(wire.encode(m.Error(code=err.code, message=err.message, fatal=fatal), framing))
+        self._out.append(wire.encode(self._stamp(m.Error(code=err.code, message=err.message, fatal=fatal)), framing))
 
     def _fail(
         self, err: ProtocolError, *, framing: wire.Framing | None = None, code: int | None = None, reason: str = ""

@@ -38,6 +38,15 @@ class SessionOptions:
     language: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ResumeRequest:
+    """``hello.resume``: pick up session ``session`` after a lost socket (wire contract, "Resume")."""
+
+    session: str
+    token: str  # the ``resume_token`` of the session's ``ready``
+    last_session_seq: int = 0  # the highest ``session_seq`` the client received
+
+
 # ---------------------------------------------------------------- client -> server
 
 
@@ -50,6 +59,7 @@ class Hello:
     subscribe: list[str] | str | None = None
     token: str | None = None
     session: SessionOptions | None = None
+    resume: ResumeRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +170,8 @@ class Ready:
     audio_in: AudioFormat
     audio_out: AudioFormat
     protocol: int = PROTOCOL_VERSION
+    resume_token: str | None = None  # opaque; send it back in hello.resume after a lost socket
+    resumed: bool = False  # true: this is the session of hello.resume, picked up where it was
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +254,15 @@ class Pong:
 class WebrtcAnswer:
     type: ClassVar[str] = "webrtc_answer"
     sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sequenced:
+    """A server message with its place in the session: ``session_seq`` on the wire, one more per message,
+    across reconnects. ``message`` is a server message, or its plain map when replayed from the log."""
+
+    seq: int
+    message: Any
 
 
 ServerMessage = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from websockets.asyncio.server import Server, ServerConnection
@@ -28,7 +28,15 @@ REAPED_TOTAL = METRICS.counter("voxpipe_reaped_total", "Connections aborted afte
 
 
 class SessionLike(Protocol):
-    def ready(self) -> m.Ready: ...
+    in_rate_hz: int
+
+    def ready(self) -> list[Any]:
+        """The messages that open the session (``ready`` last), in the order they go out."""
+        ...
+
+    def stamp(self, message: Any) -> Any:
+        """The message numbered in the session (``session_seq``), for what the connection itself sends."""
+        ...
 
     @property
     def busy(self) -> bool: ...
@@ -36,7 +44,7 @@ class SessionLike(Protocol):
     async def run(self, messages: AsyncIterator[Any]) -> None: ...
 
 
-OpenSession = Callable[[m.Hello, m.Send], SessionLike]
+OpenSession = Callable[[m.Hello, m.Send], Awaitable[SessionLike]]
 
 
 async def close_bounded(ws: ServerConnection, code: int, reason: str) -> None:
@@ -178,11 +186,17 @@ async def _open(sock: _Socket, conn: ConnectionProtocol, open_session: OpenSessi
                 continue
             hello = pending.pop(0)
             try:
-                session = open_session(hello, sock.send)
+                session = await open_session(hello, sock.send)
             except ProtocolError as exc:
                 conn.refuse(exc)
                 continue
-            conn.accept(session.ready(), busy=_busy_of(session), now=time.monotonic())
+            conn.accept(
+                session.ready(),
+                in_rate_hz=session.in_rate_hz,
+                busy=_busy_of(session),
+                now=time.monotonic(),
+                stamp=session.stamp,
+            )
             await sock.flush()
             return session
     except ConnectionClosed:

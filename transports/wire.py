@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import msgpack
 
-from transports.messages import CLIENT_MESSAGES, SERVER_MESSAGES
+from transports.messages import CLIENT_MESSAGES, SERVER_MESSAGES, Sequenced
 from vocab.errors import ProtocolError
 
 Frame = bytes | str
@@ -318,9 +318,21 @@ def _as_map(message: Any, framing: Framing) -> dict[str, Any]:
     return out
 
 
+def to_map(message: Any) -> dict[str, Any]:
+    """A message as the plain map that goes on the wire, bytes kept as bytes (as msgpack carries them)."""
+    return _as_map(message, Framing.MSGPACK)
+
+
 def encode(message: Any, framing: Framing) -> Frame:
-    """Encode any message (client or server) into a frame of the given framing."""
-    data = _as_map(message, framing)
+    """Encode any message (client or server, or a ``Sequenced`` one) into a frame of the given framing."""
+    if type(message) is Sequenced:
+        inner = message.message
+        data = dict(inner) if isinstance(inner, dict) else _as_map(inner, framing)
+        data["session_seq"] = message.seq
+        if isinstance(inner, dict) and framing is Framing.JSON:
+            data = {k: base64.b64encode(v).decode("ascii") if isinstance(v, bytes) else v for k, v in data.items()}
+    else:
+        data = _as_map(message, framing)
     if framing is Framing.JSON:
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return msgpack.packb(data, use_bin_type=True)

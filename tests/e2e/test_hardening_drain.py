@@ -91,6 +91,8 @@ async def test_sigterm_with_no_turn_in_flight_exits_at_once(tmp_path: Path) -> N
         async with Client.connect(url) as c:
             proc.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
+            going = await c.recv(10)
+            assert (going["type"], going["code"], going["fatal"]) == ("error", "going_away", True)
             with pytest.raises(ConnectionClosed):
                 await c.recv(10)
             assert c.ws.close_code == 1001

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from stages.engines.openai_llm import OpenAiLlm
+from stages.upstream_pool import UPSTREAM_FAILURES, UPSTREAM_LATENCY_COUNT, UPSTREAM_REQUESTS
 from tests.fakes import ask, llm, openai_fakes, reply, served
 from tests.waiting import wait_until
 from vocab.errors import UpstreamError
@@ -184,14 +185,19 @@ async def test_all_endpoints_down_then_one_comes_back() -> None:
 
 async def test_metrics_per_endpoint() -> None:
     async with openai_fakes(1) as (a,), llm(a.url) as b:
+        labels = {"backend": "openai", "endpoint": a.url}
+        # counters are per process and a fake's port may have served an earlier test: count the change
+        before = (
+            UPSTREAM_REQUESTS.get(**labels),
+            UPSTREAM_FAILURES.get(code="upstream_unavailable", **labels),
+            UPSTREAM_LATENCY_COUNT.get(**labels),
+        )
         a.fail_next("http_500")
         await reply(b)
-        text = METRICS.render()
-        labels = f'backend="openai",endpoint="{a.url}"'
-        assert f"voxpipe_upstream_requests_total{{{labels}}} 2" in text
-        assert (
-            f'voxpipe_upstream_failures_total{{backend="openai",code="upstream_unavailable",endpoint="{a.url}"}} 1'
-            in text
-        )
-        assert f"voxpipe_upstream_first_byte_seconds_count{{{labels}}} 1" in text
-        assert f"voxpipe_upstream_breaker_state{{{labels}}} 0" in text
+        assert UPSTREAM_REQUESTS.get(**labels) - before[0] == 2
+        assert UPSTREAM_FAILURES.get(code="upstream_unavailable", **labels) - before[1] == 1
+        assert UPSTREAM_LATENCY_COUNT.get(**labels) - before[2] == 1
+        text = METRICS.render()  # and they are what /metrics shows
+        label_text = f'backend="openai",endpoint="{a.url}"'
+        assert f"voxpipe_upstream_requests_total{{{label_text}}} {UPSTREAM_REQUESTS.get(**labels):g}" in text
+        assert f"voxpipe_upstream_breaker_state{{{label_text}}} 0" in text

@@ -31,7 +31,7 @@ def opened(now: float = 0.0, *, framing: str = "json", busy: bool = False, **lim
     frame: bytes | str = json.dumps(HELLO) if framing == "json" else msgpack.packb(HELLO)
     [hello] = conn.receive(frame, now)
     assert isinstance(hello, m.Hello)
-    conn.accept(READY, busy=lambda: busy, now=now)
+    conn.accept([READY], in_rate_hz=16000, busy=lambda: busy, now=now)
     assert [x["type"] for x in sent(conn)] == ["ready"]
     return conn
 
@@ -41,7 +41,7 @@ def test_a_valid_hello_is_handed_over_and_ready_goes_out_in_its_framing() -> Non
     [hello] = conn.receive(msgpack.packb(HELLO), 0.0)
     assert isinstance(hello, m.Hello)
     phases = [conn.phase]
-    conn.accept(READY, busy=lambda: False, now=0.0)
+    conn.accept([READY], in_rate_hz=16000, busy=lambda: False, now=0.0)
     phases.append(conn.phase)
     [frame] = conn.data_to_send()
     assert isinstance(frame, bytes)  # msgpack hello -> msgpack replies
