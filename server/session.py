@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from typing import Any, Protocol
 
 from server.config import SessionDefaults
+from server.control import SessionSettings
 from server.dispatch import ClientInputs
 from server.echo_guard import EchoGuard, EchoGuardOptions
 from server.history import History
@@ -31,9 +32,9 @@ from server.playhead import Playhead
 from server.replay import SessionLog
 from server.state import SessionState
 from server.turns import Turn, Turns
-from stages.base import StageContext
+from stages.base import ANSWER, ReplyPlan, StageContext
 from stages.graph import Graph, stage_error
-from stages.items import Item, ReplyDelta, SpeechAudio, TurnDone, VadEvent
+from stages.items import InputCleared, Item, ReplyDelta, SpeechAudio, TurnDone, VadEvent
 from stages.registry import StageSpec
 from transports import messages as m
 from vocab.errors import ProtocolError
@@ -117,7 +118,9 @@ class Session:
             new_turn=self.new_turn,
             is_live=self.turns.live.__contains__,
             spawn=self.spawn,
+            reply_plan=self._reply_plan,
         )
+        self.settings = SessionSettings()  # changed by a client's ``Configure`` (server/control.py)
         self.graph = Graph(
             specs,
             self.ctx,
@@ -298,7 +301,18 @@ class Session:
     # ------------------------------------------------------------ turns
 
     def new_turn(self, *, from_speech: bool = True) -> int:
-        return self.turns.new(from_speech=from_speech).id
+        turn = self.turns.new(from_speech=from_speech)
+        turn.plan = self.settings.plan()
+        return turn.id
+
+    def _reply_plan(self, turn_id: int) -> ReplyPlan:
+        turn = self.turns.live.get(turn_id)
+        return ANSWER if turn is None else turn.plan
+
+    def drop_input(self, turn_id: int) -> None:
+        """The user's open utterance was cleared: its turn ends with nothing sent (no audio, no answer)."""
+        if self.turns.end(turn_id) is not None:
+            self.graph.cancel_turn(turn_id)
 
     def _finish_turn(self, turn_id: int) -> list[Any]:
         """The last stage is done with ``turn_id`` and its audio has left: metrics, then turn_end."""
@@ -352,8 +366,8 @@ class Session:
         return [t.id for t in cut]
 
     def spoken_text(self, turn: Turn, played_ms: float) -> str:
-        """What the user heard of ``turn``'s reply: all of it when the graph speaks no audio."""
-        if not self.graph.has_audio_out:
+        """What the user heard of ``turn``'s reply: all of it when the graph speaks no audio (or not this turn)."""
+        if not self.graph.has_audio_out or not turn.plan.speak:
             return turn.reply_text
         line = self.playhead.timeline(turn.id)
         return "" if line is None else line.spoken_text(played_ms)
@@ -363,8 +377,15 @@ class Session:
     def observe(self, stage: str, item: Item) -> None:
         """Every stage output passes here first (hot path: keep it cheap; items are final classes)."""
         if type(item) is SpeechAudio:
-            if item.voiced_ms >= self.barge_in_min_ms and self.turns.responding(before=item.turn):
+            if (
+                item.voiced_ms >= self.barge_in_min_ms
+                and self.settings.interrupt_response
+                and self.turns.responding(before=item.turn)
+            ):
                 self.interrupt("barge_in", before_turn=item.turn)
+            return
+        if type(item) is InputCleared:
+            self.drop_input(item.turn)
             return
         turn_id = item.turn
         if turn_id is None:

@@ -132,8 +132,8 @@ class Graph:
             self.feed_audio_nowait(index, item)
 
     def feed_audio_nowait(self, index: int, item: AudioIn | UserCommit | UserClear) -> None:
-        """Raw client audio into an audio stage's inbox, dropping the oldest when full (counted)."""
-        dropped = self.inboxes[index].put_drop_oldest(item)
+        """Raw client audio into an audio stage's inbox, dropping the oldest audio when full (counted)."""
+        dropped = self.inboxes[index].put_drop_oldest(item, _is_audio)
         if dropped:
             self.audio_in_dropped += dropped
             QUEUE_DROPS_TOTAL.inc(dropped, edge="audio_in")
@@ -297,6 +297,11 @@ class StageRunner:
                 await self.emitter.emit(item)  # the turn still ends downstream
             elif turn is not None:
                 self._failed_turns.add(turn)
+
+
+def _is_audio(item: Any) -> bool:
+    """What the audio overflow policy may drop: audio, never a commit, a clear or an end of turn."""
+    return type(item) is AudioIn
 
 
 def stage_error(exc: Exception) -> StageError:
