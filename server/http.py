@@ -113,8 +113,10 @@ class Routes:
         admit: Callable[[Any, Request], Response | None] | None = None,
         metrics_token: str | None = None,
         ready: Callable[[], bool] = lambda: True,
+        extra_ws_paths: tuple[str, ...] = (),
     ) -> None:
         self.ws_path = ws_path
+        self.ws_paths = (ws_path, *extra_ws_paths)  # the OpenAI Realtime endpoint's too
         self.web_root = web_root
         self.health = health
         self.ready = ready
@@ -135,7 +137,7 @@ class Routes:
 
     def __call__(self, connection: Any, request: Request) -> Response | None:
         path = unquote(urlsplit(request.path).path)
-        if path == self.ws_path:
+        if path in self.ws_paths:
             return self.admit(connection, request) if self.admit is not None else None
         if path == "/healthz":
             return json_response(200, self.health())
