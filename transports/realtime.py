@@ -393,8 +393,8 @@ class RealtimeConnection:
         if response.get("conversation") not in (None, "auto") or response.get("input") is not None:
             raise ConfigError("response.conversation", "Out-of-band responses are not supported here.")
         active = self.translator.active()
-        if active is not None or self.translator.pending_response():
-            running = active.id if active is not None else "(being created)"
+        running = active.id if active is not None else self.translator.pending_response()
+        if running is not None:
             message = (
                 f"Conversation already has an active response in progress: {running}. "
                 "Wait until the response is finished before creating a new one."
@@ -407,14 +407,14 @@ class RealtimeConnection:
                 raise ConfigError("response.instructions", "Invalid 'response.instructions': a string, not too long.")
         speak = response_speak(self.vocab, response)
         ref = self.ids.new("req")
-        self.translator.pending[ref] = Pending(event_id, speak=speak)
+        self.translator.pending[ref] = Pending(event_id, speak=speak, response=self.ids.new("resp"))
         return [m.CreateResponse(ref=ref, instructions=instructions, speak=speak)]
 
     def _response_cancel(self, event: dict[str, Any], event_id: str | None) -> list[Any]:
         active = self.translator.active()
         wanted = event.get("response_id")
-        running = active is not None or self.translator.pending_response()
-        if not running or (wanted is not None and (active is None or active.id != wanted)):
+        running = active.id if active is not None else self.translator.pending_response()
+        if running is None or (wanted is not None and wanted != running):
             return self._reject(
                 "Cancellation failed: no active response found", "response_cancel_not_active", event_id=event_id
             )

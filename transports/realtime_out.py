@@ -81,6 +81,7 @@ class Pending:
     event_id: str | None
     item: str | None = None
     speak: bool | None = None  # a response's own modalities (None: the session's)
+    response: str | None = None  # a response's id, given out before the session made its turn
 
 
 class Translator:
@@ -122,8 +123,9 @@ class Translator:
     def active(self) -> Response | None:
         return next(iter(self.responses.values()), None)
 
-    def pending_response(self) -> bool:
-        return any(p.item is None for p in self.pending.values())
+    def pending_response(self) -> str | None:
+        """The id of a response asked for and not yet started by the session, if any."""
+        return next((p.response for p in self.pending.values() if p.item is None), None)
 
     def output_format_changed(self) -> None:
         self._downsampler = None
@@ -255,15 +257,16 @@ class Translator:
                 item.ref = m.ItemRef(turn=msg.turn, role="user")
                 self.user_items[msg.turn] = item
             return []
-        return self.start_response(msg.turn, pending.speak)
+        return self.start_response(msg.turn, pending.speak, pending.response)
 
     # ------------------------------------------------------------ responses
 
-    def start_response(self, turn: int, speak: bool | None = None) -> list[Event]:
+    def start_response(self, turn: int, speak: bool | None = None, response_id: str | None = None) -> list[Event]:
         if turn in self.responses:
             return []
         config = self.config()
-        response = self.responses[turn] = Response(self.ids.new("resp"), turn, config.speak if speak is None else speak)
+        speaks = config.speak if speak is None else speak
+        response = self.responses[turn] = Response(response_id or self.ids.new("resp"), turn, speaks)
         created = Event({"type": "response.created", "response": self._response_object(response, "in_progress")})
         return [created, Event({"type": "rate_limits.updated", "rate_limits": self.rate_limits()})]
 
