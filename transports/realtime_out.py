@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ from transports.realtime_vocab import (
     user_item,
 )
 
+KEEP_FINISHED_TURNS = 64  # turns whose response is done: any later output of theirs is dropped
 # Session error codes that are the server's side, not the client's (``server_error`` in the API).
 SERVER_CODES = ("stage_failed", "internal", "slow_reader", "going_away")
 
@@ -98,6 +100,7 @@ class Translator:
         self.responses: dict[int, Response] = {}  # turn -> its response, until response.done
         self.pending: dict[str, Pending] = {}
         self.cancelling = False  # the client asked to cancel: the next cut is client_cancelled
+        self._finished: deque[int] = deque(maxlen=KEEP_FINISHED_TURNS)
         self._heard: dict[int, str] = {}  # turn -> transcription deltas sent so far
         self._downsampler: g711.Downsampler | None = None
         self.rate_limits: Callable[[], list[dict[str, Any]]] = list
@@ -262,7 +265,7 @@ class Translator:
     # ------------------------------------------------------------ responses
 
     def start_response(self, turn: int, speak: bool | None = None, response_id: str | None = None) -> list[Event]:
-        if turn in self.responses:
+        if turn in self.responses or turn in self._finished:
             return []
         config = self.config()
         speaks = config.speak if speak is None else speak
@@ -274,6 +277,8 @@ class Translator:
         """The turn's response with its output item and part started (all of it started here if need be)."""
         out: list[Event] = []
         response = self.responses.get(turn)
+        if response is None and turn in self._finished:
+            return None, []  # after its response.done: never (the outbox's gate already sees to it)
         if response is None:  # output of a turn not announced as answered (a race with a settings change)
             out += self.start_response(turn)
             response = self.responses[turn]
@@ -293,6 +298,7 @@ class Translator:
     def finish(self, response: Response, status: str, *, reason: str | None = None) -> list[Event]:
         """The .done events of a response, then ``response.done``; the response is over."""
         self.responses.pop(response.turn, None)
+        self._finished.append(response.turn)
         out: list[Event] = []
         output = []
         if response.item is not None:
