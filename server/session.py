@@ -234,6 +234,7 @@ class Session:
                         task.cancel()
         finally:
             self._tg = None
+            self.outbox.stop()
             try:
                 if self.call is not None:
                     await self.call.close()

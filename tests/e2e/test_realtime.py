@@ -14,6 +14,7 @@ import pytest
 
 from tests.client import running_server, silence, tone
 from tests.realtime import Events, audio_of, b64, sdk_connect, types
+from tests.waiting import wait_until
 from transports import g711
 
 pytestmark = pytest.mark.asyncio
@@ -282,3 +283,58 @@ async def test_bad_input_gets_the_apis_errors_and_the_session_goes_on() -> None:
         text = "".join(e.delta for e in last if e.type == "response.output_audio_transcript.delta")
         assert text.startswith("You said: still here.")
         assert srv.sessions  # the same session all along
+
+
+async def test_server_vad_without_create_response_waits_for_response_create() -> None:
+    async with running_server() as srv, sdk_connect(srv) as conn:
+        ev = Events(conn)
+        await ev.until_type("session.created")
+        detection = {"type": "server_vad", "create_response": False, "interrupt_response": False}
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": detection}}})
+        await ev.until_type("session.updated")
+        await ev.send_audio(silence(200, RATE) + tone(600, RATE) + silence(400, RATE))
+        heard = await ev.until_type("conversation.item.input_audio_transcription.completed")
+        assert "input_audio_buffer.speech_stopped" in types(heard)
+        assert "response.created" not in types(heard)
+        session = next(iter(srv.sessions.values()))
+        await wait_until(lambda: not session.turns.live)  # the user's turn ended without an answer
+        assert session.history.messages()[-1]["role"] == "user"
+        await conn.response.create()
+        turn = await ev.until_type("response.done")
+        transcript = next(e for e in turn if e.type == "response.output_audio_transcript.done").transcript
+        assert transcript.startswith(f"You said: {heard[-1].transcript}")
+
+
+async def test_clear_drops_the_utterance_being_spoken() -> None:
+    async with running_server() as srv, sdk_connect(srv) as conn:
+        ev = Events(conn)
+        await ev.until_type("session.created")
+        await ev.send_audio(tone(400, RATE))  # speech started, not ended
+        await ev.until_type("input_audio_buffer.speech_started")
+        session = next(iter(srv.sessions.values()))
+        assert session.turns.live
+        await conn.input_audio_buffer.clear()
+        await ev.until_type("input_audio_buffer.cleared")
+        await wait_until(lambda: not session.turns.live)  # its turn is gone, nothing to answer
+        await conn.input_audio_buffer.commit()
+        assert (await ev.until_type("error"))[-1].error.code == "input_audio_buffer_commit_empty"
+        await ev.send_audio(tone(600, RATE) + silence(400, RATE))  # and the next utterance is heard whole
+        turn = await ev.until_type("response.done")
+        heard = next(e for e in turn if e.type == "conversation.item.input_audio_transcription.completed")
+        assert heard.transcript.startswith("heard ")
+
+
+async def test_truncating_the_answer_being_played_cuts_it_there() -> None:
+    async with running_server() as srv, sdk_connect(srv) as conn:
+        ev = Events(conn)
+        await ev.until_type("session.created")
+        await conn.conversation.item.create(item=user_text(" ".join(["word"] * 30)))
+        await conn.response.create()
+        first = (await ev.until_type("response.output_audio.delta"))[-1]
+        await conn.conversation.item.truncate(item_id=first.item_id, content_index=0, audio_end_ms=250)
+        cut = await ev.until_type("conversation.item.truncated")
+        done = next(e for e in cut if e.type == "response.done")
+        assert (done.response.status, done.response.status_details.reason) == ("cancelled", "client_cancelled")
+        session = next(iter(srv.sessions.values()))
+        answer = [e.content for e in session.history.entries() if e.role == "assistant"]
+        assert answer == ["You said:"]  # 250 ms of 100 ms words: what the client heard, no more
