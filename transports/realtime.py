@@ -303,6 +303,7 @@ class RealtimeConnection:
 
     def _clear(self, event: dict[str, Any], event_id: str | None) -> list[Any]:
         self.uncommitted_ms = 0.0
+        self.translator.forget_uncommitted()
         return [m.ClearInput(), _relay(Event({"type": "input_audio_buffer.cleared"}))]
 
     def _item_create(self, event: dict[str, Any], event_id: str | None) -> list[Any]:

@@ -39,6 +39,7 @@ from transports.realtime_vocab import (
 )
 
 KEEP_FINISHED_TURNS = 64  # turns whose response is done: any later output of theirs is dropped
+MAX_ITEMS = 512  # item names kept (the session's history keeps far fewer messages); the oldest go first
 # Session error codes that are the server's side, not the client's (``server_error`` in the API).
 SERVER_CODES = ("stage_failed", "internal", "slow_reader", "going_away")
 
@@ -112,7 +113,16 @@ class Translator:
         self.items[item.id] = item
         at = 0 if first else (self.order.index(after) + 1 if after in self.order else len(self.order))
         self.order.insert(at, item.id)
-        return self.order[at - 1] if at > 0 else None
+        previous = self.order[at - 1] if at > 0 else None
+        while len(self.order) > MAX_ITEMS:
+            self.forget(self.order[0])
+        return previous
+
+    def forget_uncommitted(self) -> None:
+        """The input was cleared: utterances that never reached the conversation are forgotten."""
+        for turn, item in list(self.user_items.items()):
+            if item.id not in self.items:
+                del self.user_items[turn]
 
     def forget(self, item_id: str) -> None:
         self.items.pop(item_id, None)

@@ -338,3 +338,21 @@ async def test_truncating_the_answer_being_played_cuts_it_there() -> None:
         session = next(iter(srv.sessions.values()))
         answer = [e.content for e in session.history.entries() if e.role == "assistant"]
         assert answer == ["You said:"]  # 250 ms of 100 ms words: what the client heard, no more
+
+
+async def test_turn_detection_settings_reach_the_vad() -> None:
+    async with running_server() as srv, sdk_connect(srv) as conn:
+        ev = Events(conn)
+        await ev.until_type("session.created")
+        detection = {"type": "server_vad", "silence_duration_ms": 600, "prefix_padding_ms": 100}
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": detection}}})
+        reported = (await ev.until_type("session.updated"))[-1].session.audio.input.turn_detection
+        assert (reported.silence_duration_ms, reported.prefix_padding_ms) == (600, 100)
+        # a 400 ms pause no longer ends the utterance (the pipeline's end_ms is 200)
+        await ev.send_audio(silence(200, RATE) + tone(300, RATE) + silence(400, RATE) + tone(300, RATE))
+        await ev.send_audio(silence(700, RATE))
+        turn = await ev.until_type("input_audio_buffer.speech_stopped")
+        assert types(turn).count("input_audio_buffer.speech_started") == 1
+        # 100 ms of pre-roll before the confirming frame at 260 ms; 600 ms of silence after 1200 ms
+        assert (turn[0].audio_start_ms, turn[-1].audio_end_ms) == (160, 1800)
+        await ev.until_type("response.done")

@@ -377,3 +377,18 @@ def test_the_limits_of_ws_apply() -> None:
     assert audio.close is not None
     assert audio.close.code == 1008
     assert sum(1 for r in results if r) < 30
+
+
+def test_the_item_registry_is_bounded_and_a_clear_forgets_open_utterances() -> None:
+    from transports.realtime_out import MAX_ITEMS
+
+    conn = opened(messages_per_s=None)
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "x"}]}
+    for i in range(MAX_ITEMS + 10):
+        send(conn, {"type": "conversation.item.create", "item": {**item, "id": f"i{i}"}})
+    assert len(conn.translator.items) == MAX_ITEMS
+    assert "i0" not in conn.translator.items
+    events(conn, m.Vad(stage="vad", turn=7, event="speech_start"))
+    assert 7 in conn.translator.user_items
+    send(conn, {"type": "input_audio_buffer.clear"})
+    assert 7 not in conn.translator.user_items
