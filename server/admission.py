@@ -43,6 +43,7 @@ class Ticket:
     ip: str
     identity: Identity
     user_counted: str | None = None
+    connection: Any = None  # the websockets connection it admitted
 
 
 class Admission:
@@ -114,7 +115,7 @@ class Admission:
     @contextlib.contextmanager
     def connection(self, ws: Any) -> Iterator[Ticket]:
         """Count one open connection (per process and per IP) for as long as the block runs."""
-        ticket = Ticket(self.client_ip(ws, ws.request), self._handshake_identity.pop(ws, ANONYMOUS))
+        ticket = Ticket(self.client_ip(ws, ws.request), self._handshake_identity.pop(ws, ANONYMOUS), connection=ws)
         self.connections += 1
         self.per_ip[ticket.ip] += 1
         try:

@@ -9,14 +9,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
 import sys
 import time
+import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
 from websockets.typing import Origin
 
 from server.admission import Admission, Ticket
@@ -44,6 +50,7 @@ from vocab.errors import ProtocolError
 from vocab.metrics import ERRORS_TOTAL, METRICS, SESSIONS_OPEN, SESSIONS_TOTAL
 
 log = logging.getLogger("voxpipe.app")
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class RunningServer:
@@ -55,6 +62,8 @@ class RunningServer:
         self.log = log
         self.sessions: dict[str, Session] = {}
         self._sockets: dict[str, ServerConnection] = {}  # by session id, while its connection is open
+        # the session id named at the handshake (X-Voxpipe-Session): the one a new session takes
+        self._handshake_ids: weakref.WeakKeyDictionary[ServerConnection, str] = weakref.WeakKeyDictionary()
         self.started_at = time.monotonic()
         self.ws_server: Server | None = None
         self.port = 0
@@ -121,6 +130,8 @@ class RunningServer:
     def health(self) -> dict[str, Any]:
         return {
             "status": "ok" if self.accepting else "draining",
+            "pid": os.getpid(),
+            "worker": os.environ.get("VOXPIPE_WORKER"),  # set by voxpipe serve --workers
             "sessions": len(self.sessions),
             "connections": self.admission.connections,
             "tasks": len(asyncio.all_tasks()),  # leak checks (bench/soak.py)
@@ -129,6 +140,19 @@ class RunningServer:
                 {"name": s.name, "engine": s.engine_name, "in": s.input_type, "out": s.output_type} for s in self.specs
             ],
         }
+
+    def name_session(self, connection: ServerConnection, request: Request, response: Response) -> Response:
+        """``process_response``: the upgrade names the connection's session (``X-Voxpipe-Session``), so a
+        load balancer can send its resumes back here (deploy/haproxy.cfg sticks on it). A resume names
+        the session of its ``?session=``; a new connection gets a fresh id, which its new session takes."""
+        if response.status_code == 101:
+            wanted = parse_qs(urlsplit(request.path).query).get("session", [""])[0]
+            if SESSION_ID.fullmatch(wanted):
+                response.headers["X-Voxpipe-Session"] = wanted
+            else:
+                fresh = self._handshake_ids[connection] = uuid.uuid4().hex[:12]
+                response.headers["X-Voxpipe-Session"] = fresh
+        return response
 
     @property
     def ready_for_sessions(self) -> bool:
@@ -160,6 +184,7 @@ class RunningServer:
             self.specs,
             self.config.session,
             send,
+            session_id=self._handshake_ids.get(ticket.connection),
             user=identity.user,
             restored=restored,
             last_seen_seq=hello.resume.last_session_seq if restored is not None and hello.resume else 0,
@@ -269,6 +294,17 @@ def _origins(config: Config) -> list[Origin | None] | None:
     return [*allowed, None] if config.auth.allow_missing_origin else allowed
 
 
+def _upgraded(running: RunningServer) -> Callable[[ServerConnection, Request, Response], Response]:
+    """``process_response``: a Realtime connection's event size, then the session's name on the upgrade."""
+    widen = response_hook(running.realtime)
+
+    def upgraded(connection: ServerConnection, request: Request, response: Response) -> Response:
+        widen(connection, request, response)
+        return running.name_session(connection, request, response)
+
+    return upgraded
+
+
 def _stderr_log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -303,7 +339,7 @@ async def serve(
         opts.host,
         opts.port,
         process_request=routes,
-        process_response=response_hook(running.realtime),
+        process_response=_upgraded(running),
         select_subprotocol=subprotocol_selector(running.realtime),
         origins=_origins(config),
         max_size=opts.max_frame_bytes,

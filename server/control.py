@@ -120,7 +120,7 @@ class Control:
         if index is None:
             session.outbox.control(m.Ack(ref=msg.ref, code="unsupported", message="this graph has no speech stage"))
             return
-        turn = session.turns.new(from_speech=False)
+        turn = session.open_turn(from_speech=False)
         turn.plan = ReplyPlan(reply=False)
         turn.input_end_at = session.clock()
         session.outbox.control(m.Ack(ref=msg.ref, turn=turn.id))
@@ -141,7 +141,7 @@ class Control:
         if session.graph.index_of_kind("llm") is None:
             session.outbox.control(m.Ack(ref=msg.ref, code="unsupported", message="this graph has no llm stage"))
             return
-        turn = session.turns.new(from_speech=False)
+        turn = session.open_turn(from_speech=False)
         speak = session.settings.speak if msg.speak is None else msg.speak
         turn.plan = ReplyPlan(speak=speak, from_history=True, instructions=msg.instructions)
         turn.input_end_at = session.clock()

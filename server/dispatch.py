@@ -137,7 +137,7 @@ class ClientInputs:
         if not text.strip():
             session.error("bad_field", "text: must not be empty")
             return
-        turn = session.turns.new(from_speech=False)
+        turn = session.open_turn(from_speech=False)
         turn.input_end_at = session.clock()
         item: Item
         if self.graph.specs[index].kind == "tts":

@@ -6,6 +6,7 @@
 - audio: pulled from the playhead when it says a chunk is due (``lead_ms`` ahead of playback); a turn
   ends (metrics, ``turn_end``) once its last chunk has left, so ``turn_end`` follows its audio.
 Nothing of a turn leaves once the turn is over (checked right before each send, and in the playhead).
+Nothing at all leaves after a fatal ``error``: the connection ends with it (what is queued is logged for a resume).
 The message lane and the playhead's queue are bounded: a slow reader blocks the stages, never grows memory.
 """
 
@@ -126,9 +127,12 @@ class Outbox:
         while True:
             self._wakeup.clear()  # cleared before looking, so no put between look and wait is missed
             if self._control:
-                await self._send(self._control.popleft())
+                message = self._control.popleft()
+                await self._send(message)
                 self._control_sent += 1
                 self._control_progress.set()
+                if type(message) is m.Error and message.fatal:
+                    return  # the connection ends here: what is still queued waits for a resume's replay
                 continue
             if not self._messages.empty():
                 stage, turn, item = self._messages.get_nowait()

@@ -302,9 +302,15 @@ class Session:
     # ------------------------------------------------------------ turns
 
     def new_turn(self, *, from_speech: bool = True) -> int:
-        turn = self.turns.new(from_speech=from_speech)
+        turn = self.open_turn(from_speech=from_speech)
         turn.plan = self.settings.plan()
         return turn.id
+
+    def open_turn(self, *, from_speech: bool) -> Turn:
+        """A new turn id; the snapshot follows, so a worker killed mid-turn never lets an id be reused."""
+        turn = self.turns.new(from_speech=from_speech)
+        self._autosave()
+        return turn
 
     def _reply_plan(self, turn_id: int) -> ReplyPlan:
         turn = self.turns.live.get(turn_id)
