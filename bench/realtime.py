@@ -112,7 +112,7 @@ def delta_cost_us() -> dict[str, float]:
     for fmt in ("pcm", "pcmu"):
         conn = RealtimeConnection(
             vocab=GA,
-            config=RealtimeConfig(model="m", instructions="", voice="v", output_format=fmt),  # type: ignore[arg-type]
+            config=RealtimeConfig(model="m", instructions="", voice="v", output_format=fmt),
             limits=LimitOptions(),
             options=RealtimeOptions(),
             now=0.0,
@@ -126,7 +126,7 @@ def delta_cost_us() -> dict[str, float]:
         conn.encode(m.Reply(stage="llm", turn=1, text="hi"))
         chunk = m.Sequenced(1, m.AudioOut(stage="tts", turn=1, seq=0, data=bytes(range(256)) * 3 + bytes(192)))
         n = 2000
-        out[f"{fmt}_delta_us"] = timeit.timeit(lambda c=conn: c.encode(chunk), number=n) / n * 1e6  # type: ignore[misc]
+        out[f"{fmt}_delta_us"] = timeit.timeit(lambda c=conn, x=chunk: c.encode(x), number=n) / n * 1e6  # type: ignore[misc]
     return out
 
 
@@ -134,15 +134,10 @@ def summary(values: list[float]) -> str:
     return f"median {statistics.median(values):7.1f}  max {max(values):7.1f}  (n={len(values)})"
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--turns", type=int, default=5)
-    parser.add_argument("--config", default=str(ROOT / "config.yaml"))
-    args = parser.parse_args()
-    config = yaml.safe_load(Path(args.config).read_text())
+async def main(config: dict[str, Any], turns: int) -> None:
     config.setdefault("server", {})["port"] = 0
     async with running_server(config) as server:
-        results = {**await spoken_turns(server, args.turns), **await cancels(server, args.turns)}
+        results = {**await spoken_turns(server, turns), **await cancels(server, turns)}
     for name, values in results.items():
         print(f"{name:24s} {summary(values)}")
     for name, value in delta_cost_us().items():
@@ -150,4 +145,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--config", default=str(ROOT / "config.yaml"))
+    args = parser.parse_args()
+    asyncio.run(main(yaml.safe_load(Path(args.config).read_text()), args.turns))
