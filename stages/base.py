@@ -94,6 +94,12 @@ class StageContext:
     is_live: Callable[[int], bool]
     # Start a background task inside the session's task group (it ends with the session).
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
+    # End-of-turn hints, ASR -> VAD: turn -> (audio ms of the utterance the words cover, the words sound
+    # finished). The VAD ends a pause sooner after finished words, later after unfinished ones.
+    turn_hints: dict[int, tuple[float, bool]] = field(default_factory=dict)
+    # Turns whose words the session needs fast (voice over the agent: is it a "yeah" or a "wait"?);
+    # the ASR decodes them early and often.
+    urgent_turns: set[int] = field(default_factory=set)
     extra: dict[str, Any] = field(default_factory=dict)
     # How the agent answers a turn (the session's per-turn plan); the LLM and TTS stages ask per turn.
     reply_plan: Callable[[int], ReplyPlan] = always_answer
