@@ -22,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
+from server.aec import EchoCanceller, EchoCancellerOptions, available
 from server.barge_in import BargeIn
 from server.config import SessionDefaults
 from server.control import SessionSettings
@@ -71,6 +72,7 @@ class Session:
         restored: SessionState | None = None,
         last_seen_seq: int = 0,
         echo_guard: EchoGuardOptions | None = None,
+        echo_canceller: EchoCancellerOptions | None = None,
         calls: CallFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -104,7 +106,11 @@ class Session:
             finish_turn=self._finish_turn,
             max_items=defaults.outbox_max_items,
         )
-        # Clients without echo cancellation: the guard compares the mic with the playhead's audio.
+        # Clients without echo cancellation: a real canceller (AEC3) on the mic, fed the playhead's audio,
+        # then the guard, which compares what is left with the same audio.
+        self.echo_canceller: EchoCanceller | None = None
+        if hello.audio_in.aec is False and echo_canceller is not None and echo_canceller.enabled and available():
+            self.echo_canceller = EchoCanceller(echo_canceller, self.playhead, in_rate_hz=self.in_rate_hz, now=clock())
         self.echo_guard = EchoGuard.for_hello(hello, echo_guard, self.playhead)
         options = hello.session or m.SessionOptions()
         self.ctx = StageContext(
@@ -243,6 +249,8 @@ class Session:
         finally:
             self._tg = None
             self.outbox.stop()
+            if self.echo_canceller is not None:
+                self.echo_canceller.close()
             try:
                 if self.call is not None:
                     await self.call.close()
