@@ -31,13 +31,20 @@ from server.auth import Authenticator
 from server.config import Config
 from server.echo_guard import echo_guard_options
 from server.http import HostAllowList, Routes, metrics_token, web_root
+from server.realtime_endpoint import (
+    is_realtime,
+    realtime_connection,
+    realtime_options,
+    response_hook,
+    subprotocol_selector,
+)
 from server.resume import Resumes
 from server.resume_tokens import ResumeTokens, resume_secret
 from server.session import Session, validate_hello
 from server.state import SafeStore, make_store
 from stages.registry import StageSpec, build_pipeline, describe_chain, load_all
 from transports import messages as m
-from transports.connection import Connection
+from transports.connection import Connection, ConnectionProtocol
 from transports.webrtc import WebrtcHub
 from transports.websocket import close_bounded, reap_closing, serve_connection
 from vocab.errors import ProtocolError
@@ -79,6 +86,7 @@ class RunningServer:
             audio_burst_s=config.limits.audio_burst_s,
         )
         self.resumes = self._resumes(config)
+        self.realtime = realtime_options(config)  # the OpenAI Realtime endpoint (ConfigError at start)
         METRICS.add_collector(lambda: SESSIONS_OPEN.set(len(self.sessions)))
 
     def _resumes(self, config: Config) -> Resumes:
@@ -107,6 +115,11 @@ class RunningServer:
     @property
     def url(self) -> str:
         return f"ws://{self._url_host}:{self.port}{self.config.server.ws_path}"
+
+    @property
+    def realtime_url(self) -> str:
+        """The OpenAI Realtime endpoint (the SDK's ``websocket_base_url`` is this without ``/realtime``)."""
+        return f"ws://{self._url_host}:{self.port}{self.realtime.path}"
 
     @property
     def http_url(self) -> str:
@@ -207,13 +220,18 @@ class RunningServer:
 
         opened: list[Session] = []
         opts = self.config.server
+        realtime = is_realtime(self.realtime, ws.request)
         with self.admission.connection(ws) as ticket:
-            conn = Connection(
-                limits=self.config.limits,
-                hello_timeout_s=opts.hello_timeout_s,
-                max_frame_bytes=opts.max_frame_bytes,
-                now=time.monotonic(),
-            )
+            conn: ConnectionProtocol
+            if realtime and ws.request is not None:
+                conn = realtime_connection(self.config, self.specs, self.realtime, ws.request, now=time.monotonic())
+            else:
+                conn = Connection(
+                    limits=self.config.limits,
+                    hello_timeout_s=opts.hello_timeout_s,
+                    max_frame_bytes=opts.max_frame_bytes,
+                    now=time.monotonic(),
+                )
             try:
                 await serve_connection(
                     ws, conn, open_session, slow_reader_grace_s=self.config.limits.slow_reader_grace_s
@@ -221,7 +239,8 @@ class RunningServer:
             finally:
                 # no close decided by the protocol: the socket went away, or the server closed it (drain,
                 # takeover): the session is held for a resume. A bye or a fatal close ends it.
-                dropped = conn.close is None
+                # (a Realtime client cannot resume: its session ends with its socket)
+                dropped = conn.close is None and not realtime
                 for session in opened:
                     try:
                         await self.resumes.release(session, dropped=dropped)
@@ -276,6 +295,17 @@ class RunningServer:
                 self.log("voxpipe: some connections did not finish closing; stopping anyway")
 
 
+def _upgraded(running: RunningServer) -> Callable[[ServerConnection, Request, Response], Response]:
+    """``process_response``: a Realtime connection's event size, then the session's name on the upgrade."""
+    widen = response_hook(running.realtime)
+
+    def upgraded(connection: ServerConnection, request: Request, response: Response) -> Response:
+        widen(connection, request, response)
+        return running.name_session(connection, request, response)
+
+    return upgraded
+
+
 def _stderr_log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -304,13 +334,15 @@ async def serve(
         metrics_token=token,
         hosts=HostAllowList.for_server(opts.allowed_hosts, opts.host),
         ready=lambda: running.ready_for_sessions,
+        extra_ws_paths=(running.realtime.path,) if running.realtime.enabled else (),
     )
     ws_server = await ws_serve(
         running.handler,
         opts.host,
         opts.port,
         process_request=routes,  # Origin is checked there too (Admission.check_handshake)
-        process_response=running.name_session,
+        process_response=_upgraded(running),
+        select_subprotocol=subprotocol_selector(running.realtime),
         max_size=opts.max_frame_bytes,
         compression=None,
         ping_interval=opts.ping_interval_s,
@@ -324,6 +356,8 @@ async def serve(
     running.ws_server = ws_server
     running.port = ws_server.sockets[0].getsockname()[1]
     say(f"voxpipe: serving the demo page at {running.http_url} (WebSocket {running.url})")
+    if running.realtime.enabled:
+        say(f"voxpipe: OpenAI Realtime API at {running.realtime_url}")
     reaper = asyncio.create_task(reap_closing(ws_server, min(1.0, opts.close_timeout_s or 1.0)), name="reaper")
     try:
         yield running

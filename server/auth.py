@@ -1,7 +1,8 @@
 """Who may connect (config section ``auth``): HS256 JWTs or a static token list, and allowed Origins.
 
 A token comes in the handshake (``Authorization: Bearer``, or ``?token=`` for browsers, which cannot
-set headers on a WebSocket) or in ``hello.token``. A JWT's subject (``sub``) is the user id used for
+set headers on a WebSocket, or the ``openai-insecure-api-key.<token>`` subprotocol of OpenAI Realtime
+browser clients) or in ``hello.token``. A JWT's subject (``sub``) is the user id used for
 the per-user session cap; a static token maps to the user id given in the config.
 """
 
@@ -159,12 +160,22 @@ def same_host(origin: str, host: str) -> bool:
     return (page_port or default) == (target_port or default)
 
 
+# Browsers cannot set headers on a WebSocket: OpenAI Realtime clients put the key in a subprotocol.
+KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+
+
 def token_from_request(path: str, headers: Headers) -> str | None:
-    """``Authorization: Bearer <t>`` first, then the ``token`` query parameter."""
+    """``Authorization: Bearer <t>`` first, then the ``openai-insecure-api-key.<t>`` subprotocol, then the
+    ``token`` query parameter."""
     for value in headers.get_all("Authorization"):
         scheme, _, token = value.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
+    for value in headers.get_all("Sec-WebSocket-Protocol"):
+        for offered in value.split(","):
+            offered = offered.strip()
+            if offered.startswith(KEY_SUBPROTOCOL_PREFIX) and len(offered) > len(KEY_SUBPROTOCOL_PREFIX):
+                return offered[len(KEY_SUBPROTOCOL_PREFIX) :]
     query = parse_qs(urlsplit(path).query)
     tokens = query.get("token")
     return tokens[0] if tokens else None

@@ -1,6 +1,7 @@
 """Client messages -> the session's graph: where each one enters (audio at the VAD, text at the LLM, ...).
 
-Bad input gets a non-fatal ``error`` and changes nothing; the conversation goes on.
+Bad input gets a non-fatal ``error`` and changes nothing; the conversation goes on. The session-level
+requests of a second dialect (settings, history edits, answers on request) are ``server/control.py``'s.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import base64
 import binascii
 from typing import TYPE_CHECKING, Any
 
+from server.control import Control
 from stages.items import AudioIn, Item, ReplyDelta, SpeechAudio, Transcription, TurnDone, UserCommit
 from transports import messages as m
 
@@ -23,6 +25,7 @@ class ClientInputs:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.graph = session.graph
+        self.control = Control(session)  # the session-level requests of a second wire dialect
         self._speech_entry: tuple[int, int] | None = None  # (stage index, open turn) for entries at ASR
         # An open speech entry is committed by the client, or after the stage's max_utterance_ms by this timer
         # (a client that never commits must not keep the session busy for ever). The lock keeps the timer's
@@ -57,6 +60,10 @@ class ClientInputs:
             session.offer_call(msg.sdp)
         elif kind is m.Bye:
             return "bye"
+        elif kind is m.Relay:
+            session.outbox.control(msg.message, droppable=True)  # a reader that falls this far behind loses acks
+        elif kind in m.SESSION_REQUESTS:
+            await self.control.handle(msg)
         elif kind is m.Hello:
             session.error("duplicate_hello", "hello was already received; this session is set up")
         else:

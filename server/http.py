@@ -185,8 +185,10 @@ class Routes:
         metrics_token: str | None = None,
         hosts: HostAllowList | None = None,
         ready: Callable[[], bool] = lambda: True,
+        extra_ws_paths: tuple[str, ...] = (),
     ) -> None:
         self.ws_path = ws_path
+        self.ws_paths = (ws_path, *extra_ws_paths)  # the OpenAI Realtime endpoint's too
         self.web_root = web_root
         self.health = health
         self.ready = ready
@@ -213,7 +215,7 @@ class Routes:
             if len(values) > 1 or not self.hosts.allows(values[0] if values else None):
                 return json_response(403, {"code": "bad_host", "message": "this server does not answer that Host"})
         path = unquote(urlsplit(request.path).path)
-        if path == self.ws_path:
+        if path in self.ws_paths:
             return self.admit(connection, request) if self.admit is not None else None
         if path == "/healthz":
             return json_response(200, self.health())

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from server.aec import EchoCanceller, EchoCancellerOptions, available
 from server.barge_in import BargeIn
 from server.config import SessionDefaults
+from server.control import SessionSettings
 from server.dispatch import ClientInputs
 from server.echo_guard import EchoGuard, EchoGuardOptions
 from server.history import History
@@ -33,9 +34,9 @@ from server.playhead import Playhead
 from server.replay import SessionLog
 from server.state import SessionState
 from server.turns import Turn, Turns
-from stages.base import StageContext
+from stages.base import ANSWER, ReplyPlan, StageContext
 from stages.graph import Graph, stage_error
-from stages.items import Item, ReplyDelta, SpeechAudio, Transcription, TurnDone, VadEvent
+from stages.items import InputCleared, Item, ReplyDelta, SpeechAudio, Transcription, TurnDone, VadEvent
 from stages.registry import StageSpec
 from transports import messages as m
 from vocab.errors import ProtocolError, VoxpipeError
@@ -123,7 +124,9 @@ class Session:
             new_turn=self.new_turn,
             is_live=self.turns.live.__contains__,
             spawn=self.spawn,
+            reply_plan=self._reply_plan,
         )
+        self.settings = SessionSettings()  # changed by a client's ``Configure`` (server/control.py)
         self.graph = Graph(
             specs,
             self.ctx,
@@ -245,6 +248,7 @@ class Session:
                         task.cancel()
         finally:
             self._tg = None
+            self.outbox.stop()
             if self.echo_canceller is not None:
                 self.echo_canceller.close()
             try:
@@ -314,13 +318,24 @@ class Session:
     # ------------------------------------------------------------ turns
 
     def new_turn(self, *, from_speech: bool = True) -> int:
-        return self.open_turn(from_speech=from_speech).id
+        turn = self.open_turn(from_speech=from_speech)
+        turn.plan = self.settings.plan()
+        return turn.id
 
     def open_turn(self, *, from_speech: bool) -> Turn:
         """A new turn id; the snapshot follows, so a worker killed mid-turn never lets an id be reused."""
         turn = self.turns.new(from_speech=from_speech)
         self._autosave()
         return turn
+
+    def _reply_plan(self, turn_id: int) -> ReplyPlan:
+        turn = self.turns.live.get(turn_id)
+        return ANSWER if turn is None else turn.plan
+
+    def drop_input(self, turn_id: int) -> None:
+        """The user's open utterance was cleared: its turn ends with nothing sent (no audio, no answer)."""
+        if self.turns.end(turn_id) is not None:
+            self.graph.cancel_turn(turn_id)
 
     def _finish_turn(self, turn_id: int) -> list[Any]:
         """The last stage is done with ``turn_id`` and its audio has left: metrics, then turn_end."""
@@ -385,8 +400,8 @@ class Session:
         self.outbox.control(m.TurnEnd(turn=item.turn))
 
     def spoken_text(self, turn: Turn, played_ms: float) -> str:
-        """What the user heard of ``turn``'s reply: all of it when the graph speaks no audio."""
-        if not self.graph.has_audio_out:
+        """What the user heard of ``turn``'s reply: all of it when the graph speaks no audio (or not this turn)."""
+        if not self.graph.has_audio_out or not turn.plan.speak:
             return turn.reply_text
         line = self.playhead.timeline(turn.id)
         return "" if line is None else line.spoken_text(played_ms)
@@ -396,7 +411,11 @@ class Session:
     def observe(self, stage: str, item: Item) -> None:
         """Every stage output passes here first (hot path: keep it cheap; items are final classes)."""
         if type(item) is SpeechAudio:
-            self.barge_in.speech(item)
+            if self.settings.interrupt_response:  # a client may turn barge-in off (Configure)
+                self.barge_in.speech(item)
+            return
+        if type(item) is InputCleared:
+            self.drop_input(item.turn)
             return
         turn_id = item.turn
         if turn_id is None:
@@ -410,7 +429,7 @@ class Session:
                 turn.input_end_at = item.voiced_until or now
                 turn.mark_output(stage, now)
                 self.barge_in.speech_ended(turn_id)
-            else:
+            elif self.settings.interrupt_response:
                 self.barge_in.speech_started(turn_id)
             return
         if type(item) is Transcription and self.barge_in.watching and self.barge_in.transcript(item):

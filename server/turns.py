@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from stages.base import ANSWER, ReplyPlan
+
 
 @dataclass(slots=True)
 class Turn:
@@ -21,6 +23,7 @@ class Turn:
     first_output_at: dict[str, float] = field(default_factory=dict)
     reply_parts: list[str] = field(default_factory=list)
     failed: bool = False
+    plan: ReplyPlan = ANSWER  # how the agent answers (the LLM and TTS stages read it)
 
     @property
     def responding(self) -> bool:
@@ -69,5 +72,7 @@ class Turns:
         return self.live.pop(turn_id, None)
 
     def responding(self, *, before: int | None = None) -> list[Turn]:
-        """Turns the agent is answering (older than ``before`` when given)."""
-        return [t for t in self.live.values() if t.responding and (before is None or t.id < before)]
+        """Turns the agent is answering (older than ``before`` when given); not those planned without a reply."""
+        return [
+            t for t in self.live.values() if t.responding and t.plan.reply and (before is None or t.id < before)
+        ]

@@ -38,9 +38,50 @@ class Conversation(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyPlan:
+    """How the agent answers one turn (the session decides per turn; the LLM and TTS stages read it).
+
+    ``reply`` False: the user's words join the conversation, no answer is generated (a client that asks
+    for answers itself). ``speak`` False: the answer is text only (no TTS). ``from_history``: answer even
+    with no new user text (a response the client asked for). ``instructions`` replace the system prompt
+    for this answer only.
+    """
+
+    reply: bool = True
+    speak: bool = True
+    from_history: bool = False
+    instructions: str | None = None
+
+
+ANSWER = ReplyPlan()
+
+
+@dataclass(frozen=True, slots=True)
+class VadOverrides:
+    """Per-session turn detection over the VAD stage's configured options; None keeps the option.
+
+    ``manual``: no endpointing by silence; every frame joins the utterance until the client commits.
+    ``threshold`` (0..1, higher needs louder speech) is mapped by each VAD backend to its own scale.
+    """
+
+    manual: bool = False
+    end_ms: float | None = None
+    pre_roll_ms: float | None = None
+    threshold: float | None = None
+
+
+def always_answer(_turn: int) -> ReplyPlan:
+    return ANSWER
+
+
 @dataclass(slots=True)
 class StageContext:
-    """Per-session facts and shared state a stage may read (and the few calls it may make)."""
+    """Per-session facts and shared state a stage may read (and the few calls it may make).
+
+    ``system_prompt``, ``voice``, ``language`` and ``vad`` may change during the session (a client's
+    settings update); stages read them when they need them rather than keeping a copy.
+    """
 
     session_id: str
     in_rate_hz: int
@@ -60,6 +101,10 @@ class StageContext:
     # the ASR decodes them early and often.
     urgent_turns: set[int] = field(default_factory=set)
     extra: dict[str, Any] = field(default_factory=dict)
+    # How the agent answers a turn (the session's per-turn plan); the LLM and TTS stages ask per turn.
+    reply_plan: Callable[[int], ReplyPlan] = always_answer
+    # Per-session turn detection; the session replaces it (``Configure``), the VAD stage applies it.
+    vad: VadOverrides = field(default_factory=VadOverrides)
 
 
 class Stage(Protocol):

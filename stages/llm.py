@@ -1,7 +1,9 @@
 """LLM stage: turns the user's text of a turn into streamed reply deltas, with the session's history.
 
 The user message joins the history when generation starts; the agent's message is added by the
-session (whole at the end, or cut to what was spoken on interruption). Backends implement
+session (whole at the end, or cut to what was spoken on interruption). The turn's ``ReplyPlan`` may
+say not to answer (the words only join the history), to answer from the history with no new words
+(a response the client asked for), or with other instructions than the system prompt. Backends implement
 ``LlmBackend.stream``; cancelling the turn closes the stream, which must stop the backend's work.
 """
 
@@ -67,11 +69,14 @@ class LlmStage(BaseStage):
     async def finish(self, turn: int, out: Emitter) -> None:
         user_text = "".join(self.text).strip() if turn == self.turn else ""
         self.turn, self.text = None, []
-        if not user_text:
+        plan = self.ctx.reply_plan(turn)
+        if user_text:
+            self.ctx.conversation.add_user(turn, user_text)
+        if not plan.reply or not (user_text or plan.from_history):
             return
-        self.ctx.conversation.add_user(turn, user_text)
         history = self.ctx.conversation.messages()
-        messages = prompt_messages(self.ctx.system_prompt, history, self.options.max_history_chars)
+        system_prompt = self.ctx.system_prompt if plan.instructions is None else plan.instructions
+        messages = prompt_messages(system_prompt, history, self.options.max_history_chars)
         stream = self.backend.stream(messages, ctx=self.ctx)
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             async for delta in stream:

@@ -6,6 +6,7 @@ A clause ends at sentence punctuation (after ``min_clause_chars``) or at ``max_c
 clause is the shortest path to the first audio; later clauses are synthesized while it plays.
 Audio is resampled to the session's output rate and cut into ``chunk_ms`` chunks; the first chunk
 of each clause carries its text so the session knows what was spoken.
+A turn whose ``ReplyPlan`` does not speak (a text-only answer) is skipped.
 Backends implement ``TtsBackend.synthesize``.
 """
 
@@ -109,8 +110,8 @@ class TtsStage(BaseStage):
         text = committed_text(item)
         if text is None:
             return
-        if item.turn is None:
-            return
+        if item.turn is None or not self.ctx.reply_plan(item.turn).speak:
+            return  # a text-only answer: nothing to say
         if item.turn != self.turn:
             self.turn, self.buffer = item.turn, ""
             self.first_pending = self.options.first_clause_max_chars > 0
