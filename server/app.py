@@ -30,10 +30,12 @@ from server.auth import Authenticator
 from server.config import Config
 from server.echo_guard import echo_guard_options
 from server.http import Routes, metrics_token, web_root
+from server.loop_lag import watch_loop_lag
 from server.resume import Resumes
 from server.resume_tokens import ResumeTokens, resume_secret
 from server.session import Session, validate_hello
 from server.state import SafeStore, make_store
+from server.telemetry import make_tracer, telemetry_options
 from stages.registry import StageSpec, build_pipeline, describe_chain, load_all
 from transports import messages as m
 from transports.connection import Connection
@@ -74,6 +76,8 @@ class RunningServer:
             audio_burst_s=config.limits.audio_burst_s,
         )
         self.resumes = self._resumes(config)
+        self.telemetry = telemetry_options(config.extra)  # ConfigError at start, naming the bad key
+        self.tracer = make_tracer(self.telemetry)
         METRICS.add_collector(lambda: SESSIONS_OPEN.set(len(self.sessions)))
 
     def _resumes(self, config: Config) -> Resumes:
@@ -177,14 +181,20 @@ class RunningServer:
             last_seen_seq=hello.resume.last_session_seq if restored is not None and hello.resume else 0,
             echo_guard=self.echo_guard,
             calls=self.webrtc.call_for,
+            tracer=self.tracer,
+            log_transcripts=self.telemetry.log_transcripts,
         )
         if hello.resume is not None and restored is None:
             ERRORS_TOTAL.inc(code="resume_failed")
             message = "this session cannot be resumed (unknown, expired, or not yours): a new one starts"
             session.opening_errors.append(m.Error(code="resume_failed", message=message, fatal=False))
         self.resumes.attach(session)
-        what = "resumed" if restored is not None else "opened"
-        log.info("session %s %s: ip %s user %s", session.id, what, ticket.ip, identity.user or "-")
+        session.report.session_start(
+            ip=ticket.ip,
+            resumed=restored is not None,
+            audio_in_hz=hello.audio_in.rate,
+            audio_out_hz=hello.audio_out.rate,
+        )
         return session
 
     async def handler(self, ws: ServerConnection) -> None:
@@ -216,6 +226,9 @@ class RunningServer:
                 for session in opened:
                     try:
                         await self.resumes.release(session, dropped=dropped)
+                        held = dropped and self.resumes.enabled
+                        reason = "held" if held else ("dropped" if conn.close is None else f"closed {conn.close.code}")
+                        session.report.session_end(reason=reason)
                     finally:
                         self.sessions.pop(session.id, None)
                         if self._sockets.get(session.id) is ws:
@@ -324,6 +337,7 @@ async def serve(
     running.port = ws_server.sockets[0].getsockname()[1]
     say(f"voxpipe: serving the demo page at {running.http_url} (WebSocket {running.url})")
     reaper = asyncio.create_task(reap_closing(ws_server, min(1.0, opts.close_timeout_s or 1.0)), name="reaper")
+    lag = asyncio.create_task(watch_loop_lag(), name="loop-lag")
     try:
         yield running
     finally:
@@ -331,5 +345,8 @@ async def serve(
             await running.drain(timeout_s=0 if quiet else None)
         finally:
             reaper.cancel()
+            lag.cancel()
         for spec in specs:
             await spec.factory.aclose()
+        # the last spans go out (an exporter may block on the network: not on the loop)
+        await asyncio.get_running_loop().run_in_executor(None, running.tracer.shutdown)

@@ -1,6 +1,7 @@
 """``voxpipe serve``, ``voxpipe check-config`` and ``voxpipe token``: start-up banner, SIGINT/SIGTERM drain,
-worker processes (``--workers N``), and HS256 tokens for ``auth.mode: jwt``. A mistake is one line on
-stderr and exit status 2: a bad config key, or an address already in use."""
+worker processes (``--workers N``), logs as text or JSON lines (``--log-format``), and HS256 tokens for
+``auth.mode: jwt``. A mistake is one line on stderr and exit status 2: a bad config key, or an address
+already in use."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import argparse
 import asyncio
 import dataclasses
 import errno
-import logging
 import os
 import signal
 import socket
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from server.auth import issue_token, resolve_secret
 from server.config import Config, load_config
+from server.logs import configure as configure_logging
 from stages.registry import build_pipeline, describe_chain
 from vocab.errors import ConfigError
 
@@ -94,7 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: config.yaml)")
     run.add_argument("--host", help="override server.host")
     run.add_argument("--port", type=int, help="override server.port (0 = any free port)")
-    run.add_argument("--log-level", default="WARNING", help="Python logging level (default: WARNING)")
+    run.add_argument(
+        "--log-level", default=None, help="Python logging level (default: WARNING; INFO with --log-format json)"
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("VOXPIPE_LOG_FORMAT", "text"),
+        help="text lines, or one JSON object per line with a session_start/turn/session_end event each (default: text)",
+    )
     run.add_argument(
         "--workers", type=int, default=0, help="run N worker processes on ports port..port+N-1 (default: one process)"
     )
@@ -115,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "token":
             return _print_token(args.config, args.user, args.ttl_s)
-        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        configure_logging(args.log_level, args.log_format)
         config = _load(args.config, args.host, args.port)
         server = config.server
         if args.workers:
@@ -145,12 +154,13 @@ def _serve_workers(args: argparse.Namespace, config: Config) -> int:
     build_pipeline(config.pipeline)  # a bad pipeline fails once, here, not in every worker
     for i in range(args.workers):
         check_listen(server.host, server.port + i)
+    os.environ["VOXPIPE_LOG_FORMAT"] = args.log_format  # the workers inherit it
     return run_workers(
         args.config,
         args.workers,
         host=server.host,
         port=server.port,
-        log_level=args.log_level,
+        log_level=args.log_level or "",  # "": the default for the log format
         secret_env=config.session.resume_secret_env,
     )
 

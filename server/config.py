@@ -94,12 +94,13 @@ class Config:
     auth: AuthOptions = field(default_factory=AuthOptions)  # server/auth.py
     limits: LimitOptions = field(default_factory=LimitOptions)  # transports/limits.py
     state: StateOptions = field(default_factory=StateOptions)  # server/state.py
-    # Sections owned and validated by their modules: webrtc (transports/webrtc.py), echo_guard (server/echo_guard.py).
+    # Sections owned and validated by their modules: webrtc (transports/webrtc.py), echo_guard
+    # (server/echo_guard.py), telemetry (server/telemetry.py).
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 KNOWN_SECTIONS = ("server", "session", "pipeline", "auth", "limits", "state")
-EXTRA_SECTIONS = ("webrtc", "echo_guard")
+EXTRA_SECTIONS = ("webrtc", "echo_guard", "telemetry")
 
 
 def parse_config(data: Any, source: str = "config") -> Config:

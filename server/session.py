@@ -29,6 +29,7 @@ from server.history import History
 from server.outbox import Outbox
 from server.playhead import Playhead
 from server.replay import SessionLog
+from server.session_report import SessionReport
 from server.state import SessionState
 from server.turns import Turn, Turns
 from stages.base import StageContext
@@ -38,6 +39,7 @@ from stages.registry import StageSpec
 from transports import messages as m
 from vocab.errors import ProtocolError
 from vocab.metrics import ERRORS_TOTAL, INTERRUPTIONS_TOTAL, TURNS_TOTAL
+from vocab.telemetry import NOOP_SPAN, NOOP_TRACER, Span, Tracer
 
 log = logging.getLogger("voxpipe.session")
 
@@ -71,6 +73,8 @@ class Session:
         echo_guard: EchoGuardOptions | None = None,
         calls: CallFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tracer: Tracer = NOOP_TRACER,
+        log_transcripts: bool = False,
     ) -> None:
         self.id = restored.session if restored is not None else session_id or uuid.uuid4().hex[:12]
         self.user = user
@@ -103,6 +107,17 @@ class Session:
             finish_turn=self._finish_turn,
             max_items=defaults.outbox_max_items,
         )
+        # each turn's trace, the latency histograms and the log lines (server/session_report.py)
+        self.report = SessionReport(
+            self.id,
+            user,
+            tracer,
+            {s.name: (s.kind, s.engine_name) for s in specs},
+            out_rate_hz=self.out_rate_hz,
+            log_transcripts=log_transcripts,
+            user_text=self._user_text,
+            clock=clock,
+        )
         # Clients without echo cancellation: the guard compares the mic with the playhead's audio.
         self.echo_guard = EchoGuard.for_hello(hello, echo_guard, self.playhead)
         options = hello.session or m.SessionOptions()
@@ -117,6 +132,7 @@ class Session:
             new_turn=self.new_turn,
             is_live=self.turns.live.__contains__,
             spawn=self.spawn,
+            trace=self._turn_span,
         )
         self.graph = Graph(
             specs,
@@ -243,11 +259,18 @@ class Session:
         self.interrupt("disconnect")
         for message in self.outbox.take_unsent():
             self.log.stamp(message)
-        self.turns.live.clear()
+        self._close_turns()
         return self.snapshot()
 
     def end(self) -> None:
         """The session is over for good (bye, a fatal close): no turn stays live."""
+        self._close_turns()
+
+    def _close_turns(self) -> None:
+        """Turns still live when the connection goes (the user was mid-utterance) end ``closed``."""
+        now = self.clock()
+        for turn in self.turns.live.values():
+            self.report.ended(turn, "closed", at=now, first_audio_at=None, audio_out_ms=self._audio_out_ms(turn.id))
         self.turns.live.clear()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -315,7 +338,11 @@ class Session:
             self.history.set_reply(turn.id, turn.reply_text)
         self._autosave()
         TURNS_TOTAL.inc(outcome="end")
-        first, v2v = turn.metrics(self.playhead.first_released_at(turn_id))
+        first_audio_at = self.playhead.first_released_at(turn_id)
+        self.report.ended(
+            turn, "end", at=self.clock(), first_audio_at=first_audio_at, audio_out_ms=self._audio_out_ms(turn_id)
+        )
+        first, v2v = turn.metrics(first_audio_at)
         out: list[Any] = []
         if turn.responding:
             out.append(m.Metrics(turn=turn_id, first_output_ms=first, voice_to_voice_ms=v2v))
@@ -355,7 +382,29 @@ class Session:
             self.graph.cancel_turn(turn.id)
             INTERRUPTIONS_TOTAL.inc(cause=cause)
             TURNS_TOTAL.inc(outcome="interrupted")
+            self.report.ended(
+                turn,
+                "interrupted",
+                at=now,
+                first_audio_at=self.playhead.first_released_at(turn.id),
+                audio_out_ms=self._audio_out_ms(turn.id),
+                cause=cause,
+                played_ms=played,
+                spoken=spoken,
+            )
         return [t.id for t in cut]
+
+    def _audio_out_ms(self, turn_id: int) -> float:
+        line = self.playhead.timeline(turn_id)
+        return 0.0 if line is None else line.released_ms
+
+    def _turn_span(self, turn_id: int) -> Span:
+        """``StageContext.trace``: the live turn's root span (the no-op one once the turn is over)."""
+        turn = self.turns.live.get(turn_id)
+        return NOOP_SPAN if turn is None else self.report.turn_span(turn)
+
+    def _user_text(self, turn_id: int) -> str:
+        return " ".join(e.content for e in self.history.entries() if e.turn == turn_id and e.role == "user")
 
     def spoken_text(self, turn: Turn, played_ms: float) -> str:
         """What the user heard of ``turn``'s reply: all of it when the graph speaks no audio."""
@@ -371,6 +420,9 @@ class Session:
         if type(item) is SpeechAudio:
             if item.voiced_ms >= self.barge_in_min_ms and self.turns.responding(before=item.turn):
                 self.interrupt("barge_in", before_turn=item.turn)
+            speaking = self.turns.live.get(item.turn)
+            if speaking is not None:
+                speaking.audio_in_ms += len(item.pcm) * 500.0 / item.rate_hz
             return
         turn_id = item.turn
         if turn_id is None:
@@ -408,6 +460,7 @@ class Session:
 
     def error(self, code: str, message: str, *, turn: int | None = None, fatal: bool = False) -> None:
         ERRORS_TOTAL.inc(code=code)
+        self.report.error(code, self.turns.live.get(turn) if turn is not None else None)
         # a client that sends bad messages without reading must not grow the control lane: drop when full
         self.outbox.control(m.Error(code=code, message=message, fatal=fatal, turn=turn), droppable=not fatal)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from vocab.telemetry import Span
+
 
 @dataclass(slots=True)
 class Turn:
@@ -21,6 +23,11 @@ class Turn:
     first_output_at: dict[str, float] = field(default_factory=dict)
     reply_parts: list[str] = field(default_factory=list)
     failed: bool = False
+    # what the turn reports (server/session_report.py): its trace's root span once opened, the speech
+    # audio the VAD cut for it, the error codes sent for it
+    span: Span | None = None
+    audio_in_ms: float = 0.0
+    errors: list[str] = field(default_factory=list)
 
     @property
     def responding(self) -> bool:
