@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import dataclasses
 import errno
+import logging
 import os
 import signal
 import socket
@@ -64,14 +65,16 @@ def _listen_message(host: str, port: int, exc: OSError) -> str:
     return f"cannot listen on {host}:{port}: {what}; choose another port with --port (or server.port)"
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, log_format: str = "text") -> None:
     from server.app import serve
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with serve(config) as running:
+    # JSON logs: the start-up lines go through logging too, so stderr holds nothing but JSON lines
+    say = logging.getLogger("voxpipe.app").info if log_format == "json" else None
+    async with serve(config, log=say) as running:
         print(f"voxpipe: open {running.http_url} in a browser (Ctrl-C to stop)", flush=True)
         await stop.wait()
         print("voxpipe: shutting down: finishing current turns, then closing sessions (1001)", flush=True)
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             return _serve_workers(args, config)
         check_listen(server.host, server.port)
         try:
-            asyncio.run(_serve(config))
+            asyncio.run(_serve(config, args.log_format))
         except OSError as exc:  # lost the race for the port between the check and the bind
             if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
                 raise

@@ -133,7 +133,7 @@ class SessionReport:
             if played_ms is not None:
                 closing.set(played_ms=round(played_ms, 1))
             closing.end(at=at)
-            root.set(outcome=outcome, audio_out_ms=round(audio_out_ms, 1), failed=turn.failed)
+            root.set(turn_outcome=outcome, audio_out_ms=round(audio_out_ms, 1), failed=turn.failed)
             if v2v is not None:
                 root.set(voice_to_voice_ms=v2v)
             if turn.errors:
