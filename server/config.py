@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -54,13 +54,25 @@ class ServerOptions:
         require(self.max_sessions >= 1, "max_sessions", "must be at least 1")
 
 
+# Words that acknowledge without taking the floor; matched whole, case and punctuation aside.
+BACKCHANNELS = (
+    "yeah", "yes", "yep", "yup", "uh huh", "mm hmm", "mhm", "mm", "hmm", "okay", "ok", "right", "sure",
+    "i see", "got it", "oh", "ah", "wow", "cool", "nice", "alright", "all right", "true", "exactly",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class SessionDefaults:
     system_prompt: str = "You are a helpful assistant. Reply in one short sentence."
     voice: str | None = None
     language: str | None = "en"
     lead_ms: float = 200.0  # how far audio may run ahead of real-time playback
-    barge_in_min_ms: float = 250.0  # sustained voiced time that interrupts the agent
+    barge_in_min_ms: float = 250.0  # sustained voiced time that interrupts the agent (barge_in: immediate)
+    # voice over the agent: "words" pauses it and lets the words decide; "immediate" cuts it at barge_in_min_ms
+    barge_in: Literal["immediate", "words"] = "words"
+    backchannels: list[str] = field(default_factory=lambda: list(BACKCHANNELS))
+    barge_in_window_ms: float = 400.0  # the words should decide this soon after the voice began
+    barge_in_max_pause_ms: float = 2500.0  # still talking this long after the pause began: it is an interruption
     audio_in_queue_ms: float = 2000.0  # raw audio buffered before the first stage; oldest dropped
     stage_queue_items: int = 64  # every other edge; a full queue blocks its producer
     outbox_max_items: int = 512  # messages waiting for the socket; a full outbox blocks the stages
@@ -74,6 +86,9 @@ class SessionDefaults:
     def validate(self) -> None:
         require(self.lead_ms >= 0, "lead_ms", "must be >= 0")
         require(self.barge_in_min_ms >= 0, "barge_in_min_ms", "must be >= 0")
+        require(50 <= self.barge_in_window_ms <= 2000, "barge_in_window_ms", "must be 50..2000")
+        longest_ok = self.barge_in_max_pause_ms >= self.barge_in_window_ms
+        require(longest_ok, "barge_in_max_pause_ms", "must be >= barge_in_window_ms")
         require(self.audio_in_queue_ms >= 100, "audio_in_queue_ms", "must be >= 100")
         require(self.stage_queue_items >= 1, "stage_queue_items", "must be >= 1")
         require(self.outbox_max_items >= 16, "outbox_max_items", "must be >= 16")

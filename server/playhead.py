@@ -42,14 +42,16 @@ class TurnAudio:
     segments: list[tuple[float, str, float]] = field(default_factory=list)
     ack_ms: float | None = None
     ended: bool = False
+    paused_s: float = 0.0  # time the agent was paused after this turn's audio began (not played)
 
-    def played_ms(self, now: float) -> float:
-        """Client acks when it sent any, else the real time elapsed since the first chunk left."""
+    def played_ms(self, now: float, paused_at: float | None = None) -> float:
+        """Client acks when it sent any, else the real time since the first chunk left, pauses aside."""
         if self.ack_ms is not None:
             return min(self.ack_ms, self.released_ms)
         if self.first_released_at is None:
             return 0.0
-        return min(self.released_ms, (now - self.first_released_at) * 1000.0)
+        until = now if paused_at is None else min(now, paused_at)
+        return min(self.released_ms, max(0.0, (until - self.first_released_at - self.paused_s) * 1000.0))
 
     def spoken_text(self, played_ms: float) -> str:
         """What the user actually heard: whole clauses, plus the played share of the current one.
@@ -118,6 +120,7 @@ class Playhead:
         self.timelines: dict[int, TurnAudio] = {}
         self.playing_until = 0.0  # when all audio released so far has played out
         self.track_attached = False  # a WebRTC track pulls instead of the WebSocket writer
+        self.paused_at: float | None = None  # the agent holds its audio (voice over it, words undecided)
         self.ended: list[int] = []  # turns whose end marker was reached: the writer finishes them, oldest first
         self.wake: Callable[[], None] = lambda: None  # the writer's wake-up (audio queued, a turn ended)
         self._on_release: list[OnRelease] = []
@@ -157,7 +160,7 @@ class Playhead:
 
     def due_in(self, now: float) -> float | None:
         """Seconds until the head of the queue may leave (0: now); None when the writer has nothing to do."""
-        if self.track_attached:
+        if self.track_attached or self.paused_at is not None:
             return None
         self._skip_dead()
         if self._queue.empty():
@@ -204,7 +207,7 @@ class Playhead:
         play_at = self.frame_due_at(now)  # the frame's place on the frame clock: contiguous frame to frame
         self._frames += 1
         parts: list[bytes] = []
-        need = self.frame_bytes
+        need = self.frame_bytes if self.paused_at is None else 0  # paused: silence, the clock runs on
         while need:
             self._skip_dead()
             if self._queue.empty():
@@ -228,6 +231,23 @@ class Playhead:
             parts.append(bytes(need))
         return b"".join(parts)
 
+    def pause(self, now: float) -> None:
+        """Hold the agent's audio: nothing more leaves (the track plays silence) until ``resume``."""
+        if self.paused_at is None:
+            self.paused_at = now
+
+    def resume(self, now: float) -> None:
+        """Go on where the audio paused; the pause is not counted as played."""
+        if self.paused_at is None:
+            return
+        gap_s = max(0.0, now - self.paused_at)
+        self.paused_at = None
+        for line in self.timelines.values():
+            if not line.ended and line.first_released_at is not None:
+                line.paused_s += gap_s
+        self.playing_until += gap_s  # a client that paused its playback has its buffer still to play
+        self.wake()
+
     def attach_track(self, attached: bool) -> None:
         """A call's track pulls the audio from now on (True), or the WebSocket writer again (False)."""
         self.track_attached = attached
@@ -241,7 +261,7 @@ class Playhead:
 
     def played_ms(self, turn: int, now: float) -> float:
         line = self.timelines.get(turn)
-        return 0.0 if line is None else line.played_ms(now)
+        return 0.0 if line is None else line.played_ms(now, self.paused_at)
 
     def ack(self, turn: int, ms: float, now: float) -> None:
         """Client ack: ``ms`` of ``turn`` have played by ``now``; learn how much later than predicted it plays."""
@@ -261,6 +281,7 @@ class Playhead:
             self._offset = 0
         self._queue.purge(lambda entry: entry[1] == turn)
         self.playing_until = now
+        self.paused_at = None  # a pause ends with the turn it held
         self._finish_timeline(turn)
         for cut in self._on_cut:
             cut(now)

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
+from server.barge_in import BargeIn
 from server.config import SessionDefaults
 from server.dispatch import ClientInputs
 from server.echo_guard import EchoGuard, EchoGuardOptions
@@ -34,7 +35,7 @@ from server.state import SessionState
 from server.turns import Turn, Turns
 from stages.base import StageContext
 from stages.graph import Graph, stage_error
-from stages.items import Item, ReplyDelta, SpeechAudio, TurnDone, VadEvent
+from stages.items import Item, ReplyDelta, SpeechAudio, Transcription, TurnDone, VadEvent
 from stages.registry import StageSpec
 from transports import messages as m
 from vocab.errors import ProtocolError
@@ -85,7 +86,6 @@ class Session:
         self.closed = False
         self.in_rate_hz = hello.audio_in.rate
         self.out_rate_hz = hello.audio_out.rate
-        self.barge_in_min_ms = defaults.barge_in_min_ms
         self._socket_send = send
         self.turns = Turns()
         self.history = History(defaults.max_history_messages)
@@ -144,6 +144,14 @@ class Session:
             stage_queue_items=defaults.stage_queue_items,
         )
         self.inputs = ClientInputs(self)
+        self.barge_in = BargeIn(
+            self,
+            mode=options.barge_in or defaults.barge_in,
+            backchannels=options.backchannels if options.backchannels is not None else defaults.backchannels,
+            window_ms=options.barge_in_window_ms or defaults.barge_in_window_ms,
+            max_pause_ms=defaults.barge_in_max_pause_ms,
+            min_voiced_ms=defaults.barge_in_min_ms,
+        )
         self._calls = calls
         self.call: Call | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -336,6 +344,7 @@ class Session:
             return []
         if turn.reply_text:
             self.history.set_reply(turn.id, turn.reply_text)
+        self.barge_in.turn_gone(turn_id)
         self._autosave()
         TURNS_TOTAL.inc(outcome="end")
         first_audio_at = self.playhead.first_released_at(turn_id)
@@ -376,8 +385,11 @@ class Session:
             spoken = self.spoken_text(turn, played)
             self.outbox.drop_turn(turn.id, now)
             self.history.cut_reply(turn.id, spoken)
+            self.barge_in.turn_gone(turn.id)
             # queued before the cancellations, so the outbox wakes (and tells the client) before the
-            # cancelled tasks unwind
+            # cancelled tasks unwind; an interrupted turn keeps its latency figures up to the cut
+            first, v2v = turn.metrics(self.playhead.first_released_at(turn.id))
+            self.outbox.control(m.Metrics(turn=turn.id, first_output_ms=first, voice_to_voice_ms=v2v))
             self.outbox.control(m.Interrupted(turn=turn.id, played_ms=round(played, 1), text=spoken))
             self.graph.cancel_turn(turn.id)
             INTERRUPTIONS_TOTAL.inc(cause=cause)
@@ -406,6 +418,15 @@ class Session:
     def _user_text(self, turn_id: int) -> str:
         return " ".join(e.content for e in self.history.entries() if e.turn == turn_id and e.role == "user")
 
+    def _drop_backchannel(self, stage: str, item: Transcription) -> None:
+        """A "yeah" (or a cough) over the agent: the user's turn ends here, unanswered; the agent went on."""
+        dropped = self.turns.end(item.turn)
+        if dropped is not None:
+            self.report.ended(dropped, "backchannel", at=self.clock(), first_audio_at=None, audio_out_ms=0.0)
+        self.graph.cancel_turn(item.turn)
+        self.outbox.control(m.Transcript(stage=stage, turn=item.turn, text=item.text, final=True))
+        self.outbox.control(m.TurnEnd(turn=item.turn))
+
     def spoken_text(self, turn: Turn, played_ms: float) -> str:
         """What the user heard of ``turn``'s reply: all of it when the graph speaks no audio."""
         if not self.graph.has_audio_out:
@@ -418,8 +439,7 @@ class Session:
     def observe(self, stage: str, item: Item) -> None:
         """Every stage output passes here first (hot path: keep it cheap; items are final classes)."""
         if type(item) is SpeechAudio:
-            if item.voiced_ms >= self.barge_in_min_ms and self.turns.responding(before=item.turn):
-                self.interrupt("barge_in", before_turn=item.turn)
+            self.barge_in.speech(item)
             speaking = self.turns.live.get(item.turn)
             if speaking is not None:
                 speaking.audio_in_ms += len(item.pcm) * 500.0 / item.rate_hz
@@ -435,6 +455,12 @@ class Session:
                 now = self.clock()
                 turn.input_end_at = item.voiced_until or now
                 turn.mark_output(stage, now)
+                self.barge_in.speech_ended(turn_id)
+            else:
+                self.barge_in.speech_started(turn_id)
+            return
+        if type(item) is Transcription and self.barge_in.pause is not None and self.barge_in.transcript(item):
+            self._drop_backchannel(stage, item)
             return
         if type(item) is ReplyDelta:
             turn.reply_parts.append(item.text)

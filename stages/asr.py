@@ -7,7 +7,12 @@ yields fewer partials (it never falls behind real time). Backends implement ``As
 Speculative final: when the user pauses (``pause_decode_ms`` of trailing silence, as reported by the
 VAD), the utterance so far is decoded as a final right away. If the VAD then ends the utterance with
 no voice heard since, that decode *is* the final transcript, so the endpoint silence and the final
-decode overlap instead of adding up; if the user speaks again, it is dropped.
+decode overlap instead of adding up; if the user speaks again, it is dropped. Its text also tells the
+VAD whether the words sound finished (``stages/endpointing.py``; ``StageContext.turn_hints``), so the VAD
+waits after "a flight to" and not after "What time is it?".
+
+Urgent turns (``StageContext.urgent_turns``: voice over the agent, whose words decide a barge-in) get
+partials early and often (``urgent_min_audio_ms``, ``urgent_interval_ms``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from stages.base import Backend, BaseStage, Emitter, StageContext, StageKind
+from stages.endpointing import sounds_complete
 from stages.items import Item, SpeechAudio, Transcription
 from vocab.errors import StageError
 from vocab.options import require
@@ -37,6 +43,8 @@ class Options:
     min_partial_audio_ms: float = 300.0
     max_utterance_ms: float = 30000.0  # older audio of a longer utterance is dropped
     pause_decode_ms: float = 120.0  # trailing silence that starts a speculative final decode; 0 turns it off
+    urgent_min_audio_ms: float = 240.0  # an urgent turn's first partial, after this much audio
+    urgent_interval_ms: float = 160.0  # and its next ones this often
 
     def validate(self) -> None:
         require(self.partial_interval_ms >= 0, "partial_interval_ms", "must be >= 0")
@@ -58,7 +66,8 @@ class AsrStage(BaseStage):
         self.resampler: Any = None
         self.partial_task: asyncio.Task[None] | None = None
         self.decoded_bytes = 0  # buffer length at the last partial
-        self.last_partial = ""
+        self.last_partial: str | None = None
+        self.partials_sent = 0
         # speculative final: its task, and received_bytes / trailing silence when it started
         self.pause_task: asyncio.Task[str | None] | None = None
         self.pause_at_bytes = 0
@@ -71,7 +80,8 @@ class AsrStage(BaseStage):
         self.buffer.clear()
         self.received_bytes = 0
         self.decoded_bytes = 0
-        self.last_partial = ""
+        self.last_partial = None
+        self.partials_sent = 0
         self.resampler = None
         target = self.backend.rate_hz
         self.rate_hz = target or rate_hz
@@ -119,20 +129,26 @@ class AsrStage(BaseStage):
             self._cancel_partial()  # the speculative final supersedes it
             self.pause_at_bytes = self.received_bytes
             self.pause_silence_ms = trailing_silence_ms
-            self.pause_task = self.ctx.spawn(self._speculate(bytes(self.buffer)))
+            covers_ms = self.received_bytes / bytes_per_ms
+            self.pause_task = self.ctx.spawn(self._speculate(self.turn or 0, bytes(self.buffer), covers_ms))
 
-    async def _speculate(self, pcm: bytes) -> str | None:
+    async def _speculate(self, turn: int, pcm: bytes, covers_ms: float) -> str | None:
         try:
-            return await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=True, ctx=self.ctx)
+            text = await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=True, ctx=self.ctx)
         except StageError:
             return None  # the real final decode will run (and report a persistent failure)
+        if self.turn == turn:  # still this utterance: tell the VAD whether its words sound finished
+            self.ctx.turn_hints[turn] = (covers_ms, sounds_complete(text))
+        return text
 
     def _maybe_partial(self, out: Emitter) -> None:
-        interval = self.options.partial_interval_ms
+        urgent = self.turn in self.ctx.urgent_turns
+        interval = self.options.urgent_interval_ms if urgent else self.options.partial_interval_ms
         if interval <= 0 or (self.partial_task is not None and not self.partial_task.done()):
             return
         bytes_per_ms = self.rate_hz * 2 / 1000
-        if len(self.buffer) < self.options.min_partial_audio_ms * bytes_per_ms:
+        min_audio_ms = self.options.urgent_min_audio_ms if urgent else self.options.min_partial_audio_ms
+        if len(self.buffer) < min_audio_ms * bytes_per_ms:
             return
         if len(self.buffer) - self.decoded_bytes < interval * bytes_per_ms:
             return
@@ -142,8 +158,11 @@ class AsrStage(BaseStage):
     async def _partial(self, turn: int, pcm: bytes, out: Emitter) -> None:
         text = await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=False, ctx=self.ctx)
         text = text.strip()
-        if text and text != self.last_partial and self.turn == turn and self.ctx.is_live(turn):
+        # an urgent turn's first partial goes out even with no words: "nothing said" decides too
+        first_urgent = not self.partials_sent and turn in self.ctx.urgent_turns
+        if (text or first_urgent) and text != self.last_partial and self.turn == turn and self.ctx.is_live(turn):
             self.last_partial = text
+            self.partials_sent += 1
             await out.emit(Transcription(turn, text, final=False))
 
     async def finish(self, turn: int, out: Emitter) -> None:

@@ -54,6 +54,12 @@ class StageContext:
     is_live: Callable[[int], bool]
     # Start a background task inside the session's task group (it ends with the session).
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
+    # End-of-turn hints, ASR -> VAD: turn -> (audio ms of the utterance the words cover, the words sound
+    # finished). The VAD ends a pause sooner after finished words, later after unfinished ones.
+    turn_hints: dict[int, tuple[float, bool]] = field(default_factory=dict)
+    # Turns whose words the session needs fast (voice over the agent: is it a "yeah" or a "wait"?);
+    # the ASR decodes them early and often.
+    urgent_turns: set[int] = field(default_factory=set)
     extra: dict[str, Any] = field(default_factory=dict)
     # The root span of a turn's trace (vocab/telemetry.py): stages hang their spans under it. The no-op
     # span when telemetry is off or the turn is over (stale work traces nothing).

@@ -1,8 +1,11 @@
 """VAD stage: frames raw client audio, decides speech per frame with a backend, and cuts utterances.
 
 Smoothing: speech starts after ``start_ms`` of consecutive voiced frames (the pre-roll before it is
-kept), and ends after ``end_ms`` of silence, or at ``commit``, or at ``max_utterance_ms``. Each
-utterance opens a new turn. Backends only answer "is this frame speech?" (``VadBackend``).
+kept), and ends after a run of silence, or at ``commit``, or at ``max_utterance_ms``. How long a silence:
+``end_complete_ms`` when the words so far sound finished, ``end_incomplete_ms`` when they do not (the
+ASR's hint, ``StageContext.turn_hints``, from its decode at the pause), ``end_ms`` while no hint covers
+the last voiced frame. Each utterance opens a new turn. Backends only answer "is this frame speech?"
+(``VadBackend``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ class VadBackend(Backend, Protocol):
 @dataclass(frozen=True, slots=True)
 class Options:
     start_ms: float = 60.0  # consecutive voiced time before speech_start
-    end_ms: float = 400.0  # silence that ends the utterance
+    end_ms: float = 400.0  # silence that ends the utterance when no end-of-turn hint covers it
+    end_complete_ms: float = 200.0  # ... when the words before the pause sound finished
+    end_incomplete_ms: float = 1200.0  # ... when they do not ("a flight to"): the longest wait
     pre_roll_ms: float = 200.0  # audio kept from before speech_start
     max_utterance_ms: float = 30000.0  # an utterance is cut here
     sustain_gap_ms: float = 100.0  # unvoiced gaps up to this long do not break a sustained run (barge-in)
@@ -42,6 +47,8 @@ class Options:
     def validate(self) -> None:
         require(self.start_ms >= 0, "start_ms", "must be >= 0")
         require(self.end_ms > 0, "end_ms", "must be > 0")
+        require(self.end_complete_ms > 0, "end_complete_ms", "must be > 0")
+        require(self.end_incomplete_ms >= self.end_complete_ms, "end_incomplete_ms", "must be >= end_complete_ms")
         require(self.pre_roll_ms >= 0, "pre_roll_ms", "must be >= 0")
         require(self.max_utterance_ms >= 500, "max_utterance_ms", "must be >= 500")
 
@@ -73,6 +80,7 @@ class VadStage(BaseStage):
         self.voiced_ms = 0.0  # voiced time of the current sustained run (gaps < sustain_gap_ms bridged)
         self.gap_ms = 0.0
         self.utterance_ms = 0.0
+        self.last_voiced_audio_ms = 0.0  # position of the last voiced frame in the utterance's audio
         self.last_voiced_at = 0.0
 
     async def process(self, item: Item, out: Emitter) -> None:
@@ -105,16 +113,24 @@ class VadStage(BaseStage):
                 self.voiced_ms += self.frame_ms
                 self.silence_run_ms = self.gap_ms = 0.0
                 self.last_voiced_at = item.received_at
+                self.last_voiced_audio_ms = self.utterance_ms
             else:
                 self.silence_run_ms += self.frame_ms
                 self.gap_ms += self.frame_ms
                 if self.gap_ms > self.options.sustain_gap_ms:
                     self.voiced_ms = 0.0
-            if self.silence_run_ms >= self.options.end_ms or self.utterance_ms >= self.options.max_utterance_ms:
+            if self.silence_run_ms >= self._end_silence_ms() or self.utterance_ms >= self.options.max_utterance_ms:
                 await self._flush(speech, out)
                 speech = bytearray()
                 await self._end(out)
         await self._flush(speech, out)
+
+    def _end_silence_ms(self) -> float:
+        """The silence that ends this utterance now: from the words' hint when it covers the last voice."""
+        hint = self.ctx.turn_hints.get(self.turn) if self.turn is not None else None
+        if hint is None or hint[0] < self.last_voiced_audio_ms:
+            return self.options.end_ms
+        return self.options.end_complete_ms if hint[1] else self.options.end_incomplete_ms
 
     async def _flush(self, speech: bytearray, out: Emitter) -> None:
         if speech and self.turn is not None:
@@ -133,6 +149,7 @@ class VadStage(BaseStage):
         self.voiced_ms = self.voiced_run_ms
         self.gap_ms = 0.0
         self.utterance_ms = self.frame_ms * len(self.pre_roll)
+        self.last_voiced_audio_ms = self.utterance_ms
         self.silence_run_ms = 0.0
         await out.emit(VadEvent(self.turn, "speech_start"))
 
@@ -140,6 +157,7 @@ class VadStage(BaseStage):
         turn, self.turn = self.turn, None
         self.voiced_run_ms = 0.0
         if turn is not None:
+            self.ctx.turn_hints.pop(turn, None)
             await out.emit(VadEvent(turn, "speech_end", voiced_until=self.last_voiced_at))
             await out.emit(TurnDone(turn))
 

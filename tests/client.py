@@ -33,7 +33,7 @@ def test_config(**sections: Any) -> dict[str, Any]:
     """A config dict on the test stages, listening on a free port; ``sections`` override parts."""
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0},
-        "session": {"lead_ms": 200, "barge_in_min_ms": 100},
+        "session": {"lead_ms": 200, "barge_in_min_ms": 100, "barge_in": "immediate"},  # words mode: its own tests
         "pipeline": copy.deepcopy(TEST_PIPELINE),
     }
     for key, value in sections.items():

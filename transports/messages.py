@@ -31,11 +31,18 @@ class AudioFormat:
 
 @dataclass(frozen=True, slots=True)
 class SessionOptions:
-    """Per-session overrides sent in ``hello.session``."""
+    """Per-session overrides sent in ``hello.session``.
+
+    ``barge_in``: ``words`` (voice over the agent pauses it and the words decide: a backchannel or no
+    words resume it, anything else interrupts) or ``immediate`` (sustained voice interrupts at once).
+    """
 
     system_prompt: str | None = None
     voice: str | None = None
     language: str | None = None
+    barge_in: Literal["immediate", "words"] | None = None
+    backchannels: list[str] | None = None  # words that do not take the floor ("yeah", "uh-huh", ...)
+    barge_in_window_ms: float | None = None  # how soon after the voice began the words should decide
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +233,22 @@ class Interrupted:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentPaused:
+    """Voice started over the agent: its audio is held (clients pause playback) while the words decide."""
+
+    type: ClassVar[str] = "agent_paused"
+    turn: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResumed:
+    """The voice over the agent was a backchannel or no words: the agent goes on where it paused."""
+
+    type: ClassVar[str] = "agent_resumed"
+    turn: int
+
+
+@dataclass(frozen=True, slots=True)
 class Metrics:
     """Per-turn latency: time from the end of the user's input to each stage's first output."""
 
@@ -266,7 +289,19 @@ class Sequenced:
 
 
 ServerMessage = (
-    Ready | Vad | Transcript | Reply | AudioOut | TurnEnd | Interrupted | Metrics | Error | Pong | WebrtcAnswer
+    Ready
+    | Vad
+    | Transcript
+    | Reply
+    | AudioOut
+    | TurnEnd
+    | Interrupted
+    | AgentPaused
+    | AgentResumed
+    | Metrics
+    | Error
+    | Pong
+    | WebrtcAnswer
 )
 SERVER_MESSAGES: tuple[type[Any], ...] = (
     Ready,
@@ -276,6 +311,8 @@ SERVER_MESSAGES: tuple[type[Any], ...] = (
     AudioOut,
     TurnEnd,
     Interrupted,
+    AgentPaused,
+    AgentResumed,
     Metrics,
     Error,
     Pong,

@@ -57,22 +57,31 @@ class EnergyVad(NothingToLoad):
 
 
 class DurationAsr(NothingToLoad):
-    """Final text: ``"heard <ms> milliseconds at <dBFS> decibels"``; partials: ``"hearing <ms>"``."""
+    """Final text: ``"heard <ms> milliseconds at <dBFS> decibels"``; partials: ``"hearing <ms> milliseconds"``.
+
+    Audio shorter than ``short_ms`` "says" ``short_text`` instead (a "yeah", or "" for a cough), partials too.
+    """
 
     kind: ClassVar[str] = "asr"
 
     @dataclass(frozen=True, slots=True)
     class Options:
         delay_ms: float = 0.0  # simulated decode time
+        short_ms: float = 0.0
+        short_text: str = ""
 
     def __init__(self, options: DurationAsr.Options) -> None:
         self.delay_s = options.delay_ms / 1000
+        self.short_ms = options.short_ms
+        self.short_text = options.short_text
         self.rate_hz: int | None = None
 
     async def transcribe(self, pcm: bytes, *, rate_hz: int, final: bool, ctx: StageContext) -> str:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         ms = round(len(pcm) * 500 / rate_hz)
+        if ms < self.short_ms:
+            return self.short_text
         if not final:
             return f"hearing {ms} milliseconds"
         return f"heard {ms} milliseconds at {round(dbfs(pcm))} decibels"

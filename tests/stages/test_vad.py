@@ -89,3 +89,30 @@ async def test_other_rates_are_resampled_for_a_detector_that_needs_one() -> None
     stage = VadStage(Options(), WebrtcVad(WebrtcVad.Options()), ctx)
     assert stage.rate_hz == 16000
     assert stage.resampler is not None
+
+
+async def test_a_pause_after_finished_words_ends_the_turn_sooner_than_after_unfinished_ones() -> None:
+    """The ASR's hint (turn -> (audio ms its words cover, they sound finished)) picks the silence."""
+    for complete, ends_after_ms in ((True, 200), (False, 1000)):
+        stage, out = vad(start_ms=20, end_ms=600, end_complete_ms=200, end_incomplete_ms=1000), Collect()
+        await feed(stage, out, tone(400) + silence(100))
+        assert stage.turn == 1
+        stage.ctx.turn_hints[1] = (stage.utterance_ms, complete)  # decoded at the pause, covering all voice
+        silence_fed = 100
+        while stage.turn is not None:
+            await feed(stage, out, silence(20))
+            silence_fed += 20
+        assert silence_fed == ends_after_ms
+        assert 1 not in stage.ctx.turn_hints  # a turn's hint goes with it
+
+
+async def test_a_hint_that_missed_the_latest_voice_is_not_used() -> None:
+    stage, out = vad(start_ms=20, end_ms=600, end_complete_ms=200, end_incomplete_ms=1000), Collect()
+    await feed(stage, out, tone(300) + silence(100))
+    stage.ctx.turn_hints[1] = (stage.utterance_ms, True)
+    await feed(stage, out, tone(200))  # the user went on after the decode: its verdict is stale
+    fed = 0
+    while stage.turn is not None:
+        await feed(stage, out, silence(20))
+        fed += 20
+    assert fed == 600  # end_ms: no hint covers the last voice

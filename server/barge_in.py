@@ -1,0 +1,184 @@
+"""Voice over the agent: pause first, let the words decide.
+
+``words`` (the default): when the user's voice starts while the agent is answering, the agent's audio is
+held at once (``agent_paused``) and the user's turn is decoded early (``StageContext.urgent_turns``).
+Real words interrupt the agent as before (history cut to what was played). A backchannel ("yeah",
+"uh-huh": ``backchannels``), or no words at all (a cough, a laugh, noise), lets it go on where it paused
+(``agent_resumed``), with nothing cut; that user turn ends there and is not answered. The words should
+decide within ``window_ms`` of the voice: if none were decoded by then and the voice goes on, it is an
+interruption; and still talking ``max_pause_ms`` after the pause began is one, whatever the words.
+``immediate``: voice sustained for ``barge_in_min_ms`` interrupts at once, no pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from stages.items import SpeechAudio, Transcription
+from transports import messages as m
+from vocab.metrics import METRICS
+
+if TYPE_CHECKING:
+    from server.session import Session
+
+BARGE_INS_TOTAL = METRICS.counter("voxpipe_barge_ins_total", "Voice over the agent, by what the words decided")
+_NON_SPEECH = re.compile(r"[\[(*][^\])*]*[\])*]")  # "(coughs)", "[laughter]", "*sigh*": not words
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+Verdict = Literal["words", "backchannel", "nothing"]
+VOICE_GONE_MS = 100.0  # silence after which the voice over the agent counts as stopped
+
+
+def words_of(text: str) -> list[str]:
+    return _WORD.findall(_NON_SPEECH.sub(" ", text.lower()).replace("-", " "))
+
+
+def verdict(text: str, backchannels: frozenset[tuple[str, ...]]) -> Verdict:
+    """What a transcript means for the floor: real words, a backchannel, or nothing said."""
+    words = words_of(text)
+    if not words:
+        return "nothing"
+    i = 0
+    while i < len(words):  # the whole transcript must be made of backchannel phrases ("yeah yeah okay")
+        for size in (3, 2, 1):
+            if tuple(words[i : i + size]) in backchannels:
+                i += size
+                break
+        else:
+            return "words"
+    return "backchannel"
+
+
+@dataclass(slots=True)
+class _Pause:
+    user_turn: int
+    agent_turns: list[int]
+    timers: list[asyncio.TimerHandle]
+    heard: Verdict | None = None  # the last transcript's verdict, so far
+    voice_ended: bool = False
+    silent_ms: float = 0.0  # trailing silence of the user's latest audio
+
+
+class BargeIn:
+    """One session's barge-in policy. Not thread-safe: every call runs on the session's loop."""
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        mode: Literal["immediate", "words"],
+        backchannels: list[str],
+        window_ms: float,
+        max_pause_ms: float,
+        min_voiced_ms: float,
+    ) -> None:
+        self.session = session
+        self.mode = mode
+        self.backchannels = frozenset(tuple(words_of(b)) for b in backchannels if words_of(b))
+        self.window_ms = window_ms
+        self.max_pause_ms = max_pause_ms
+        self.min_voiced_ms = min_voiced_ms
+        self.pause: _Pause | None = None
+
+    # ------------------------------------------------------------ what the stages say
+
+    def speech_started(self, user_turn: int) -> None:
+        """The VAD opened ``user_turn``: over the agent, in ``words`` mode, hold the agent's audio."""
+        if self.mode != "words" or self.pause is not None:
+            return
+        agents = [t.id for t in self.session.turns.responding(before=user_turn)]
+        if not agents:
+            return
+        session = self.session
+        session.playhead.pause(session.clock())
+        session.ctx.urgent_turns.add(user_turn)
+        for turn in agents:
+            session.outbox.control(m.AgentPaused(turn=turn))
+        loop = asyncio.get_running_loop()
+        timers = [
+            loop.call_later(self.window_ms / 1000.0, self._window_over, user_turn),
+            loop.call_later(self.max_pause_ms / 1000.0, self._too_long, user_turn),
+        ]
+        self.pause = _Pause(user_turn, agents, timers)
+
+    def speech_ended(self, user_turn: int) -> None:
+        if self.pause is not None and self.pause.user_turn == user_turn:
+            self.pause.voice_ended = True
+
+    def speech(self, item: SpeechAudio) -> None:
+        """Voice of a user turn (``immediate`` mode: sustained voice over the agent cuts it)."""
+        pause = self.pause
+        if pause is not None and item.turn == pause.user_turn:
+            pause.silent_ms = item.trailing_silence_ms
+        sustained = self.mode == "immediate" and item.voiced_ms >= self.min_voiced_ms
+        if sustained and self.session.turns.responding(before=item.turn):
+            self.session.interrupt("barge_in", before_turn=item.turn)
+
+    def transcript(self, item: Transcription) -> bool:
+        """Words of the paused-over turn decide. True: the turn was a backchannel and is over (drop it)."""
+        pause = self.pause
+        if pause is None or item.turn != pause.user_turn:
+            return False
+        heard = verdict(item.text, self.backchannels)
+        if heard == "words":
+            self._interrupt()
+            return False
+        pause.heard = heard
+        if not item.final:
+            return False  # a "yeah" so far: wait for the end of the utterance
+        self._resume(heard)
+        return True
+
+    def turn_gone(self, turn: int) -> None:
+        """A turn ended (or was cut): a pause it held or was held for is over."""
+        pause = self.pause
+        if pause is not None and (turn == pause.user_turn or turn in pause.agent_turns):
+            if turn == pause.user_turn:
+                self._resume(pause.heard or "nothing")
+            else:
+                self._clear()
+
+    # ------------------------------------------------------------ decisions
+
+    def _window_over(self, user_turn: int) -> None:
+        """No words decoded yet and the voice goes on: someone is talking; let them have the floor."""
+        pause = self.pause
+        talking = pause is not None and not pause.voice_ended and pause.silent_ms < VOICE_GONE_MS
+        if pause is not None and pause.user_turn == user_turn and pause.heard is None and talking:
+            BARGE_INS_TOTAL.inc(verdict="undecided_voice")
+            self._interrupt(counted=True)
+
+    def _too_long(self, user_turn: int) -> None:
+        pause = self.pause
+        if pause is not None and pause.user_turn == user_turn:
+            BARGE_INS_TOTAL.inc(verdict="long_voice")
+            self._interrupt(counted=True)
+
+    def _interrupt(self, *, counted: bool = False) -> None:
+        pause = self._clear()
+        if pause is None:
+            return
+        if not counted:
+            BARGE_INS_TOTAL.inc(verdict="words")
+        self.session.interrupt("barge_in", before_turn=pause.user_turn)
+
+    def _resume(self, heard: Verdict) -> None:
+        pause = self._clear()
+        if pause is None:
+            return
+        BARGE_INS_TOTAL.inc(verdict=heard)
+        session = self.session
+        session.playhead.resume(session.clock())
+        for turn in pause.agent_turns:
+            if turn in session.turns.live:
+                session.outbox.control(m.AgentResumed(turn=turn))
+
+    def _clear(self) -> _Pause | None:
+        pause, self.pause = self.pause, None
+        if pause is not None:
+            for timer in pause.timers:
+                timer.cancel()
+            self.session.ctx.urgent_turns.discard(pause.user_turn)
+        return pause

@@ -1,0 +1,63 @@
+"""Does what the user said sound finished? The words' half of end-of-turn detection.
+
+The VAD hears a pause; this says whether the words before it make a whole utterance, so the VAD can end
+the turn quickly after "What time is it?" and wait after "I'd like to book a flight to". A lexical test,
+cheap enough to run on every pause transcript (the ASR's speculative decode): an utterance sounds
+unfinished when it ends on a word that needs a continuation (an article, a preposition, a conjunction,
+a filler, an auxiliary or a possessive), or when the recognizer heard a trailing-off ("...", "-"); it
+sounds finished otherwise, and always when it ends with a question mark.
+Chosen over an audio turn-taking model: none that ships its weights in a package on the index was found
+(LiveKit's and pipecat's detectors download theirs from a model hub at run time).
+"""
+
+from __future__ import annotations
+
+import re
+
+# Words after which an English utterance is almost never over.
+CONTINUES: frozenset[str] = frozenset(
+    (
+        *("a", "an", "the", "my", "your", "its", "our", "their", "some", "any", "every", "each"),
+        *("to", "of", "in", "on", "at", "for", "from", "with", "by", "about", "into", "onto", "under"),
+        *("through", "between", "during", "without", "within", "toward", "towards", "than", "as", "like"),
+        *("and", "or", "but", "because", "if", "when", "while", "although", "though", "unless", "until"),
+        *("whereas", "nor", "um", "uh", "er", "erm", "hmm", "ah", "eh"),
+        *("is", "are", "was", "were", "am", "be", "been", "being"),
+        *("i'm", "you're", "we're", "they're", "he's", "she's", "it's", "i've", "you've", "we've", "they've"),
+        *("i'd", "you'd", "we'd", "they'd", "i'll", "you'll", "we'll", "they'll", "let's", "gonna", "wanna"),
+        *("gotta", "i", "we", "they", "he", "she", "which", "who", "whom", "whose", "where", "very", "quite"),
+        "just",
+    )
+)
+# Auxiliaries end short answers ("Yes, I can.") but leave longer utterances hanging ("... if you could").
+HANGING_AUXILIARIES: frozenset[str] = frozenset(
+    (
+        *("can", "could", "will", "would", "shall", "should", "may", "might", "must"),
+        *("do", "does", "did", "have", "has", "had"),
+    )
+)
+SHORT_ANSWER_WORDS = 3
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+_TRAILING_OFF = re.compile(r"(\.\.\.|…|-|—|,)\s*$")
+
+
+def last_words(text: str, n: int = 2) -> list[str]:
+    return _WORD.findall(text.lower())[-n:]
+
+
+def sounds_complete(text: str) -> bool:
+    """True when ``text`` (a transcript so far) reads as a whole utterance; no words (a cough) count as one."""
+    stripped = text.strip()
+    if not stripped:
+        return True
+    if stripped.endswith("?"):
+        return True
+    if _TRAILING_OFF.search(stripped):
+        return False
+    words = _WORD.findall(stripped.lower())
+    if not words:
+        return True
+    last = words[-1]
+    if last in HANGING_AUXILIARIES:
+        return len(words) <= SHORT_ANSWER_WORDS
+    return last not in CONTINUES

@@ -1,0 +1,144 @@
+"""server/barge_in.py: voice over the agent pauses it and the words decide, through the real server.
+
+The test ASR "says" ``short_text`` for audio shorter than ``short_ms`` (a backchannel, or nothing for a
+cough) and real words for longer audio, so every branch is reached with tones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from server.barge_in import verdict, words_of
+from tests.client import Client, Message, running_server, silence, test_config, tone
+
+BACKCHANNELS = frozenset({("yeah",), ("uh", "huh"), ("mm", "hmm"), ("okay",)})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Yeah.", "backchannel"),
+        ("Uh-huh", "backchannel"),
+        ("Mm-hmm, yeah.", "backchannel"),
+        ("okay okay", "backchannel"),
+        ("", "nothing"),
+        ("(coughs)", "nothing"),
+        ("[laughter] *sigh*", "nothing"),
+        ("Yeah, but wait.", "words"),
+        ("Stop.", "words"),
+        ("Okay what about Tuesday?", "words"),
+    ],
+)
+def test_the_words_decide(text: str, expected: str) -> None:
+    assert verdict(text, BACKCHANNELS) == expected
+
+
+def test_words_of_ignores_case_punctuation_and_non_speech() -> None:
+    assert words_of("Uh-huh, (laughs) I SEE.") == ["uh", "huh", "i", "see"]
+
+
+def words_config(short_text: str = "yeah", **session: Any) -> dict[str, Any]:
+    return test_config(
+        pipeline=[
+            {"name": "vad", "engine": "energy", "start_ms": 60, "end_ms": 200},
+            {"name": "asr", "engine": "duration_asr", "short_ms": 400, "short_text": short_text},
+            {"name": "llm", "engine": "echo", "delay_ms": 5},
+            {"name": "tts", "engine": "tone", "word_ms": 100, "gap_ms": 0},
+        ],
+        session={"barge_in": "words", "barge_in_window_ms": 400, **session},
+    )
+
+
+async def agent_speaking(c: Client) -> int:
+    await c.send({"type": "say", "text": " ".join(["word"] * 40)})  # 4 s of agent speech
+    first = await c.recv_type("audio")
+    for _ in range(30):  # 600 ms of it sent: 400 ms or so played (lead_ms 200)
+        await c.recv_type("audio")
+    turn: int = first["turn"]
+    return turn
+
+
+async def talk_over(c: Client, pcm: bytes, until: Any, timeout: float = 15.0) -> list[Message]:
+    """Stream ``pcm`` in real time while reading (so arrival times are true), until ``until(msg)``."""
+    talking = asyncio.create_task(c.stream_audio(pcm, realtime=1.0))
+    try:
+        return await c.recv_until(until, timeout=timeout)
+    finally:
+        await talking
+
+
+def of_turn(msgs: list[Message], turn: int) -> list[str]:
+    return [x["type"] for x in msgs if x.get("turn") == turn]
+
+
+@pytest.mark.parametrize(("said", "short_text"), [("a backchannel", "yeah"), ("a cough", "")])
+async def test_a_backchannel_or_a_cough_pauses_the_agent_then_it_goes_on(said: str, short_text: str) -> None:
+    async with running_server(words_config(short_text)) as srv, Client.connect(srv.url) as c:
+        agent = await agent_speaking(c)
+        voice = tone(200) + silence(1500)  # 200 ms of voice over the agent, then the mic goes on
+        msgs = await talk_over(c, voice, lambda x: x["type"] == "turn_end" and x["turn"] == agent)
+        kinds = of_turn(msgs, agent)
+        assert "agent_paused" in kinds
+        assert "agent_resumed" in kinds
+        assert kinds.index("agent_paused") < kinds.index("agent_resumed")
+        assert "interrupted" not in kinds
+        assert kinds[-1] == "turn_end"
+        # all of the agent's audio came through: nothing was cut
+        audio = [x for x in c.received if x["type"] == "audio" and x["turn"] == agent]
+        assert sum(len(x["data"]) for x in audio) == 40 * 1600 * 2
+        user = next(x["turn"] for x in c.received if x["type"] == "vad" and x["turn"] != agent)
+        user_kinds = [x["type"] for x in c.received if x.get("turn") == user]
+        assert "reply" not in user_kinds, f"{said} must not be answered"
+        assert user_kinds[-1] == "turn_end"
+        session = next(iter(srv.sessions.values()))
+        assert [m["role"] for m in session.history.messages()] == ["assistant"]  # the say; no "yeah" turn
+
+
+async def test_real_words_interrupt_soon_and_get_an_answer() -> None:
+    async with running_server(words_config()) as srv, Client.connect(srv.url) as c:
+        agent = await agent_speaking(c)
+        msgs = await talk_over(c, tone(900) + silence(400), lambda x: x["type"] == "interrupted")  # words
+        paused = next(x for x in msgs if x["type"] == "agent_paused")
+        cut = msgs[-1]
+        assert (paused["turn"], cut["turn"]) == (agent, agent)
+        assert cut["_at"] - paused["_at"] < 1.0  # the first words decided (the test ASR answers at once)
+        metrics = [x for x in msgs if x["type"] == "metrics" and x["turn"] == agent]
+        assert metrics, "an interrupted turn keeps its metrics"
+        assert "tts" in metrics[0]["first_output_ms"]
+        reply = await c.recv_until(lambda x: x["type"] == "turn_end" and x["turn"] > agent, timeout=10)
+        assert any(x["type"] == "reply" for x in reply)
+        session = next(iter(srv.sessions.values()))
+        spoken = session.history.messages()[0]
+        assert spoken["role"] == "assistant"
+        assert 0 < len(spoken["content"].split()) < 40  # cut to what was played before the pause
+
+
+async def test_still_talking_after_the_longest_pause_is_an_interruption() -> None:
+    # backchannels the test ASR's partials are made of: the words never decide, the voice does
+    config = words_config(barge_in_max_pause_ms=800, backchannels=["yeah", "hearing", "milliseconds"])
+    async with running_server(config) as srv, Client.connect(srv.url) as c:
+        agent = await agent_speaking(c)
+        msgs = await talk_over(c, tone(1600) + silence(400), lambda x: x["type"] == "interrupted")
+        paused = next(x for x in msgs if x["type"] == "agent_paused")
+        assert msgs[-1]["turn"] == agent
+        assert 0.7 < msgs[-1]["_at"] - paused["_at"] < 1.5  # at barge_in_max_pause_ms
+
+
+async def test_immediate_mode_per_session_cuts_without_a_pause() -> None:
+    async with running_server(words_config()) as srv:
+        async with Client.connect(srv.url, hello={"session": {"barge_in": "immediate"}}) as c:
+            agent = await agent_speaking(c)
+            msgs = await talk_over(c, tone(300) + silence(300), lambda x: x["type"] == "interrupted")
+            assert msgs[-1]["turn"] == agent
+            assert "agent_paused" not in [x["type"] for x in msgs]
+
+
+async def test_voice_with_no_agent_speaking_is_just_a_turn() -> None:
+    async with running_server(words_config()) as srv, Client.connect(srv.url) as c:
+        await c.stream_audio(tone(600) + silence(400), realtime=4.0)
+        msgs = await c.turn()
+        assert "agent_paused" not in [x["type"] for x in msgs]
+        assert any(x["type"] == "reply" for x in msgs)

@@ -1,0 +1,41 @@
+"""stages/endpointing.py: whether the words before a pause make a whole utterance."""
+
+from __future__ import annotations
+
+import pytest
+
+from stages.endpointing import sounds_complete
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "What time is it?",
+        "Turn on the lights in the kitchen.",
+        "No.",
+        "Yes please",
+        "I think so.",
+        "Book it for next Friday.",
+        "",  # no words (a cough): nothing to wait for
+    ],
+)
+def test_finished(text: str) -> None:
+    assert sounds_complete(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I'd like to book a flight to",
+        "I'd like to book a flight to.",  # Whisper puts a full stop on anything
+        "Tell me about the",
+        "Can you set a timer for",
+        "I was thinking that maybe we could",
+        "Um,",
+        "Well, I'm",
+        "and then...",
+        "The weather in",
+    ],
+)
+def test_unfinished(text: str) -> None:
+    assert not sounds_complete(text)
