@@ -163,7 +163,7 @@ async def test_an_interrupted_turn_ends_its_spans_at_the_cut() -> None:
     assert 0 < attr(generate, "deltas") < 13  # "You said: heard ... I remember 0 messages." is 13 words
     # every span of the turn ended by the cut; the cancelled generation as the cancellation reached it
     for span in spans:
-        assert ms(span.end_time) <= cut_ms + 50, f"{span.name} ended {ms(span.end_time) - cut_ms:.1f} ms after the cut"
+        assert ms(span.end_time) <= cut_ms + 100, f"{span.name} ended {ms(span.end_time) - cut_ms:.1f} ms after the cut"
     assert ms(generate.end_time) >= cut_ms
     # nothing of the cut turn was traced after it: no second clause, no turn.end
     assert "turn.end" not in {s.name for s in spans}
