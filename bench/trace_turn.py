@@ -156,11 +156,12 @@ async def record(config: dict[str, Any]) -> list[dict[str, Any]]:
             return resample(piper.synthesize_all(text), piper.rate_hz, 16000)
 
         async with Client.connect(srv.url) as c:
-            await c.stream_audio(silence(300) + speak("What is the capital of France?") + silence(600), realtime=1.0)
+            # the microphone stays open after each question, as a real one does (the VAD may wait for more words)
+            await c.stream_audio(silence(300) + speak("What is the capital of France?") + silence(1500), realtime=1.0)
             await c.turn(timeout=60)
-            await c.stream_audio(silence(300) + speak("Tell me a story about a dragon.") + silence(400), realtime=1.0)
+            await c.stream_audio(silence(300) + speak("Tell me a story about a dragon.") + silence(1000), realtime=1.0)
             first = await c.recv_type("audio", timeout=60)
-            await c.stream_audio(speak("Wait, stop."), realtime=1.0)  # barge-in over the agent's reply
+            await c.stream_audio(speak("Wait, stop.") + silence(1500), realtime=1.0)  # barge-in over the agent's reply
             await c.recv_until(lambda m: m["type"] == "interrupted" and m["turn"] == first["turn"], timeout=30)
             await c.recv_type("turn_end", timeout=60)  # the barge-in's own turn
         return as_dicts(list(srv.tracer.memory.get_finished_spans()))
