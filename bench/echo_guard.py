@@ -1,6 +1,6 @@
 """Echo guard rates through the real server (issue 9): own echo alone, and a person talking over it.
 
-A simulated game client (``tests/test_echo_guard.py``'s ``Room``: a speaker that plays the agent's audio
+A simulated game client (``tests/room.py``'s ``Room``: a speaker that plays the agent's audio
 as it arrives and flushes it on ``interrupted``, and a mic that hears that playback at ``--echo-db`` after
 ``--delay-ms``, plus another voice when one talks) holds one conversation per case:
 
@@ -32,7 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_echo_guard import (  # noqa: E402
+from tests.client import test_config  # noqa: E402
+from tests.room import (  # noqa: E402
     LINES,
     PIPER_LINES,
     PIPER_LONG_LINE,
@@ -46,8 +47,6 @@ from tests.test_echo_guard import (  # noqa: E402
     room,
     session_guard,
 )
-
-from tests.client import test_config  # noqa: E402
 
 
 def piper_available() -> bool:

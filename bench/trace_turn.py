@@ -122,7 +122,8 @@ p {{ margin: 0 0 8px; color: #555; }}
 .ms {{ position: absolute; top: 3px; white-space: nowrap; font-size: 12px; }}
 .ms em {{ color: #777; font-style: normal; margin-left: 8px; }}
 .axis {{ height: 18px; border-bottom: 1px solid #ccc; }}
-.tick {{ position: absolute; top: 2px; font-size: 11px; color: #999; border-left: 1px solid #ccc; padding-left: 3px; }}
+.tick {{ position: absolute; top: 2px; white-space: nowrap; font-size: 11px; color: #999;
+  border-left: 1px solid #ccc; padding-left: 3px; }}
 </style>
 <h1>voxpipe: the trace of a turn (OpenTelemetry spans from the in-memory exporter)</h1>
 <p>Embedded stack (webrtcvad, whisper tiny.en, llama.cpp SmolLM2-135M, Piper) on 2 CPU cores. Bars on the turn's time

@@ -26,6 +26,8 @@ from websockets.http11 import Request, Response
 from websockets.typing import Origin
 
 from server.admission import Admission, Ticket
+from server.aec import available as aec_available
+from server.aec import echo_canceller_options
 from server.auth import Authenticator
 from server.config import Config
 from server.echo_guard import echo_guard_options
@@ -64,6 +66,9 @@ class RunningServer:
         self.port = 0
         self.accepting = True
         self.echo_guard = echo_guard_options(config.extra)  # ConfigError at start, naming the bad key
+        self.echo_canceller = echo_canceller_options(config.extra)
+        if self.echo_canceller.enabled and not aec_available():
+            self.log("voxpipe: no echo canceller (pip install livekit): clients with aec false get the echo guard only")
         self.admission = Admission(
             Authenticator(config.auth),
             config.limits,
@@ -180,6 +185,7 @@ class RunningServer:
             restored=restored,
             last_seen_seq=hello.resume.last_session_seq if restored is not None and hello.resume else 0,
             echo_guard=self.echo_guard,
+            echo_canceller=self.echo_canceller,
             calls=self.webrtc.call_for,
             tracer=self.tracer,
             log_transcripts=self.telemetry.log_transcripts,

@@ -58,6 +58,7 @@ class ServerOptions:
 BACKCHANNELS = (
     "yeah", "yes", "yep", "yup", "uh huh", "mm hmm", "mhm", "mm", "hmm", "okay", "ok", "right", "sure",
     "i see", "got it", "oh", "ah", "wow", "cool", "nice", "alright", "all right", "true", "exactly",
+    "ha", "haha", "ha ha", "hahaha", "heh", "hehe",  # laughter, as Whisper writes it
 )
 
 
@@ -110,12 +111,12 @@ class Config:
     limits: LimitOptions = field(default_factory=LimitOptions)  # transports/limits.py
     state: StateOptions = field(default_factory=StateOptions)  # server/state.py
     # Sections owned and validated by their modules: webrtc (transports/webrtc.py), echo_guard
-    # (server/echo_guard.py), telemetry (server/telemetry.py).
+    # (server/echo_guard.py), echo_canceller (server/aec.py), telemetry (server/telemetry.py).
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 KNOWN_SECTIONS = ("server", "session", "pipeline", "auth", "limits", "state")
-EXTRA_SECTIONS = ("webrtc", "echo_guard", "telemetry")
+EXTRA_SECTIONS = ("webrtc", "echo_guard", "echo_canceller", "telemetry")
 
 
 def parse_config(data: Any, source: str = "config") -> Config:

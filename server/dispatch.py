@@ -65,12 +65,19 @@ class ClientInputs:
             return
         self.session.report.audio_in_bytes += len(pcm)
         now = self.session.clock()
-        guard = self.session.echo_guard
-        if guard is not None:
-            pcm = guard.process(pcm, now)
-            if not pcm:
-                return
-        self.graph.feed_audio_nowait(index, AudioIn(pcm, self.session.in_rate_hz, now))
+        pcm = self._without_echo(pcm, now)
+        if pcm:
+            self.graph.feed_audio_nowait(index, AudioIn(pcm, self.session.in_rate_hz, now))
+
+    def _without_echo(self, pcm: bytes, now: float) -> bytes:
+        """Mic audio of a client with no echo cancellation: the canceller, then the guard (either may hold
+        back part of a frame until the rest arrives, so what comes out may be shorter, or empty)."""
+        session = self.session
+        if session.echo_canceller is not None:
+            pcm = session.echo_canceller.process(pcm, now)
+        if session.echo_guard is not None and pcm:
+            pcm = session.echo_guard.process(pcm, now)  # echo-only frames silenced before the VAD
+        return pcm
 
     # ------------------------------------------------------------ entries
 
@@ -113,11 +120,9 @@ class ClientInputs:
             return
         now = session.clock()
         if self.graph.specs[index].input_type == "audio":
-            if session.echo_guard is not None:
-                pcm = session.echo_guard.process(pcm, now)  # echo-only frames silenced before the VAD
-                if not pcm:
-                    return
-            await self.graph.feed_audio(index, AudioIn(pcm, session.in_rate_hz, now))
+            pcm = self._without_echo(pcm, now)
+            if pcm:
+                await self.graph.feed_audio(index, AudioIn(pcm, session.in_rate_hz, now))
             return
         if self._speech_entry is None or self._speech_entry[0] != index:
             await self._commit()

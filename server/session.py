@@ -22,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
+from server.aec import EchoCanceller, EchoCancellerOptions, available
 from server.barge_in import BargeIn
 from server.config import SessionDefaults
 from server.dispatch import ClientInputs
@@ -72,6 +73,7 @@ class Session:
         restored: SessionState | None = None,
         last_seen_seq: int = 0,
         echo_guard: EchoGuardOptions | None = None,
+        echo_canceller: EchoCancellerOptions | None = None,
         calls: CallFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
         tracer: Tracer = NOOP_TRACER,
@@ -118,7 +120,11 @@ class Session:
             user_text=self._user_text,
             clock=clock,
         )
-        # Clients without echo cancellation: the guard compares the mic with the playhead's audio.
+        # Clients without echo cancellation: a real canceller (AEC3) on the mic, fed the playhead's audio,
+        # then the guard, which compares what is left with the same audio.
+        self.echo_canceller: EchoCanceller | None = None
+        if hello.audio_in.aec is False and echo_canceller is not None and echo_canceller.enabled and available():
+            self.echo_canceller = EchoCanceller(echo_canceller, self.playhead, in_rate_hz=self.in_rate_hz, now=clock())
         self.echo_guard = EchoGuard.for_hello(hello, echo_guard, self.playhead)
         options = hello.session or m.SessionOptions()
         self.ctx = StageContext(
@@ -255,6 +261,8 @@ class Session:
                         task.cancel()
         finally:
             self._tg = None
+            if self.echo_canceller is not None:
+                self.echo_canceller.close()
             try:
                 if self.call is not None:
                     await self.call.close()

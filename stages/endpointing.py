@@ -4,8 +4,9 @@ The VAD hears a pause; this says whether the words before it make a whole uttera
 the turn quickly after "What time is it?" and wait after "I'd like to book a flight to". A lexical test,
 cheap enough to run on every pause transcript (the ASR's speculative decode): an utterance sounds
 unfinished when it ends on a word that needs a continuation (an article, a preposition, a conjunction,
-a filler, an auxiliary or a possessive), or when the recognizer heard a trailing-off ("...", "-"); it
-sounds finished otherwise, and always when it ends with a question mark.
+a filler, a hanging auxiliary), on a preposition and a demonstrative (a clipped "about the" heard as
+"about this"), with no closing mark after more than a few words (Whisper closes what it heard as a
+sentence), or trails off ("...", "-"). Otherwise it sounds finished.
 Chosen over an audio turn-taking model: none that ships its weights in a package on the index was found
 (LiveKit's and pipecat's detectors download theirs from a model hub at run time).
 """
@@ -18,7 +19,7 @@ import re
 CONTINUES: frozenset[str] = frozenset(
     (
         *("a", "an", "the", "my", "your", "its", "our", "their", "some", "any", "every", "each"),
-        *("to", "of", "in", "on", "at", "for", "from", "with", "by", "about", "into", "onto", "under"),
+        *("to", "of", "in", "on", "at", "for", "from", "with", "by", "about", "into", "onto", "under", "near"),
         *("through", "between", "during", "without", "within", "toward", "towards", "than", "as", "like"),
         *("and", "or", "but", "because", "if", "when", "while", "although", "though", "unless", "until"),
         *("whereas", "nor", "um", "uh", "er", "erm", "hmm", "ah", "eh"),
@@ -37,6 +38,8 @@ HANGING_AUXILIARIES: frozenset[str] = frozenset(
     )
 )
 SHORT_ANSWER_WORDS = 3
+PREPOSITIONS: frozenset[str] = frozenset(("about", "in", "on", "at", "for", "with", "to", "of", "from", "by", "near"))
+DEMONSTRATIVES: frozenset[str] = frozenset(("this", "that"))
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 _TRAILING_OFF = re.compile(r"(\.\.\.|…|-|—|,)\s*$")
 
@@ -50,14 +53,17 @@ def sounds_complete(text: str) -> bool:
     stripped = text.strip()
     if not stripped:
         return True
-    if stripped.endswith("?"):
-        return True
     if _TRAILING_OFF.search(stripped):
         return False
     words = _WORD.findall(stripped.lower())
     if not words:
         return True
     last = words[-1]
+    if last in CONTINUES:
+        return False  # "a timer for?": Whisper puts a question mark on the unfinished question too
     if last in HANGING_AUXILIARIES:
         return len(words) <= SHORT_ANSWER_WORDS
-    return last not in CONTINUES
+    if len(words) >= 2 and words[-2] in PREPOSITIONS and last in DEMONSTRATIVES:
+        return False  # "about this", "in that": most often a clipped "about the", "in the"
+    # Whisper ends what it heard as a sentence with a mark; a cut-off clause often has none
+    return stripped[-1] in ".!?" or len(words) <= SHORT_ANSWER_WORDS

@@ -14,6 +14,7 @@ from stages.endpointing import sounds_complete
         "Turn on the lights in the kitchen.",
         "No.",
         "Yes please",
+        "Could you please translate this?",
         "I think so.",
         "Book it for next Friday.",
         "",  # no words (a cough): nothing to wait for

@@ -1,0 +1,170 @@
+"""A real echo canceller for clients without one (``audio_in.aec: false``): WebRTC's AEC3.
+
+WebRTC's audio processing module (echo cancellation with its residual echo suppressor, a high-pass
+filter, optional noise suppression), through the maintained prebuilt bindings of the ``livekit``
+package (``AudioProcessingModule``, 10 ms frames). The far end is the agent's audio as the session's
+playhead released it, laid on the playout timeline; each 10 ms of mic audio is processed right after
+the reference for the same moment (plus ``lead_ms``, so the reference always comes first: AEC3 finds
+the rest of the delay itself). Chosen over speexdsp by measurement (bench/aec_compare.py). Runs before
+the echo guard, which stays as a second gate on what is left.
+Costs about 70-120 µs of CPU per 10 ms of audio per session (about 1 % of a core), on the event loop.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from server.playhead import Playhead, Released
+from vocab.metrics import METRICS
+from vocab.options import build, require
+
+log = logging.getLogger("voxpipe.aec")
+APM_RATES_HZ = (8000, 16000, 32000, 48000)
+ECHO_CANCELLERS_OPEN = METRICS.gauge("voxpipe_echo_cancellers_open", "Sessions with the server-side echo canceller")
+
+
+@dataclass(frozen=True, slots=True)
+class EchoCancellerOptions:
+    """The ``echo_canceller`` section of config.yaml."""
+
+    enabled: bool = True  # for sessions whose hello says audio_in.aec: false (needs the livekit package)
+    noise_suppression: bool = False  # WebRTC's noise suppressor too (it also dulls quiet speech)
+    lead_ms: float = 40.0  # the reference is fed this much ahead of the mic's estimated capture time
+    reference_s: float = 4.0  # how much of the agent's audio is kept on the timeline
+
+    def validate(self) -> None:
+        require(0.0 <= self.lead_ms <= 200.0, "lead_ms", "must be 0..200")
+        require(1.0 <= self.reference_s <= 30.0, "reference_s", "must be 1..30")
+
+
+def echo_canceller_options(extra: dict[str, Any]) -> EchoCancellerOptions:
+    options: EchoCancellerOptions = build(EchoCancellerOptions, extra.get("echo_canceller"), "echo_canceller")
+    return options
+
+
+def available() -> bool:
+    return importlib.util.find_spec("livekit") is not None
+
+
+class EchoCanceller:
+    """One session's canceller. Not thread-safe: every call runs on the session's event loop."""
+
+    def __init__(self, options: EchoCancellerOptions, playhead: Playhead, *, in_rate_hz: int, now: float) -> None:
+        from livekit import rtc
+
+        self._rtc = rtc
+        self.options = options
+        self.playhead = playhead
+        self.in_rate_hz = in_rate_hz
+        self.rate_hz = in_rate_hz if in_rate_hz in APM_RATES_HZ else 16000
+        self.frame = self.rate_hz // 100  # 10 ms
+        self.apm = rtc.AudioProcessingModule(
+            echo_cancellation=True, noise_suppression=options.noise_suppression, high_pass_filter=True
+        )
+        self.apm.set_stream_delay_ms(0)  # the reference is aligned on the playout timeline already
+        self.t0 = now  # sample i of the reference <-> time t0 + i / rate
+        self.ring = np.zeros(int(options.reference_s * self.rate_hz), dtype=np.int16)
+        self.written_until = 0  # reference index after the last written sample
+        self.mic_n = 0  # mic samples (at rate_hz) taken so far
+        self.mic_t0: float | None = None  # server time of mic sample 0 (the least-delayed arrival)
+        self.pending = np.zeros(0, dtype=np.int16)
+        self._in_resampler: Any = None
+        self._out_resampler: Any = None
+        self._ref_resamplers: dict[int, Any] = {}
+        # what it did, for ERLE and cost figures (bench/turn_taking.py): mic energy in and out, CPU
+        self.energy_in = self.energy_out = 0.0
+        self.cpu_s = 0.0
+        if self.rate_hz != in_rate_hz:
+            from stages.resample import Resampler
+
+            self._in_resampler = Resampler(in_rate_hz, self.rate_hz)
+            self._out_resampler = Resampler(self.rate_hz, in_rate_hz)
+        playhead.listen(on_release=self._released, on_cut=self._cut)
+        ECHO_CANCELLERS_OPEN.inc()
+
+    def close(self) -> None:
+        ECHO_CANCELLERS_OPEN.inc(-1)
+
+    # ------------------------------------------------------------ the far end (agent audio)
+
+    def _index(self, t: float) -> int:
+        return round((t - self.t0) * self.rate_hz)
+
+    def _released(self, released: Released) -> None:
+        pcm = released.pcm
+        if self.playhead.rate_hz != self.rate_hz:
+            resampler = self._ref_resamplers.get(self.playhead.rate_hz)
+            if resampler is None:
+                from stages.resample import Resampler
+
+                resampler = self._ref_resamplers[self.playhead.rate_hz] = Resampler(self.playhead.rate_hz, self.rate_hz)
+            pcm = resampler.process(pcm)
+        samples = np.frombuffer(pcm, dtype="<i2")
+        at = self._index(released.play_at)
+        if at <= self.written_until + 1:
+            at = self.written_until  # follows the audio before it
+        elif at > self.written_until:
+            self._zero(self.written_until, at)
+        idx = np.arange(at, at + samples.size) % self.ring.size
+        self.ring[idx] = samples
+        self.written_until = max(self.written_until, at + samples.size)
+
+    def _cut(self, now: float) -> None:
+        end = self._index(now)
+        if end < self.written_until:
+            self._zero(end, self.written_until)
+            self.written_until = end
+
+    def _zero(self, start: int, end: int) -> None:
+        count = min(end - start, self.ring.size)
+        if count > 0:
+            self.ring[np.arange(start, start + count) % self.ring.size] = 0
+
+    def _reference(self, start: int) -> bytes:
+        """Reference samples [start, start + frame), zero where nothing played."""
+        out = np.zeros(self.frame, dtype=np.int16)
+        lo = max(start, self.written_until - self.ring.size, 0)
+        hi = min(start + self.frame, self.written_until)
+        if hi > lo:
+            out[lo - start : hi - start] = self.ring[np.arange(lo, hi) % self.ring.size]
+        return out.tobytes()
+
+    # ------------------------------------------------------------ the near end (mic)
+
+    def process(self, pcm: bytes, now: float) -> bytes:
+        """Mic audio in (arrived ``now``), the same stretch with the agent's echo removed; whole 10 ms frames
+        only (up to 10 ms is held back until the rest of its frame arrives)."""
+        data = pcm if self._in_resampler is None else self._in_resampler.process(pcm)
+        samples = np.concatenate([self.pending, np.frombuffer(data, dtype="<i2")])
+        whole = samples.size - samples.size % self.frame
+        self.pending = samples[whole:].copy()
+        if not whole:
+            return b""
+        end_n = self.mic_n + whole
+        offset = now - end_n / self.rate_hz  # capture time of sample 0, as this arrival says
+        if self.mic_t0 is None or offset < self.mic_t0 or offset - self.mic_t0 > 1.0:
+            self.mic_t0 = offset  # the least-delayed arrival; re-anchored after a stall
+        lead_s = self.options.lead_ms / 1000.0
+        started = time.thread_time()  # this thread only: the models run in others
+        out = bytearray()
+        for k in range(0, whole, self.frame):
+            captured_at = self.mic_t0 + (self.mic_n + k) / self.rate_hz - self.playhead.client_delay_s
+            reference = bytearray(self._reference(self._index(captured_at + lead_s)))
+            self.apm.process_reverse_stream(self._rtc.AudioFrame(reference, self.rate_hz, 1, self.frame))
+            frame = self._rtc.AudioFrame(bytearray(samples[k : k + self.frame].tobytes()), self.rate_hz, 1, self.frame)
+            self.apm.process_stream(frame)
+            out += bytes(frame.data)
+        self.mic_n = end_n
+        cleaned = bytes(out)
+        self.cpu_s += time.thread_time() - started
+        mic = samples[:whole].astype(np.float64)
+        self.energy_in += float(mic @ mic)
+        left = np.frombuffer(cleaned, dtype="<i2").astype(np.float64)
+        self.energy_out += float(left @ left)
+        return cleaned if self._out_resampler is None else self._out_resampler.process(cleaned)
