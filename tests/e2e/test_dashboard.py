@@ -76,7 +76,7 @@ async def metrics_after_real_turns() -> str:
                 assert (await refused.recv_type("error"))["fatal"] is True
                 await refused.ws.wait_closed()
             async with Client.connect(srv.url) as c:
-                await c.stream_audio(silence(100) + tone(600) + silence(300), realtime=1.0)
+                await c.stream_audio(silence(100) + tone(600) + silence(1500), realtime=1.0)
                 assert (await c.turn())[-1]["type"] == "turn_end"
                 await c.send({"type": "text", "text": "tell me a long story"})
                 await c.recv_type("audio")
