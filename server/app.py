@@ -31,6 +31,7 @@ from server.auth import Authenticator
 from server.config import Config
 from server.echo_guard import echo_guard_options
 from server.http import HostAllowList, Routes, metrics_token, web_root
+from server.loop_lag import watch_loop_lag
 from server.realtime_endpoint import (
     is_realtime,
     realtime_connection,
@@ -42,6 +43,7 @@ from server.resume import Resumes
 from server.resume_tokens import ResumeTokens, resume_secret
 from server.session import Session, validate_hello
 from server.state import SafeStore, make_store
+from server.telemetry import make_tracer, telemetry_options
 from stages.registry import StageSpec, build_pipeline, describe_chain, load_all
 from transports import messages as m
 from transports.connection import Connection, ConnectionProtocol
@@ -87,6 +89,8 @@ class RunningServer:
         )
         self.resumes = self._resumes(config)
         self.realtime = realtime_options(config)  # the OpenAI Realtime endpoint (ConfigError at start)
+        self.telemetry = telemetry_options(config.extra)  # ConfigError at start, naming the bad key
+        self.tracer = make_tracer(self.telemetry)
         METRICS.add_collector(lambda: SESSIONS_OPEN.set(len(self.sessions)))
 
     def _resumes(self, config: Config) -> Resumes:
@@ -196,6 +200,8 @@ class RunningServer:
             echo_guard=self.echo_guard,
             echo_canceller=self.echo_canceller,
             calls=self.webrtc.call_for,
+            tracer=self.tracer,
+            log_transcripts=self.telemetry.log_transcripts,
         )
         if hello.resume is not None and restored is None:
             ERRORS_TOTAL.inc(code="resume_failed")
@@ -203,8 +209,12 @@ class RunningServer:
             session.opening_errors.append(m.Error(code="resume_failed", message=message, fatal=False))
         self.resumes.attach(session)
         self.admission.session_opened(ticket)  # no longer a connection waiting for its hello
-        what = "resumed" if restored is not None else "opened"
-        log.info("session %s %s: ip %s user %s", session.id, what, ticket.ip, identity.user or "-")
+        session.report.session_start(
+            ip=ticket.ip,
+            resumed=restored is not None,
+            audio_in_hz=hello.audio_in.rate,
+            audio_out_hz=hello.audio_out.rate,
+        )
         return session
 
     async def handler(self, ws: ServerConnection) -> None:
@@ -244,6 +254,9 @@ class RunningServer:
                 for session in opened:
                     try:
                         await self.resumes.release(session, dropped=dropped)
+                        held = dropped and self.resumes.enabled
+                        reason = "held" if held else ("dropped" if conn.close is None else f"closed {conn.close.code}")
+                        session.report.session_end(reason=reason)
                     finally:
                         self.sessions.pop(session.id, None)
                         if self._sockets.get(session.id) is ws:
@@ -359,6 +372,7 @@ async def serve(
     if running.realtime.enabled:
         say(f"voxpipe: OpenAI Realtime API at {running.realtime_url}")
     reaper = asyncio.create_task(reap_closing(ws_server, min(1.0, opts.close_timeout_s or 1.0)), name="reaper")
+    lag = asyncio.create_task(watch_loop_lag(), name="loop-lag")
     try:
         yield running
     finally:
@@ -366,5 +380,8 @@ async def serve(
             await running.drain(timeout_s=0 if quiet else None)
         finally:
             reaper.cancel()
+            lag.cancel()
         for spec in specs:
             await spec.factory.aclose()
+        # the last spans go out (an exporter may block on the network: not on the loop)
+        await asyncio.get_running_loop().run_in_executor(None, running.tracer.shutdown)

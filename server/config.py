@@ -119,12 +119,12 @@ class Config:
     state: StateOptions = field(default_factory=StateOptions)  # server/state.py
     # Sections owned and validated by their modules: webrtc (transports/webrtc.py), echo_guard
     # (server/echo_guard.py), echo_canceller (server/aec.py), realtime (transports/realtime.py, wired by
-    # server/realtime_endpoint.py).
+    # server/realtime_endpoint.py), telemetry (server/telemetry.py).
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 KNOWN_SECTIONS = ("server", "session", "pipeline", "auth", "limits", "state")
-EXTRA_SECTIONS = ("webrtc", "echo_guard", "echo_canceller", "realtime")
+EXTRA_SECTIONS = ("webrtc", "echo_guard", "echo_canceller", "realtime", "telemetry")
 
 
 def parse_config(data: Any, source: str = "config") -> Config:

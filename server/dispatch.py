@@ -38,6 +38,7 @@ class ClientInputs:
         session = self.session
         kind = type(msg)
         if kind is m.Audio:
+            session.report.audio_in_bytes += len(msg.data)
             await self._audio(msg.data, self._audio_entry())
         elif kind is m.Played:
             if msg.ms < 0:
@@ -75,6 +76,7 @@ class ClientInputs:
         index = self.graph.audio_entry
         if index is None or not pcm or self.graph.specs[index].input_type != "audio":
             return
+        self.session.report.audio_in_bytes += len(pcm)
         now = self.session.clock()
         pcm = self._without_echo(pcm, now)
         if pcm:

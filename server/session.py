@@ -32,6 +32,7 @@ from server.history import History
 from server.outbox import Outbox
 from server.playhead import Playhead
 from server.replay import SessionLog
+from server.session_report import SessionReport
 from server.state import SessionState
 from server.turns import Turn, Turns
 from stages.base import ANSWER, ReplyPlan, StageContext
@@ -41,6 +42,7 @@ from stages.registry import StageSpec
 from transports import messages as m
 from vocab.errors import ProtocolError, VoxpipeError
 from vocab.metrics import ERRORS_TOTAL, INTERRUPTIONS_TOTAL, TURNS_TOTAL
+from vocab.telemetry import NOOP_SPAN, NOOP_TRACER, Span, Tracer
 
 log = logging.getLogger("voxpipe.session")
 
@@ -75,6 +77,8 @@ class Session:
         echo_canceller: EchoCancellerOptions | None = None,
         calls: CallFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tracer: Tracer = NOOP_TRACER,
+        log_transcripts: bool = False,
     ) -> None:
         self.id = restored.session if restored is not None else session_id or uuid.uuid4().hex[:12]
         self.user = user
@@ -106,6 +110,17 @@ class Session:
             finish_turn=self._finish_turn,
             max_items=defaults.outbox_max_items,
         )
+        # each turn's trace, the latency histograms and the log lines (server/session_report.py)
+        self.report = SessionReport(
+            self.id,
+            user,
+            tracer,
+            {s.name: (s.kind, s.engine_name) for s in specs},
+            out_rate_hz=self.out_rate_hz,
+            log_transcripts=log_transcripts,
+            user_text=self._user_text,
+            clock=clock,
+        )
         # Clients without echo cancellation: a real canceller (AEC3) on the mic, fed the playhead's audio,
         # then the guard, which compares what is left with the same audio.
         self.echo_canceller: EchoCanceller | None = None
@@ -125,6 +140,7 @@ class Session:
             is_live=self.turns.live.__contains__,
             spawn=self.spawn,
             reply_plan=self._reply_plan,
+            trace=self._turn_span,
         )
         self.settings = SessionSettings()  # changed by a client's ``Configure`` (server/control.py)
         self.graph = Graph(
@@ -263,11 +279,18 @@ class Session:
         self.interrupt("disconnect")
         for message in self.outbox.take_unsent():
             self.log.stamp(message)
-        self.turns.live.clear()
+        self._close_turns()
         return self.snapshot()
 
     def end(self) -> None:
         """The session is over for good (bye, a fatal close): no turn stays live."""
+        self._close_turns()
+
+    def _close_turns(self) -> None:
+        """Turns still live when the connection goes (the user was mid-utterance) end ``closed``."""
+        now = self.clock()
+        for turn in self.turns.live.values():
+            self.report.ended(turn, "closed", at=now, first_audio_at=None, audio_out_ms=self._audio_out_ms(turn.id))
         self.turns.live.clear()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -347,7 +370,11 @@ class Session:
         self.barge_in.turn_gone(turn_id)
         self._autosave()
         TURNS_TOTAL.inc(outcome="end")
-        first, v2v = turn.metrics(self.playhead.first_released_at(turn_id))
+        first_audio_at = self.playhead.first_released_at(turn_id)
+        self.report.ended(
+            turn, "end", at=self.clock(), first_audio_at=first_audio_at, audio_out_ms=self._audio_out_ms(turn_id)
+        )
+        first, v2v = turn.metrics(first_audio_at)
         out: list[Any] = []
         if turn.responding:
             out.append(m.Metrics(turn=turn_id, first_output_ms=first, voice_to_voice_ms=v2v))
@@ -390,11 +417,35 @@ class Session:
             self.graph.cancel_turn(turn.id)
             INTERRUPTIONS_TOTAL.inc(cause=cause)
             TURNS_TOTAL.inc(outcome="interrupted")
+            self.report.ended(
+                turn,
+                "interrupted",
+                at=now,
+                first_audio_at=self.playhead.first_released_at(turn.id),
+                audio_out_ms=self._audio_out_ms(turn.id),
+                cause=cause,
+                played_ms=played,
+                spoken=spoken,
+            )
         return [t.id for t in cut]
+
+    def _audio_out_ms(self, turn_id: int) -> float:
+        line = self.playhead.timeline(turn_id)
+        return 0.0 if line is None else line.released_ms
+
+    def _turn_span(self, turn_id: int) -> Span:
+        """``StageContext.trace``: the live turn's root span (the no-op one once the turn is over)."""
+        turn = self.turns.live.get(turn_id)
+        return NOOP_SPAN if turn is None else self.report.turn_span(turn)
+
+    def _user_text(self, turn_id: int) -> str:
+        return " ".join(e.content for e in self.history.entries() if e.turn == turn_id and e.role == "user")
 
     def _drop_backchannel(self, stage: str, item: Transcription) -> None:
         """A "yeah" (or a cough) over the agent: the user's turn ends here, unanswered; the agent went on."""
-        self.turns.end(item.turn)
+        dropped = self.turns.end(item.turn)
+        if dropped is not None:
+            self.report.ended(dropped, "backchannel", at=self.clock(), first_audio_at=None, audio_out_ms=0.0)
         self.graph.cancel_turn(item.turn)
         self.outbox.control(m.Transcript(stage=stage, turn=item.turn, text=item.text, final=True))
         self.outbox.control(m.TurnEnd(turn=item.turn))
@@ -413,6 +464,9 @@ class Session:
         if type(item) is SpeechAudio:
             if self.settings.interrupt_response:  # a client may turn barge-in off (Configure)
                 self.barge_in.speech(item)
+            speaking = self.turns.live.get(item.turn)
+            if speaking is not None:
+                speaking.audio_in_ms += len(item.pcm) * 500.0 / item.rate_hz
             return
         if type(item) is InputCleared:
             self.drop_input(item.turn)
@@ -469,6 +523,7 @@ class Session:
 
     def error(self, code: str, message: str, *, turn: int | None = None, fatal: bool = False) -> None:
         ERRORS_TOTAL.inc(code=code)
+        self.report.error(code, self.turns.live.get(turn) if turn is not None else None)
         # a client that sends bad messages without reading must not grow the control lane: drop when full
         self.outbox.control(m.Error(code=code, message=message, fatal=fatal, turn=turn), droppable=not fatal)
 

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from stages.base import ANSWER, ReplyPlan
+from vocab.telemetry import Span
 
 
 @dataclass(slots=True)
@@ -24,6 +25,11 @@ class Turn:
     reply_parts: list[str] = field(default_factory=list)
     failed: bool = False
     plan: ReplyPlan = ANSWER  # how the agent answers (the LLM and TTS stages read it)
+    # what the turn reports (server/session_report.py): its trace's root span once opened, the speech
+    # audio the VAD cut for it, the error codes sent for it
+    span: Span | None = None
+    audio_in_ms: float = 0.0
+    errors: list[str] = field(default_factory=list)
 
     @property
     def responding(self) -> bool:

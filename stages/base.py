@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from stages.items import Item
+from vocab.telemetry import TraceOf, no_trace
 
 
 class Emitter(Protocol):
@@ -105,6 +106,9 @@ class StageContext:
     reply_plan: Callable[[int], ReplyPlan] = always_answer
     # Per-session turn detection; the session replaces it (``Configure``), the VAD stage applies it.
     vad: VadOverrides = field(default_factory=VadOverrides)
+    # The root span of a turn's trace (vocab/telemetry.py): stages hang their spans under it. The no-op
+    # span when telemetry is off or the turn is over (stale work traces nothing).
+    trace: TraceOf = no_trace
 
 
 class Stage(Protocol):
@@ -170,6 +174,9 @@ class BaseStage:
     # True: a cheap, non-interruptible stage that may handle an item in its producer's task when it is
     # idle on an empty inbox (one task switch less per hop; order is kept). See ``StageRunner.try_inline``.
     inline: ClassVar[bool] = False
+    # the stage's config name and engine, set by ``KindFactory.new_stage`` (span attributes)
+    name: str = ""
+    engine: str = ""
 
     async def process(self, item: Item, out: Emitter) -> None:
         raise NotImplementedError
@@ -198,18 +205,23 @@ class StageKind(Generic[B]):
 class KindFactory(Generic[B]):
     """The ``StageFactory`` of every stage kind: the kind, its validated options, one loaded backend."""
 
-    def __init__(self, kind: StageKind[B], options: Any, backend: B) -> None:
+    def __init__(self, kind: StageKind[B], options: Any, backend: B, *, name: str = "", engine: str = "") -> None:
         self.kind = kind
         self.options = options
         self.backend = backend
         self.input_type = kind.input_type
         self.output_type = kind.output_type
+        self.stage_name = name or kind.name
+        self.engine_name = engine
 
     def load(self, log: Callable[[str], None]) -> None:
         self.backend.load(log)
 
     def new_stage(self, ctx: StageContext) -> Stage:
-        return self.kind.stage(self.options, self.backend, ctx)
+        stage = self.kind.stage(self.options, self.backend, ctx)
+        if isinstance(stage, BaseStage):
+            stage.name, stage.engine = self.stage_name, self.engine_name
+        return stage
 
     async def aclose(self) -> None:
         await self.backend.aclose()

@@ -17,6 +17,7 @@ from typing import ClassVar, Protocol
 from stages.base import Backend, BaseStage, Emitter, StageContext, StageKind
 from stages.items import Item, ReplyDelta, committed_text
 from vocab.options import require
+from vocab.telemetry import Span, outcome_of, use_span
 
 
 class LlmBackend(Backend, Protocol):
@@ -77,11 +78,34 @@ class LlmStage(BaseStage):
         history = self.ctx.conversation.messages()
         system_prompt = self.ctx.system_prompt if plan.instructions is None else plan.instructions
         messages = prompt_messages(system_prompt, history, self.options.max_history_chars)
-        stream = self.backend.stream(messages, ctx=self.ctx)
-        async with contextlib.aclosing(stream):  # type: ignore[type-var]
-            async for delta in stream:
-                if delta:
-                    await out.emit(ReplyDelta(turn, delta))
+        await self._generate(turn, messages, out)
+
+    async def _generate(self, turn: int, messages: list[dict[str, str]], out: Emitter) -> None:
+        """Stream the reply. Traced as ``llm.generate`` (ends ``cancelled`` when the turn is cut off) with
+        ``llm.first_token`` inside it; upstream attempts attach to it (the current span)."""
+        span = self.ctx.trace(turn).child("llm.generate", stage=self.name, engine=self.engine, messages=len(messages))
+        first: Span | None = span.child("llm.first_token", stage=self.name, engine=self.engine)
+        deltas = chars = 0
+        failure: BaseException | None = None
+        with span, use_span(span):
+            try:
+                stream = self.backend.stream(messages, ctx=self.ctx)
+                async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                    async for delta in stream:
+                        if delta:
+                            if first is not None:
+                                first.end()
+                                first = None
+                            deltas, chars = deltas + 1, chars + len(delta)
+                            await out.emit(ReplyDelta(turn, delta))
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                span.set(deltas=deltas, chars=chars)
+                if first is not None:  # no token came: the span still says how long it waited and how it ended
+                    outcome, code = outcome_of(failure)
+                    first.end(outcome, error=code)
         await out.emit(ReplyDelta(turn, "", final=True))
 
 

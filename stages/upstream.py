@@ -34,6 +34,7 @@ from stages.upstream_pool import (
 )
 from vocab.errors import ConfigError, UpstreamError
 from vocab.options import require
+from vocab.telemetry import NOOP_SPAN, current_span
 
 log = logging.getLogger("voxpipe.upstream")
 T = TypeVar("T")
@@ -364,6 +365,7 @@ class Upstream:
             handed_on = False
             outcome: Outcome = "neutral"
             failure: _AttemptFailed | None = None
+            span = NOOP_SPAN  # the attempt's ``upstream.request`` span, under the caller's current span
             try:
                 if ep.index in tried and attempt:
                     delay = self._backoff_s(attempt, last.retry_after_s if last else 0.0)
@@ -375,6 +377,9 @@ class Upstream:
                     budget_s = None if budget_s is None else budget_s - delay
                 tried.add(ep.index)
                 UPSTREAM_REQUESTS.inc(1.0, **ep.labels)
+                parent = current_span()
+                parent.set(upstream_endpoint=ep.name, upstream_retries=attempt)
+                span = parent.child("upstream.request", backend=self.backend, endpoint=ep.name, attempt=attempt + 1)
                 sent_at = time.monotonic()
                 response: httpx.Response | None = None
                 items: AsyncIterator[T] | None = None
@@ -382,6 +387,7 @@ class Upstream:
                     step_at = time.monotonic()
                     async with asyncio.timeout(budget_s):
                         response = await self._client_now().send(self._request(ep, call), stream=True)
+                        span.set(http_status=response.status_code)
                         await _check_status(response, ep.name)
                         items = parse(response).__aiter__()
                     budget_s = None if budget_s is None else budget_s - (time.monotonic() - step_at)
@@ -414,11 +420,13 @@ class Upstream:
                 failure = _classify(exc, ep.name)
             except (asyncio.CancelledError, GeneratorExit):
                 outcome = "success" if handed_on else "neutral"  # cut short by us, not by the service
+                span.end("cancelled")
                 raise
             finally:
                 if failure is not None:
                     outcome = failure.outcome
                 self.pool.release(ep, outcome, code=failure.code if failure else None)
+                span.end("error" if failure else "ok", error=failure.code if failure else None)
             assert failure is not None
             last = failure
             attempt += 1

@@ -96,6 +96,7 @@ class RealtimeConnection:
         self._upsampler: g711.Upsampler | None = None
         self._events = 0
         self._out: list[wire.Frame] = []
+        self._expires_at: float | None = None  # the session's credential ends then (``expire_at``)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -131,16 +132,27 @@ class RealtimeConnection:
         """No session (unauthorized, server full...): the error in the API's shape, then the close."""
         self._fail(err)
 
+    def expire_at(self, when: float | None) -> None:
+        """The session's credential (a JWT's ``exp``) ends at ``when`` (monotonic), as on ``/ws``."""
+        self._expires_at = when
+
     def deadline(self) -> float | None:
         if self.close is not None or self.limiter is None:
             return None
-        return self.limiter.deadline()
+        due = self.limiter.deadline()
+        if self._expires_at is not None:
+            due = self._expires_at if due is None else min(due, self._expires_at)
+        return due
 
     def timeout(self, now: float) -> None:
-        if self.close is None and self.limiter is not None:
-            expired = self.limiter.expired(now)
-            if expired is not None:
-                self._fail(expired)
+        if self.close is not None or self.limiter is None:
+            return
+        if self._expires_at is not None and now >= self._expires_at:
+            self._fail(ProtocolError("token_expired", "the session's token has expired", fatal=True))
+            return
+        expired = self.limiter.expired(now)
+        if expired is not None:
+            self._fail(expired)
 
     def stalled(self, grace_s: float) -> None:
         err = slow_reader_error(grace_s)
