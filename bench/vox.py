@@ -48,7 +48,12 @@ class Running:
     """One session running its graph; ``queue`` is its client message stream (the socket reader's role)."""
 
     def __init__(self, specs: list[StageSpec], defaults: SessionDefaults, send: Send, subscribe: list[str]) -> None:
-        self.session = Session(m.Hello(protocol=1, subscribe=subscribe), specs, defaults, send)
+        async def unwrap(sequenced: Any) -> None:
+            # the session numbers every message (session_seq, its replay log) as the server does; the sinks
+            # below look at the message itself
+            await send(sequenced.message if type(sequenced) is m.Sequenced else sequenced)
+
+        self.session = Session(m.Hello(protocol=1, subscribe=subscribe), specs, defaults, unwrap)
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
         self.task = asyncio.create_task(self.session.run(self._messages()))
 

@@ -23,7 +23,6 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
-from websockets.typing import Origin
 
 from server.admission import Admission, Ticket
 from server.aec import available as aec_available
@@ -31,14 +30,23 @@ from server.aec import echo_canceller_options
 from server.auth import Authenticator
 from server.config import Config
 from server.echo_guard import echo_guard_options
-from server.http import Routes, metrics_token, web_root
+from server.http import HostAllowList, Routes, metrics_token, web_root
+from server.loop_lag import watch_loop_lag
+from server.realtime_endpoint import (
+    is_realtime,
+    realtime_connection,
+    realtime_options,
+    response_hook,
+    subprotocol_selector,
+)
 from server.resume import Resumes
 from server.resume_tokens import ResumeTokens, resume_secret
 from server.session import Session, validate_hello
 from server.state import SafeStore, make_store
+from server.telemetry import make_tracer, telemetry_options
 from stages.registry import StageSpec, build_pipeline, describe_chain, load_all
 from transports import messages as m
-from transports.connection import Connection
+from transports.connection import Connection, ConnectionProtocol
 from transports.webrtc import WebrtcHub
 from transports.websocket import close_bounded, reap_closing, serve_connection
 from vocab.errors import ProtocolError
@@ -71,6 +79,7 @@ class RunningServer:
             Authenticator(config.auth),
             config.limits,
             max_sessions=config.server.max_sessions,
+            max_pending=config.server.max_pending_hellos,
             accepting=lambda: self.accepting,
         )
         self.webrtc = WebrtcHub.from_config(  # validates the webrtc section
@@ -79,6 +88,9 @@ class RunningServer:
             audio_burst_s=config.limits.audio_burst_s,
         )
         self.resumes = self._resumes(config)
+        self.realtime = realtime_options(config)  # the OpenAI Realtime endpoint (ConfigError at start)
+        self.telemetry = telemetry_options(config.extra)  # ConfigError at start, naming the bad key
+        self.tracer = make_tracer(self.telemetry)
         METRICS.add_collector(lambda: SESSIONS_OPEN.set(len(self.sessions)))
 
     def _resumes(self, config: Config) -> Resumes:
@@ -107,6 +119,11 @@ class RunningServer:
     @property
     def url(self) -> str:
         return f"ws://{self._url_host}:{self.port}{self.config.server.ws_path}"
+
+    @property
+    def realtime_url(self) -> str:
+        """The OpenAI Realtime endpoint (the SDK's ``websocket_base_url`` is this without ``/realtime``)."""
+        return f"ws://{self._url_host}:{self.port}{self.realtime.path}"
 
     @property
     def http_url(self) -> str:
@@ -183,19 +200,28 @@ class RunningServer:
             echo_guard=self.echo_guard,
             echo_canceller=self.echo_canceller,
             calls=self.webrtc.call_for,
+            tracer=self.tracer,
+            log_transcripts=self.telemetry.log_transcripts,
         )
         if hello.resume is not None and restored is None:
             ERRORS_TOTAL.inc(code="resume_failed")
             message = "this session cannot be resumed (unknown, expired, or not yours): a new one starts"
             session.opening_errors.append(m.Error(code="resume_failed", message=message, fatal=False))
         self.resumes.attach(session)
-        what = "resumed" if restored is not None else "opened"
-        log.info("session %s %s: ip %s user %s", session.id, what, ticket.ip, identity.user or "-")
+        self.admission.session_opened(ticket)  # no longer a connection waiting for its hello
+        session.report.session_start(
+            ip=ticket.ip,
+            resumed=restored is not None,
+            audio_in_hz=hello.audio_in.rate,
+            audio_out_hz=hello.audio_out.rate,
+        )
         return session
 
     async def handler(self, ws: ServerConnection) -> None:
         async def open_session(hello: m.Hello, send: m.Send) -> Session:
             session = await self.open_session(hello, send, ticket)
+            expires_at = ticket.identity.expires_at  # a JWT's exp holds during the session too
+            conn.expire_at(None if expires_at is None else time.monotonic() + (expires_at - time.time()))
             self.sessions[session.id] = session
             self._sockets[session.id] = ws
             SESSIONS_TOTAL.inc()
@@ -204,13 +230,18 @@ class RunningServer:
 
         opened: list[Session] = []
         opts = self.config.server
+        realtime = is_realtime(self.realtime, ws.request)
         with self.admission.connection(ws) as ticket:
-            conn = Connection(
-                limits=self.config.limits,
-                hello_timeout_s=opts.hello_timeout_s,
-                max_frame_bytes=opts.max_frame_bytes,
-                now=time.monotonic(),
-            )
+            conn: ConnectionProtocol
+            if realtime and ws.request is not None:
+                conn = realtime_connection(self.config, self.specs, self.realtime, ws.request, now=time.monotonic())
+            else:
+                conn = Connection(
+                    limits=self.config.limits,
+                    hello_timeout_s=opts.hello_timeout_s,
+                    max_frame_bytes=opts.max_frame_bytes,
+                    now=time.monotonic(),
+                )
             try:
                 await serve_connection(
                     ws, conn, open_session, slow_reader_grace_s=self.config.limits.slow_reader_grace_s
@@ -218,10 +249,14 @@ class RunningServer:
             finally:
                 # no close decided by the protocol: the socket went away, or the server closed it (drain,
                 # takeover): the session is held for a resume. A bye or a fatal close ends it.
-                dropped = conn.close is None
+                # (a Realtime client cannot resume: its session ends with its socket)
+                dropped = conn.close is None and not realtime
                 for session in opened:
                     try:
                         await self.resumes.release(session, dropped=dropped)
+                        held = dropped and self.resumes.enabled
+                        reason = "held" if held else ("dropped" if conn.close is None else f"closed {conn.close.code}")
+                        session.report.session_end(reason=reason)
                     finally:
                         self.sessions.pop(session.id, None)
                         if self._sockets.get(session.id) is ws:
@@ -273,12 +308,15 @@ class RunningServer:
                 self.log("voxpipe: some connections did not finish closing; stopping anyway")
 
 
-def _origins(config: Config) -> list[Origin | None] | None:
-    """websockets' Origin check (HTTP 403): the allowed list, plus None (no header) for non-browser clients."""
-    if config.auth.allowed_origins is None:
-        return None
-    allowed: list[Origin | None] = [Origin(o) for o in config.auth.allowed_origins]
-    return [*allowed, None] if config.auth.allow_missing_origin else allowed
+def _upgraded(running: RunningServer) -> Callable[[ServerConnection, Request, Response], Response]:
+    """``process_response``: a Realtime connection's event size, then the session's name on the upgrade."""
+    widen = response_hook(running.realtime)
+
+    def upgraded(connection: ServerConnection, request: Request, response: Response) -> Response:
+        widen(connection, request, response)
+        return running.name_session(connection, request, response)
+
+    return upgraded
 
 
 def _stderr_log(text: str) -> None:
@@ -307,15 +345,17 @@ async def serve(
         health=running.health,
         admit=running.admission.check_handshake,
         metrics_token=token,
+        hosts=HostAllowList.for_server(opts.allowed_hosts, opts.host),
         ready=lambda: running.ready_for_sessions,
+        extra_ws_paths=(running.realtime.path,) if running.realtime.enabled else (),
     )
     ws_server = await ws_serve(
         running.handler,
         opts.host,
         opts.port,
-        process_request=routes,
-        process_response=running.name_session,
-        origins=_origins(config),
+        process_request=routes,  # Origin is checked there too (Admission.check_handshake)
+        process_response=_upgraded(running),
+        select_subprotocol=subprotocol_selector(running.realtime),
         max_size=opts.max_frame_bytes,
         compression=None,
         ping_interval=opts.ping_interval_s,
@@ -329,7 +369,10 @@ async def serve(
     running.ws_server = ws_server
     running.port = ws_server.sockets[0].getsockname()[1]
     say(f"voxpipe: serving the demo page at {running.http_url} (WebSocket {running.url})")
+    if running.realtime.enabled:
+        say(f"voxpipe: OpenAI Realtime API at {running.realtime_url}")
     reaper = asyncio.create_task(reap_closing(ws_server, min(1.0, opts.close_timeout_s or 1.0)), name="reaper")
+    lag = asyncio.create_task(watch_loop_lag(), name="loop-lag")
     try:
         yield running
     finally:
@@ -337,5 +380,8 @@ async def serve(
             await running.drain(timeout_s=0 if quiet else None)
         finally:
             reaper.cancel()
+            lag.cancel()
         for spec in specs:
             await spec.factory.aclose()
+        # the last spans go out (an exporter may block on the network: not on the loop)
+        await asyncio.get_running_loop().run_in_executor(None, running.tracer.shutdown)

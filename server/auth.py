@@ -1,7 +1,8 @@
 """Who may connect (config section ``auth``): HS256 JWTs or a static token list, and allowed Origins.
 
 A token comes in the handshake (``Authorization: Bearer``, or ``?token=`` for browsers, which cannot
-set headers on a WebSocket) or in ``hello.token``. A JWT's subject (``sub``) is the user id used for
+set headers on a WebSocket, or the ``openai-insecure-api-key.<token>`` subprotocol of OpenAI Realtime
+browser clients) or in ``hello.token``. A JWT's subject (``sub``) is the user id used for
 the per-user session cap; a static token maps to the user id given in the config.
 """
 
@@ -37,7 +38,8 @@ class AuthOptions:
     tokens: dict[str, str] = field(default_factory=dict)
     # both modes: a token must come with the handshake (HTTP 401 otherwise), not only in hello
     require_at_handshake: bool = False
-    # browser Origins allowed to connect (HTTP 403 otherwise); null = any. Non-browser clients send none.
+    # browser Origins allowed to connect (HTTP 403 otherwise); null: the server's own page only (an Origin
+    # whose host and port are the request's Host); ["*"]: any. Non-browser clients send none.
     allowed_origins: list[str] | None = None
     allow_missing_origin: bool = True
 
@@ -48,13 +50,14 @@ class AuthOptions:
             short = [user for token, user in self.tokens.items() if len(token) < 16]
             require(not short, "tokens", f"the token of {short[:1]} is shorter than 16 characters")
         if self.allowed_origins is not None:
-            bad = [o for o in self.allowed_origins if o.endswith("/") or "://" not in o]
+            bad = [o for o in self.allowed_origins if o != "*" and (o.endswith("/") or "://" not in o)]
             require(not bad, "allowed_origins", f"{bad[:1]}: an origin is scheme://host[:port], no path")
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
     user: str | None  # None when auth is off
+    expires_at: float | None = None  # wall-clock time (epoch s) the credential ends: a JWT's exp + leeway_s
 
 
 ANONYMOUS = Identity(None)
@@ -116,7 +119,7 @@ class Authenticator:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise unauthorized("invalid token: 'sub' must be a non-empty string")
-        return Identity(subject)
+        return Identity(subject, expires_at=float(claims["exp"]) + opts.leeway_s)  # pyjwt checked exp is a number
 
 
 def resolve_secret(options: AuthOptions, environ: Any) -> bytes:
@@ -133,12 +136,46 @@ def resolve_secret(options: AuthOptions, environ: Any) -> bytes:
     return secret
 
 
+def origin_allowed(origin: str | None, host: str | None, options: AuthOptions) -> bool:
+    """The browser ``Origin`` check of the WebSocket handshake (cross-site WebSocket hijacking)."""
+    if origin is None:
+        return options.allow_missing_origin  # not a browser
+    allowed = options.allowed_origins
+    if allowed is not None:
+        return "*" in allowed or origin in allowed
+    return host is not None and same_host(origin, host)
+
+
+def same_host(origin: str, host: str) -> bool:
+    """Whether ``origin`` (``scheme://name[:port]``) is the page of the server the request's ``Host`` names."""
+    try:
+        page = urlsplit(origin)
+        target = urlsplit("//" + host)
+        page_port, target_port = page.port, target.port
+    except ValueError:
+        return False
+    default = {"http": 80, "https": 443}.get(page.scheme)
+    if default is None or not page.hostname or page.hostname != target.hostname:
+        return False
+    return (page_port or default) == (target_port or default)
+
+
+# Browsers cannot set headers on a WebSocket: OpenAI Realtime clients put the key in a subprotocol.
+KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+
+
 def token_from_request(path: str, headers: Headers) -> str | None:
-    """``Authorization: Bearer <t>`` first, then the ``token`` query parameter."""
+    """``Authorization: Bearer <t>`` first, then the ``openai-insecure-api-key.<t>`` subprotocol, then the
+    ``token`` query parameter."""
     for value in headers.get_all("Authorization"):
         scheme, _, token = value.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
+    for value in headers.get_all("Sec-WebSocket-Protocol"):
+        for offered in value.split(","):
+            offered = offered.strip()
+            if offered.startswith(KEY_SUBPROTOCOL_PREFIX) and len(offered) > len(KEY_SUBPROTOCOL_PREFIX):
+                return offered[len(KEY_SUBPROTOCOL_PREFIX) :]
     query = parse_qs(urlsplit(path).query)
     tokens = query.get("token")
     return tokens[0] if tokens else None

@@ -1,6 +1,7 @@
 """``voxpipe serve``, ``voxpipe check-config`` and ``voxpipe token``: start-up banner, SIGINT/SIGTERM drain,
-worker processes (``--workers N``), and HS256 tokens for ``auth.mode: jwt``. A mistake is one line on
-stderr and exit status 2: a bad config key, or an address already in use."""
+worker processes (``--workers N``), logs as text or JSON lines (``--log-format``), and HS256 tokens for
+``auth.mode: jwt``. A mistake is one line on stderr and exit status 2: a bad config key, or an address
+already in use."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from server.auth import issue_token, resolve_secret
 from server.config import Config, load_config
+from server.logs import configure as configure_logging
 from stages.registry import build_pipeline, describe_chain
 from vocab.errors import ConfigError
 
@@ -63,14 +65,16 @@ def _listen_message(host: str, port: int, exc: OSError) -> str:
     return f"cannot listen on {host}:{port}: {what}; choose another port with --port (or server.port)"
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, log_format: str = "text") -> None:
     from server.app import serve
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with serve(config) as running:
+    # JSON logs: the start-up lines go through logging too, so stderr holds nothing but JSON lines
+    say = logging.getLogger("voxpipe.app").info if log_format == "json" else None
+    async with serve(config, log=say) as running:
         print(f"voxpipe: open {running.http_url} in a browser (Ctrl-C to stop)", flush=True)
         await stop.wait()
         print("voxpipe: shutting down: finishing current turns, then closing sessions (1001)", flush=True)
@@ -94,7 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: config.yaml)")
     run.add_argument("--host", help="override server.host")
     run.add_argument("--port", type=int, help="override server.port (0 = any free port)")
-    run.add_argument("--log-level", default="WARNING", help="Python logging level (default: WARNING)")
+    run.add_argument(
+        "--log-level", default=None, help="Python logging level (default: WARNING; INFO with --log-format json)"
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("VOXPIPE_LOG_FORMAT", "text"),
+        help="text lines, or one JSON object per line with a session_start/turn/session_end event each (default: text)",
+    )
     run.add_argument(
         "--workers", type=int, default=0, help="run N worker processes on ports port..port+N-1 (default: one process)"
     )
@@ -115,14 +127,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "token":
             return _print_token(args.config, args.user, args.ttl_s)
-        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        configure_logging(args.log_level, args.log_format)
         config = _load(args.config, args.host, args.port)
         server = config.server
         if args.workers:
             return _serve_workers(args, config)
         check_listen(server.host, server.port)
         try:
-            asyncio.run(_serve(config))
+            asyncio.run(_serve(config, args.log_format))
         except OSError as exc:  # lost the race for the port between the check and the bind
             if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
                 raise
@@ -145,12 +157,13 @@ def _serve_workers(args: argparse.Namespace, config: Config) -> int:
     build_pipeline(config.pipeline)  # a bad pipeline fails once, here, not in every worker
     for i in range(args.workers):
         check_listen(server.host, server.port + i)
+    os.environ["VOXPIPE_LOG_FORMAT"] = args.log_format  # the workers inherit it
     return run_workers(
         args.config,
         args.workers,
         host=server.host,
         port=server.port,
-        log_level=args.log_level,
+        log_level=args.log_level or "",  # "": the default for the log format
         secret_env=config.session.resume_secret_env,
     )
 

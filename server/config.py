@@ -37,12 +37,17 @@ class ServerOptions:
     ping_timeout_s: float | None = 20.0
     open_timeout_s: float | None = 10.0  # TCP accept -> WebSocket handshake done
     close_timeout_s: float | None = 5.0
-    hello_timeout_s: float = 10.0  # handshake done -> hello received
+    hello_timeout_s: float = 5.0  # handshake done -> hello received (a client sends it at once)
     write_limit_bytes: int = 64 * 1024  # websockets' write buffer high-water mark
     max_queue_frames: int = 4  # websockets' incoming frame queue: 4 x max_frame_bytes worst case per connection
-    max_sessions: int = 200
+    max_sessions: int = 200  # sessions (after hello); connections still waiting for theirs do not count
+    max_pending_hellos: int = 64  # connections waiting for their hello; more get HTTP 503 at the handshake
     drain_timeout_s: float = 10.0  # SIGTERM: how long current turns may finish
     web_root: str | None = None  # folder served at GET /; default: clients/web next to the code
+    # Host header names the HTTP routes and the WebSocket answer (others: 403), against DNS rebinding; entries
+    # are names or "*.example.com"; IP literals always pass. null: none checked on loopback, this machine's
+    # names (localhost, hostname, FQDN) when bound beyond it. ["*"]: no check.
+    allowed_hosts: list[str] | None = None
     # GET /metrics needs "Authorization: Bearer <token>" when set: the token comes from this environment
     # variable (a missing or empty variable is a start-up error). null: /metrics is open (restrict it at a proxy).
     metrics_token_env: str | None = None
@@ -52,6 +57,8 @@ class ServerOptions:
         require(self.ws_path.startswith("/"), "ws_path", "must start with '/'")
         require(self.max_frame_bytes >= 1024, "max_frame_bytes", "must be at least 1024")
         require(self.max_sessions >= 1, "max_sessions", "must be at least 1")
+        require(self.max_pending_hellos >= 1, "max_pending_hellos", "must be at least 1")
+        require(self.hello_timeout_s > 0, "hello_timeout_s", "must be > 0")
 
 
 # Words that acknowledge without taking the floor; matched whole, case and punctuation aside.
@@ -111,12 +118,13 @@ class Config:
     limits: LimitOptions = field(default_factory=LimitOptions)  # transports/limits.py
     state: StateOptions = field(default_factory=StateOptions)  # server/state.py
     # Sections owned and validated by their modules: webrtc (transports/webrtc.py), echo_guard
-    # (server/echo_guard.py), echo_canceller (server/aec.py).
+    # (server/echo_guard.py), echo_canceller (server/aec.py), realtime (transports/realtime.py, wired by
+    # server/realtime_endpoint.py), telemetry (server/telemetry.py).
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 KNOWN_SECTIONS = ("server", "session", "pipeline", "auth", "limits", "state")
-EXTRA_SECTIONS = ("webrtc", "echo_guard", "echo_canceller")
+EXTRA_SECTIONS = ("webrtc", "echo_guard", "echo_canceller", "realtime", "telemetry")
 
 
 def parse_config(data: Any, source: str = "config") -> Config:

@@ -1,14 +1,17 @@
 """Client messages -> the session's graph: where each one enters (audio at the VAD, text at the LLM, ...).
 
-Bad input gets a non-fatal ``error`` and changes nothing; the conversation goes on.
+Bad input gets a non-fatal ``error`` and changes nothing; the conversation goes on. The session-level
+requests of a second dialect (settings, history edits, answers on request) are ``server/control.py``'s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import TYPE_CHECKING, Any
 
+from server.control import Control
 from stages.items import AudioIn, Item, ReplyDelta, SpeechAudio, Transcription, TurnDone, UserCommit
 from transports import messages as m
 
@@ -22,13 +25,20 @@ class ClientInputs:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.graph = session.graph
+        self.control = Control(session)  # the session-level requests of a second wire dialect
         self._speech_entry: tuple[int, int] | None = None  # (stage index, open turn) for entries at ASR
+        # An open speech entry is committed by the client, or after the stage's max_utterance_ms by this timer
+        # (a client that never commits must not keep the session busy for ever). The lock keeps the timer's
+        # end of the turn after any of its audio the reader is still handing in.
+        self._speech_expiry: asyncio.Task[Any] | None = None
+        self._speech_lock = asyncio.Lock()
 
     async def handle(self, msg: Any) -> str | None:
         """Act on one decoded client message; returns ``"bye"`` when the session should end."""
         session = self.session
         kind = type(msg)
         if kind is m.Audio:
+            session.report.audio_in_bytes += len(msg.data)
             await self._audio(msg.data, self._audio_entry())
         elif kind is m.Played:
             if msg.ms < 0:
@@ -51,6 +61,10 @@ class ClientInputs:
             session.offer_call(msg.sdp)
         elif kind is m.Bye:
             return "bye"
+        elif kind is m.Relay:
+            session.outbox.control(msg.message, droppable=True)  # a reader that falls this far behind loses acks
+        elif kind in m.SESSION_REQUESTS:
+            await self.control.handle(msg)
         elif kind is m.Hello:
             session.error("duplicate_hello", "hello was already received; this session is set up")
         else:
@@ -62,6 +76,7 @@ class ClientInputs:
         index = self.graph.audio_entry
         if index is None or not pcm or self.graph.specs[index].input_type != "audio":
             return
+        self.session.report.audio_in_bytes += len(pcm)
         now = self.session.clock()
         pcm = self._without_echo(pcm, now)
         if pcm:
@@ -122,11 +137,14 @@ class ClientInputs:
             if pcm:
                 await self.graph.feed_audio(index, AudioIn(pcm, session.in_rate_hz, now))
             return
-        if self._speech_entry is None or self._speech_entry[0] != index:
-            await self._commit()
-            self._speech_entry = (index, session.new_turn(from_speech=True))
-        turn = self._speech_entry[1]
-        await self.graph.put(index, SpeechAudio(turn=turn, pcm=pcm, rate_hz=session.in_rate_hz))
+        async with self._speech_lock:
+            entry = self._speech_entry
+            if entry is None or entry[0] != index:
+                await self._end_speech_entry()
+                entry = self._speech_entry = (index, session.new_turn(from_speech=True))
+                max_s = float(self.graph.specs[index].option("max_utterance_ms", 30000.0)) / 1000.0
+                self._speech_expiry = session.spawn(self._expire_speech_entry(entry, max_s))
+            await self.graph.put(index, SpeechAudio(turn=entry[1], pcm=pcm, rate_hz=session.in_rate_hz))
 
     async def _text(self, text: str, index: int | None) -> None:
         if index is None:
@@ -173,16 +191,30 @@ class ClientInputs:
         await self._text(text, index)
 
     async def _commit(self) -> None:
-        session = self.session
-        now = session.clock()
         if self._speech_entry is not None:
-            index, turn_id = self._speech_entry
-            self._speech_entry = None
-            turn = session.turns.get(turn_id)
-            if turn is not None:
-                turn.input_end_at = now
-                await self.graph.put(index, TurnDone(turn_id))
+            async with self._speech_lock:
+                await self._end_speech_entry()
             return
         entry = self._audio_entry()
         if entry is not None and self.graph.specs[entry].input_type == "audio":
-            self.graph.feed_audio_nowait(entry, UserCommit(now))
+            self.graph.feed_audio_nowait(entry, UserCommit(self.session.clock()))
+
+    async def _end_speech_entry(self) -> None:
+        """The open speech entry's input is complete (the caller holds ``_speech_lock``)."""
+        entry, self._speech_entry = self._speech_entry, None
+        expiry, self._speech_expiry = self._speech_expiry, None
+        if expiry is not None and expiry is not asyncio.current_task():
+            expiry.cancel()
+        if entry is None:
+            return
+        index, turn_id = entry
+        turn = self.session.turns.get(turn_id)
+        if turn is not None:
+            turn.input_end_at = self.session.clock()
+            await self.graph.put(index, TurnDone(turn_id))
+
+    async def _expire_speech_entry(self, entry: tuple[int, int], after_s: float) -> None:
+        await asyncio.sleep(after_s)  # a timer, not synchronisation: the client had its max_utterance_ms
+        async with self._speech_lock:
+            if self._speech_entry == entry:
+                await self._end_speech_entry()

@@ -3,6 +3,10 @@
 A turn's agent message is found by its turn id, never by a list index, so trimming the oldest
 messages cannot make an interruption cut the wrong message (or miss its own). Bounded: at most
 ``max_messages`` are kept (the newest one always).
+
+A client may also add messages of its own, by name (``item``), anywhere in the conversation, and
+delete or cut any message; its own messages take the turn of the message before them, so the
+entries stay in turn order.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ class Entry:
     turn: int
     role: str  # user, assistant, system
     content: str
+    item: str | None = None  # the client's name for a message it added itself (never a turn's own message)
 
 
 class History:
@@ -65,9 +70,32 @@ class History:
         if entry is not None:
             self._entries.remove(entry)
 
+    def find(self, *, item: str | None = None, turn: int | None = None, role: str | None = None) -> int | None:
+        """Index of the client's message ``item``, or of turn ``turn``'s own message of ``role``; None if gone."""
+        for i in range(len(self._entries) - 1, -1, -1):
+            entry = self._entries[i]
+            if item is not None:
+                if entry.item == item:
+                    return i
+            elif entry.item is None and entry.turn == turn and entry.role == role:
+                return i
+        return None
+
+    def add_item(self, item: str, role: str, text: str, *, at: int | None, turn: int) -> None:
+        """A client's own message, inserted at index ``at`` (None: at the end, as of turn ``turn``)."""
+        if at is None:
+            self._entries.append(Entry(turn, role, text, item))
+        else:
+            before = self._entries[at - 1].turn if at > 0 else 0
+            self._entries.insert(at, Entry(before, role, text, item))
+        self._trim()
+
+    def remove_at(self, index: int) -> None:
+        del self._entries[index]
+
     def _reply(self, turn: int) -> Entry | None:
         for entry in reversed(self._entries):
-            if entry.turn == turn and entry.role == "assistant":
+            if entry.turn == turn and entry.role == "assistant" and entry.item is None:
                 return entry
             if entry.turn < turn:
                 return None

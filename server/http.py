@@ -10,10 +10,13 @@ WebSocket path falls through to the handshake.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import mimetypes
 import os
+import socket
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ _EXTRA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "a
 def response(status: int, body: bytes, content_type: str, *, extra: dict[str, str] | None = None) -> Response:
     reasons = {
         200: "OK",
+        400: "Bad Request",
         401: "Unauthorized",
         403: "Forbidden",
         404: "Not Found",
@@ -60,19 +64,25 @@ def _schema_bytes() -> bytes:
 
 
 def _static(web_root: Path, path: str) -> Response | None:
+    """The file at ``path`` under ``web_root``, or None (404). Any path the file system cannot take (an
+    embedded null byte, a name over NAME_MAX, a file that vanished) is simply not found, never an error."""
     rel = "index.html" if path in ("", "/") else path.lstrip("/")
-    root = web_root.resolve()
-    target = (root / rel).resolve()
-    if root not in target.parents and target != root:
-        return None
-    if not target.is_file():
-        if rel == "index.html":
-            return response(200, PLACEHOLDER_PAGE, "text/html; charset=utf-8")
+    try:
+        root = web_root.resolve()
+        target = (root / rel).resolve()
+        if root not in target.parents and target != root:
+            return None
+        if not target.is_file():
+            if rel == "index.html":
+                return response(200, PLACEHOLDER_PAGE, "text/html; charset=utf-8")
+            return None
+        body = target.read_bytes()
+    except (OSError, ValueError):  # ValueError: "embedded null byte"; OSError: ENAMETOOLONG, EACCES, ...
         return None
     kind = _EXTRA_TYPES.get(target.suffix) or mimetypes.guess_type(target.name)[0] or "application/octet-stream"
     if kind.startswith("text/") or kind == "application/json":
         kind += "; charset=utf-8"
-    return response(200, target.read_bytes(), kind)
+    return response(200, body, kind)
 
 
 def web_root(configured: str | None) -> Path:
@@ -101,6 +111,67 @@ def metrics_token(env_name: str | None, environ: Mapping[str, str] | None = None
     return value
 
 
+def host_name(value: str) -> str | None:
+    """The name in a ``Host`` header (``example.com:8765``, ``[::1]:80``), lower-cased; None when malformed."""
+    try:
+        return urlsplit("//" + value).hostname or None
+    except ValueError:
+        return None
+
+
+def is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(bind_host: str) -> bool:
+    """Whether the server listens on loopback only (``127.0.0.1``, ``::1``, ``localhost``)."""
+    if bind_host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind_host).is_loopback
+    except ValueError:
+        return False  # "0.0.0.0", "::", "" and names: beyond loopback
+
+
+@dataclass(frozen=True, slots=True)
+class HostAllowList:
+    """Host names the HTTP routes and the WebSocket handshake answer; another gets 403 (``bad_host``).
+
+    Against DNS rebinding: a page at ``evil.example`` whose name was re-pointed at this server is same-origin
+    with it for the browser, but its requests still say ``Host: evil.example``. IP literals are always
+    answered (no name was rebound), so are requests without a Host header (no browser sends one).
+    """
+
+    names: frozenset[str]
+    suffixes: tuple[str, ...] = ()  # from ``*.example.com`` entries: ``.example.com``
+
+    @classmethod
+    def for_server(cls, configured: list[str] | None, bind_host: str) -> HostAllowList | None:
+        """``server.allowed_hosts``; when unset: none on loopback (a local proxy decides), else this machine's
+        names (``localhost``, its hostname and FQDN). ``["*"]``: any Host, no check."""
+        if configured is None:
+            if is_loopback(bind_host):
+                return None
+            names = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+            return cls(frozenset(names), (".localhost",))
+        if "*" in configured:
+            return None
+        exact = {n.lower() for n in configured if not n.startswith("*.")}
+        return cls(frozenset(exact), tuple(n[1:].lower() for n in configured if n.startswith("*.")))
+
+    def allows(self, header: str | None) -> bool:
+        if header is None:
+            return True
+        name = host_name(header)
+        if name is None:
+            return False
+        return is_ip_literal(name) or name in self.names or name.endswith(self.suffixes)
+
+
 class Routes:
     """``process_request`` for the server: returns a Response, or None to go on with the handshake."""
 
@@ -112,18 +183,23 @@ class Routes:
         health: Callable[[], dict[str, Any]],
         admit: Callable[[Any, Request], Response | None] | None = None,
         metrics_token: str | None = None,
+        hosts: HostAllowList | None = None,
         ready: Callable[[], bool] = lambda: True,
+        extra_ws_paths: tuple[str, ...] = (),
     ) -> None:
         self.ws_path = ws_path
+        self.ws_paths = (ws_path, *extra_ws_paths)  # the OpenAI Realtime endpoint's too
         self.web_root = web_root
         self.health = health
         self.ready = ready
         self.admit = admit  # the WebSocket path's gate (auth, caps): a Response refuses the handshake
+        self.hosts = hosts  # None: any Host header
         self._metrics_auth = None if metrics_token is None else f"Bearer {metrics_token}".encode()
 
     def _metrics(self, request: Request) -> Response:
         if self._metrics_auth is not None:
-            given = request.headers.get("Authorization", "").encode()
+            values = request.headers.get_all("Authorization")  # not .get(): two headers raise there
+            given = values[0].encode() if len(values) == 1 else b""  # one credential, or none
             if not hmac.compare_digest(given, self._metrics_auth):
                 return response(
                     401,
@@ -134,8 +210,12 @@ class Routes:
         return response(200, METRICS.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
 
     def __call__(self, connection: Any, request: Request) -> Response | None:
+        if self.hosts is not None:
+            values = request.headers.get_all("Host")
+            if len(values) > 1 or not self.hosts.allows(values[0] if values else None):
+                return json_response(403, {"code": "bad_host", "message": "this server does not answer that Host"})
         path = unquote(urlsplit(request.path).path)
-        if path == self.ws_path:
+        if path in self.ws_paths:
             return self.admit(connection, request) if self.admit is not None else None
         if path == "/healthz":
             return json_response(200, self.health())

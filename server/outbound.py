@@ -17,7 +17,7 @@ def to_message(stage: str, item: Any) -> Any | None:
     if kind is Transcription:
         return m.Transcript(stage=stage, turn=item.turn, text=item.text, final=item.final)
     if kind is VadEvent:
-        return m.Vad(stage=stage, turn=item.turn, event=item.event)
+        return m.Vad(stage=stage, turn=item.turn, event=item.event, audio_ms=item.audio_ms)
     return None
 
 

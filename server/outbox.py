@@ -46,6 +46,7 @@ class Outbox:
         self._max_control = max_control
         self._control_queued = self._control_sent = 0  # counts, for ``flush_control``
         self._control_progress = asyncio.Event()
+        self._stopped = False  # the writer has ended: what is still queued will never be sent
         self._messages: Inbox[tuple[str, int | None, Item]] = Inbox(max_items)
         self._wakeup = asyncio.Event()
         playhead.wake = self._wakeup.set
@@ -64,7 +65,7 @@ class Outbox:
     async def flush_control(self) -> None:
         """Wait until every control message queued so far has been sent (callers bound the wait)."""
         target = self._control_queued
-        while self._control_sent < target:
+        while self._control_sent < target and not self._stopped:
             self._control_progress.clear()
             await self._control_progress.wait()
 
@@ -89,6 +90,12 @@ class Outbox:
         """Forget everything queued for ``turn`` (interrupted)."""
         self._messages.purge(lambda entry: entry[1] == turn)
         self.playhead.drop_turn(turn, now)
+
+    def stop(self) -> None:
+        """The writer has ended with its session: ``flush_control`` no longer waits for it (a drain that
+        told a session ``going_away`` as its client left would otherwise wait out its whole timeout)."""
+        self._stopped = True
+        self._control_progress.set()
 
     def take_unsent(self) -> list[Any]:
         """What the writer had not sent yet, in its order, audio left out (the socket is gone: for the log)."""

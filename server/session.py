@@ -25,21 +25,24 @@ from typing import Any, Protocol
 from server.aec import EchoCanceller, EchoCancellerOptions, available
 from server.barge_in import BargeIn
 from server.config import SessionDefaults
+from server.control import SessionSettings
 from server.dispatch import ClientInputs
 from server.echo_guard import EchoGuard, EchoGuardOptions
 from server.history import History
 from server.outbox import Outbox
 from server.playhead import Playhead
 from server.replay import SessionLog
+from server.session_report import SessionReport
 from server.state import SessionState
 from server.turns import Turn, Turns
-from stages.base import StageContext
+from stages.base import ANSWER, ReplyPlan, StageContext
 from stages.graph import Graph, stage_error
-from stages.items import Item, ReplyDelta, SpeechAudio, Transcription, TurnDone, VadEvent
+from stages.items import InputCleared, Item, ReplyDelta, SpeechAudio, Transcription, TurnDone, VadEvent
 from stages.registry import StageSpec
 from transports import messages as m
-from vocab.errors import ProtocolError
+from vocab.errors import ProtocolError, VoxpipeError
 from vocab.metrics import ERRORS_TOTAL, INTERRUPTIONS_TOTAL, TURNS_TOTAL
+from vocab.telemetry import NOOP_SPAN, NOOP_TRACER, Span, Tracer
 
 log = logging.getLogger("voxpipe.session")
 
@@ -74,6 +77,8 @@ class Session:
         echo_canceller: EchoCancellerOptions | None = None,
         calls: CallFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tracer: Tracer = NOOP_TRACER,
+        log_transcripts: bool = False,
     ) -> None:
         self.id = restored.session if restored is not None else session_id or uuid.uuid4().hex[:12]
         self.user = user
@@ -105,6 +110,17 @@ class Session:
             finish_turn=self._finish_turn,
             max_items=defaults.outbox_max_items,
         )
+        # each turn's trace, the latency histograms and the log lines (server/session_report.py)
+        self.report = SessionReport(
+            self.id,
+            user,
+            tracer,
+            {s.name: (s.kind, s.engine_name) for s in specs},
+            out_rate_hz=self.out_rate_hz,
+            log_transcripts=log_transcripts,
+            user_text=self._user_text,
+            clock=clock,
+        )
         # Clients without echo cancellation: a real canceller (AEC3) on the mic, fed the playhead's audio,
         # then the guard, which compares what is left with the same audio.
         self.echo_canceller: EchoCanceller | None = None
@@ -123,7 +139,10 @@ class Session:
             new_turn=self.new_turn,
             is_live=self.turns.live.__contains__,
             spawn=self.spawn,
+            reply_plan=self._reply_plan,
+            trace=self._turn_span,
         )
+        self.settings = SessionSettings()  # changed by a client's ``Configure`` (server/control.py)
         self.graph = Graph(
             specs,
             self.ctx,
@@ -245,6 +264,7 @@ class Session:
                         task.cancel()
         finally:
             self._tg = None
+            self.outbox.stop()
             if self.echo_canceller is not None:
                 self.echo_canceller.close()
             try:
@@ -259,11 +279,18 @@ class Session:
         self.interrupt("disconnect")
         for message in self.outbox.take_unsent():
             self.log.stamp(message)
-        self.turns.live.clear()
+        self._close_turns()
         return self.snapshot()
 
     def end(self) -> None:
         """The session is over for good (bye, a fatal close): no turn stays live."""
+        self._close_turns()
+
+    def _close_turns(self) -> None:
+        """Turns still live when the connection goes (the user was mid-utterance) end ``closed``."""
+        now = self.clock()
+        for turn in self.turns.live.values():
+            self.report.ended(turn, "closed", at=now, first_audio_at=None, audio_out_ms=self._audio_out_ms(turn.id))
         self.turns.live.clear()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -314,13 +341,24 @@ class Session:
     # ------------------------------------------------------------ turns
 
     def new_turn(self, *, from_speech: bool = True) -> int:
-        return self.open_turn(from_speech=from_speech).id
+        turn = self.open_turn(from_speech=from_speech)
+        turn.plan = self.settings.plan()
+        return turn.id
 
     def open_turn(self, *, from_speech: bool) -> Turn:
         """A new turn id; the snapshot follows, so a worker killed mid-turn never lets an id be reused."""
         turn = self.turns.new(from_speech=from_speech)
         self._autosave()
         return turn
+
+    def _reply_plan(self, turn_id: int) -> ReplyPlan:
+        turn = self.turns.live.get(turn_id)
+        return ANSWER if turn is None else turn.plan
+
+    def drop_input(self, turn_id: int) -> None:
+        """The user's open utterance was cleared: its turn ends with nothing sent (no audio, no answer)."""
+        if self.turns.end(turn_id) is not None:
+            self.graph.cancel_turn(turn_id)
 
     def _finish_turn(self, turn_id: int) -> list[Any]:
         """The last stage is done with ``turn_id`` and its audio has left: metrics, then turn_end."""
@@ -332,7 +370,11 @@ class Session:
         self.barge_in.turn_gone(turn_id)
         self._autosave()
         TURNS_TOTAL.inc(outcome="end")
-        first, v2v = turn.metrics(self.playhead.first_released_at(turn_id))
+        first_audio_at = self.playhead.first_released_at(turn_id)
+        self.report.ended(
+            turn, "end", at=self.clock(), first_audio_at=first_audio_at, audio_out_ms=self._audio_out_ms(turn_id)
+        )
+        first, v2v = turn.metrics(first_audio_at)
         out: list[Any] = []
         if turn.responding:
             out.append(m.Metrics(turn=turn_id, first_output_ms=first, voice_to_voice_ms=v2v))
@@ -375,18 +417,42 @@ class Session:
             self.graph.cancel_turn(turn.id)
             INTERRUPTIONS_TOTAL.inc(cause=cause)
             TURNS_TOTAL.inc(outcome="interrupted")
+            self.report.ended(
+                turn,
+                "interrupted",
+                at=now,
+                first_audio_at=self.playhead.first_released_at(turn.id),
+                audio_out_ms=self._audio_out_ms(turn.id),
+                cause=cause,
+                played_ms=played,
+                spoken=spoken,
+            )
         return [t.id for t in cut]
+
+    def _audio_out_ms(self, turn_id: int) -> float:
+        line = self.playhead.timeline(turn_id)
+        return 0.0 if line is None else line.released_ms
+
+    def _turn_span(self, turn_id: int) -> Span:
+        """``StageContext.trace``: the live turn's root span (the no-op one once the turn is over)."""
+        turn = self.turns.live.get(turn_id)
+        return NOOP_SPAN if turn is None else self.report.turn_span(turn)
+
+    def _user_text(self, turn_id: int) -> str:
+        return " ".join(e.content for e in self.history.entries() if e.turn == turn_id and e.role == "user")
 
     def _drop_backchannel(self, stage: str, item: Transcription) -> None:
         """A "yeah" (or a cough) over the agent: the user's turn ends here, unanswered; the agent went on."""
-        self.turns.end(item.turn)
+        dropped = self.turns.end(item.turn)
+        if dropped is not None:
+            self.report.ended(dropped, "backchannel", at=self.clock(), first_audio_at=None, audio_out_ms=0.0)
         self.graph.cancel_turn(item.turn)
         self.outbox.control(m.Transcript(stage=stage, turn=item.turn, text=item.text, final=True))
         self.outbox.control(m.TurnEnd(turn=item.turn))
 
     def spoken_text(self, turn: Turn, played_ms: float) -> str:
-        """What the user heard of ``turn``'s reply: all of it when the graph speaks no audio."""
-        if not self.graph.has_audio_out:
+        """What the user heard of ``turn``'s reply: all of it when the graph speaks no audio (or not this turn)."""
+        if not self.graph.has_audio_out or not turn.plan.speak:
             return turn.reply_text
         line = self.playhead.timeline(turn.id)
         return "" if line is None else line.spoken_text(played_ms)
@@ -396,7 +462,14 @@ class Session:
     def observe(self, stage: str, item: Item) -> None:
         """Every stage output passes here first (hot path: keep it cheap; items are final classes)."""
         if type(item) is SpeechAudio:
-            self.barge_in.speech(item)
+            if self.settings.interrupt_response:  # a client may turn barge-in off (Configure)
+                self.barge_in.speech(item)
+            speaking = self.turns.live.get(item.turn)
+            if speaking is not None:
+                speaking.audio_in_ms += len(item.pcm) * 500.0 / item.rate_hz
+            return
+        if type(item) is InputCleared:
+            self.drop_input(item.turn)
             return
         turn_id = item.turn
         if turn_id is None:
@@ -410,7 +483,7 @@ class Session:
                 turn.input_end_at = item.voiced_until or now
                 turn.mark_output(stage, now)
                 self.barge_in.speech_ended(turn_id)
-            else:
+            elif self.settings.interrupt_response:
                 self.barge_in.speech_started(turn_id)
             return
         if type(item) is Transcription and self.barge_in.watching and self.barge_in.transcript(item):
@@ -430,16 +503,27 @@ class Session:
             turn.mark_output(stage, self.clock())
 
     def stage_failed(self, stage: str, turn: int | None, exc: Exception) -> None:
+        """The client gets the stable code and a generic message; the details go to the log (with a traceback
+        when the failure was not raised on purpose)."""
         err = stage_error(exc)
-        if not isinstance(exc, type(err)) or err.code == "stage_failed":
-            log.warning("session %s: stage %s failed on turn %s: %r", self.id, stage, turn, exc)
+        unexpected = not isinstance(exc, VoxpipeError)
+        log.warning(
+            "session %s: stage %s failed on turn %s: %s: %s",
+            self.id,
+            stage,
+            turn,
+            err.code,
+            err.message,
+            exc_info=exc if unexpected else None,
+        )
         live = self.turns.live.get(turn) if turn is not None else None
         if live is not None:
             live.failed = True
-        self.error(err.code, f"{stage}: {err.message}", turn=turn if live is not None else None)
+        self.error(err.code, f"{stage}: {err.public_message}", turn=turn if live is not None else None)
 
     def error(self, code: str, message: str, *, turn: int | None = None, fatal: bool = False) -> None:
         ERRORS_TOTAL.inc(code=code)
+        self.report.error(code, self.turns.live.get(turn) if turn is not None else None)
         # a client that sends bad messages without reading must not grow the control lane: drop when full
         self.outbox.control(m.Error(code=code, message=message, fatal=fatal, turn=turn), droppable=not fatal)
 

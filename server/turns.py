@@ -10,6 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from stages.base import ANSWER, ReplyPlan
+from vocab.telemetry import Span
+
 
 @dataclass(slots=True)
 class Turn:
@@ -21,6 +24,12 @@ class Turn:
     first_output_at: dict[str, float] = field(default_factory=dict)
     reply_parts: list[str] = field(default_factory=list)
     failed: bool = False
+    plan: ReplyPlan = ANSWER  # how the agent answers (the LLM and TTS stages read it)
+    # what the turn reports (server/session_report.py): its trace's root span once opened, the speech
+    # audio the VAD cut for it, the error codes sent for it
+    span: Span | None = None
+    audio_in_ms: float = 0.0
+    errors: list[str] = field(default_factory=list)
 
     @property
     def responding(self) -> bool:
@@ -69,5 +78,7 @@ class Turns:
         return self.live.pop(turn_id, None)
 
     def responding(self, *, before: int | None = None) -> list[Turn]:
-        """Turns the agent is answering (older than ``before`` when given)."""
-        return [t for t in self.live.values() if t.responding and (before is None or t.id < before)]
+        """Turns the agent is answering (older than ``before`` when given); not those planned without a reply."""
+        return [
+            t for t in self.live.values() if t.responding and t.plan.reply and (before is None or t.id < before)
+        ]

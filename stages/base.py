@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from stages.items import Item
+from vocab.telemetry import TraceOf, no_trace
 
 
 class Emitter(Protocol):
@@ -38,9 +39,50 @@ class Conversation(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyPlan:
+    """How the agent answers one turn (the session decides per turn; the LLM and TTS stages read it).
+
+    ``reply`` False: the user's words join the conversation, no answer is generated (a client that asks
+    for answers itself). ``speak`` False: the answer is text only (no TTS). ``from_history``: answer even
+    with no new user text (a response the client asked for). ``instructions`` replace the system prompt
+    for this answer only.
+    """
+
+    reply: bool = True
+    speak: bool = True
+    from_history: bool = False
+    instructions: str | None = None
+
+
+ANSWER = ReplyPlan()
+
+
+@dataclass(frozen=True, slots=True)
+class VadOverrides:
+    """Per-session turn detection over the VAD stage's configured options; None keeps the option.
+
+    ``manual``: no endpointing by silence; every frame joins the utterance until the client commits.
+    ``threshold`` (0..1, higher needs louder speech) is mapped by each VAD backend to its own scale.
+    """
+
+    manual: bool = False
+    end_ms: float | None = None
+    pre_roll_ms: float | None = None
+    threshold: float | None = None
+
+
+def always_answer(_turn: int) -> ReplyPlan:
+    return ANSWER
+
+
 @dataclass(slots=True)
 class StageContext:
-    """Per-session facts and shared state a stage may read (and the few calls it may make)."""
+    """Per-session facts and shared state a stage may read (and the few calls it may make).
+
+    ``system_prompt``, ``voice``, ``language`` and ``vad`` may change during the session (a client's
+    settings update); stages read them when they need them rather than keeping a copy.
+    """
 
     session_id: str
     in_rate_hz: int
@@ -60,6 +102,13 @@ class StageContext:
     # the ASR decodes them early and often.
     urgent_turns: set[int] = field(default_factory=set)
     extra: dict[str, Any] = field(default_factory=dict)
+    # How the agent answers a turn (the session's per-turn plan); the LLM and TTS stages ask per turn.
+    reply_plan: Callable[[int], ReplyPlan] = always_answer
+    # Per-session turn detection; the session replaces it (``Configure``), the VAD stage applies it.
+    vad: VadOverrides = field(default_factory=VadOverrides)
+    # The root span of a turn's trace (vocab/telemetry.py): stages hang their spans under it. The no-op
+    # span when telemetry is off or the turn is over (stale work traces nothing).
+    trace: TraceOf = no_trace
 
 
 class Stage(Protocol):
@@ -125,6 +174,9 @@ class BaseStage:
     # True: a cheap, non-interruptible stage that may handle an item in its producer's task when it is
     # idle on an empty inbox (one task switch less per hop; order is kept). See ``StageRunner.try_inline``.
     inline: ClassVar[bool] = False
+    # the stage's config name and engine, set by ``KindFactory.new_stage`` (span attributes)
+    name: str = ""
+    engine: str = ""
 
     async def process(self, item: Item, out: Emitter) -> None:
         raise NotImplementedError
@@ -153,18 +205,23 @@ class StageKind(Generic[B]):
 class KindFactory(Generic[B]):
     """The ``StageFactory`` of every stage kind: the kind, its validated options, one loaded backend."""
 
-    def __init__(self, kind: StageKind[B], options: Any, backend: B) -> None:
+    def __init__(self, kind: StageKind[B], options: Any, backend: B, *, name: str = "", engine: str = "") -> None:
         self.kind = kind
         self.options = options
         self.backend = backend
         self.input_type = kind.input_type
         self.output_type = kind.output_type
+        self.stage_name = name or kind.name
+        self.engine_name = engine
 
     def load(self, log: Callable[[str], None]) -> None:
         self.backend.load(log)
 
     def new_stage(self, ctx: StageContext) -> Stage:
-        return self.kind.stage(self.options, self.backend, ctx)
+        stage = self.kind.stage(self.options, self.backend, ctx)
+        if isinstance(stage, BaseStage):
+            stage.name, stage.engine = self.stage_name, self.engine_name
+        return stage
 
     async def aclose(self) -> None:
         await self.backend.aclose()

@@ -17,13 +17,13 @@ from typing import Any, Protocol
 
 from stages.base import Stage, StageContext
 from stages.inbox import Inbox
-from stages.items import AudioChunk, AudioIn, Item, SpeechAudio, TurnDone, UserCommit
+from stages.items import AudioChunk, AudioIn, InputCleared, Item, SpeechAudio, TurnDone, UserClear, UserCommit
 from stages.registry import StageSpec
 from vocab.errors import StageError
 from vocab.metrics import QUEUE_DROPS_TOTAL
 
 # Internal plumbing, never offered to the client.
-SILENT_ITEMS: frozenset[type[Any]] = frozenset({AudioIn, UserCommit, SpeechAudio, TurnDone})
+SILENT_ITEMS: frozenset[type[Any]] = frozenset({AudioIn, UserCommit, UserClear, InputCleared, SpeechAudio, TurnDone})
 # more than the VAD emits for one frame (speech_start, pre-roll and speech, speech_end, the turn's end)
 INLINE_OUTPUTS = 6
 
@@ -121,7 +121,7 @@ class Graph:
         if not inbox.try_put(item):
             await inbox.put(item)
 
-    async def feed_audio(self, index: int, item: AudioIn | UserCommit) -> None:
+    async def feed_audio(self, index: int, item: AudioIn | UserCommit | UserClear) -> None:
         """Raw client audio into an audio stage. An idle cheap stage (the VAD) takes it in this task,
         but only when its outputs fit: the caller (the socket reader) must never wait on a slow stage;
         otherwise the overflow policy of live audio applies (``feed_audio_nowait``)."""
@@ -131,9 +131,9 @@ class Graph:
         else:
             self.feed_audio_nowait(index, item)
 
-    def feed_audio_nowait(self, index: int, item: AudioIn | UserCommit) -> None:
-        """Raw client audio into an audio stage's inbox, dropping the oldest when full (counted)."""
-        dropped = self.inboxes[index].put_drop_oldest(item)
+    def feed_audio_nowait(self, index: int, item: AudioIn | UserCommit | UserClear) -> None:
+        """Raw client audio into an audio stage's inbox, dropping the oldest audio when full (counted)."""
+        dropped = self.inboxes[index].put_drop_oldest(item, _is_audio)
         if dropped:
             self.audio_in_dropped += dropped
             QUEUE_DROPS_TOTAL.inc(dropped, edge="audio_in")
@@ -299,8 +299,14 @@ class StageRunner:
                 self._failed_turns.add(turn)
 
 
+def _is_audio(item: Any) -> bool:
+    """What the audio overflow policy may drop: audio, never a commit, a clear or an end of turn."""
+    return type(item) is AudioIn
+
+
 def stage_error(exc: Exception) -> StageError:
-    """The error a client sees for a stage failure: its own code, or ``stage_failed``."""
+    """A stage failure as a ``StageError``: its own code, or ``stage_failed``. Its ``message`` (details, for the
+    server log) differs from its ``public_message`` (for the client)."""
     if isinstance(exc, StageError):
         return exc
     return StageError(f"{type(exc).__name__}: {exc}")

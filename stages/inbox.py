@@ -68,14 +68,33 @@ class Inbox(Generic[T]):
         if not self.try_put(item):
             raise asyncio.QueueFull
 
-    def put_drop_oldest(self, item: T) -> int:
-        """Overflow policy for live audio: make room by dropping the oldest items; returns how many."""
-        dropped = 0
-        while len(self._items) >= self.maxsize:
-            self._items.popleft()
-            dropped += 1
-        self.try_put(item)
-        return dropped
+    def put_drop_oldest(self, item: T, droppable: Callable[[T], bool] | None = None) -> int:
+        """Overflow policy for live audio: make room by dropping the oldest items; returns how many.
+
+        With ``droppable``, only such items are dropped: the oldest one when full, else the new item if it
+        is droppable itself; a marker that may not be dropped (an end of turn) goes in regardless, so the
+        queue holds at most ``maxsize`` plus the markers waiting in it."""
+        if droppable is None:
+            dropped = 0
+            while len(self._items) >= self.maxsize:
+                self._items.popleft()
+                dropped += 1
+            self.try_put(item)
+            return dropped
+        if len(self._items) < self.maxsize:
+            self.try_put(item)
+            return 0
+        for i, queued in enumerate(self._items):
+            if droppable(queued):
+                del self._items[i]
+                self._items.append(item)
+                return 1
+        if droppable(item):
+            return 1
+        self._items.append(item)
+        if self._getters:
+            self._wake(self._getters)
+        return 0
 
     async def put(self, item: T) -> None:
         """Wait for room, then append. Cancellation-safe: a cancelled put has not appended."""

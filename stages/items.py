@@ -33,12 +33,34 @@ class UserCommit:
 
 
 @dataclass(frozen=True, slots=True)
+class UserClear:
+    """Forget the input audio not yet committed (the client cleared its input buffer)."""
+
+    at: float
+    turn: ClassVar[int | None] = None
+    downstream: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
 class VadEvent:
-    """Voice activity edge. ``voiced_until`` (speech_end) is when the last voiced frame arrived."""
+    """Voice activity edge. ``voiced_until`` (speech_end) is when the last voiced frame arrived.
+
+    ``audio_ms`` places the edge on the input clock (ms of audio the VAD received in the session): the
+    start of the utterance's audio, pre-roll included, or its end.
+    """
 
     turn: int
     event: Literal["speech_start", "speech_end"]
     voiced_until: float = 0.0
+    audio_ms: float = 0.0
+    downstream: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class InputCleared:
+    """The VAD dropped the open utterance of ``turn`` (``UserClear``): the turn ends with nothing to answer."""
+
+    turn: int
     downstream: ClassVar[bool] = False
 
 
@@ -112,7 +134,18 @@ class TurnDone:
     downstream: ClassVar[bool] = True
 
 
-Item = AudioIn | UserCommit | VadEvent | SpeechAudio | Transcription | ReplyDelta | AudioChunk | TurnDone
+Item = (
+    AudioIn
+    | UserCommit
+    | UserClear
+    | VadEvent
+    | InputCleared
+    | SpeechAudio
+    | Transcription
+    | ReplyDelta
+    | AudioChunk
+    | TurnDone
+)
 
 
 def committed_text(item: Any) -> str | None:

@@ -1,7 +1,9 @@
 """LLM stage: turns the user's text of a turn into streamed reply deltas, with the session's history.
 
 The user message joins the history when generation starts; the agent's message is added by the
-session (whole at the end, or cut to what was spoken on interruption). Backends implement
+session (whole at the end, or cut to what was spoken on interruption). The turn's ``ReplyPlan`` may
+say not to answer (the words only join the history), to answer from the history with no new words
+(a response the client asked for), or with other instructions than the system prompt. Backends implement
 ``LlmBackend.stream``; cancelling the turn closes the stream, which must stop the backend's work.
 """
 
@@ -15,6 +17,7 @@ from typing import ClassVar, Protocol
 from stages.base import Backend, BaseStage, Emitter, StageContext, StageKind
 from stages.items import Item, ReplyDelta, committed_text
 from vocab.options import require
+from vocab.telemetry import Span, outcome_of, use_span
 
 
 class LlmBackend(Backend, Protocol):
@@ -67,16 +70,42 @@ class LlmStage(BaseStage):
     async def finish(self, turn: int, out: Emitter) -> None:
         user_text = "".join(self.text).strip() if turn == self.turn else ""
         self.turn, self.text = None, []
-        if not user_text:
+        plan = self.ctx.reply_plan(turn)
+        if user_text:
+            self.ctx.conversation.add_user(turn, user_text)
+        if not plan.reply or not (user_text or plan.from_history):
             return
-        self.ctx.conversation.add_user(turn, user_text)
         history = self.ctx.conversation.messages()
-        messages = prompt_messages(self.ctx.system_prompt, history, self.options.max_history_chars)
-        stream = self.backend.stream(messages, ctx=self.ctx)
-        async with contextlib.aclosing(stream):  # type: ignore[type-var]
-            async for delta in stream:
-                if delta:
-                    await out.emit(ReplyDelta(turn, delta))
+        system_prompt = self.ctx.system_prompt if plan.instructions is None else plan.instructions
+        messages = prompt_messages(system_prompt, history, self.options.max_history_chars)
+        await self._generate(turn, messages, out)
+
+    async def _generate(self, turn: int, messages: list[dict[str, str]], out: Emitter) -> None:
+        """Stream the reply. Traced as ``llm.generate`` (ends ``cancelled`` when the turn is cut off) with
+        ``llm.first_token`` inside it; upstream attempts attach to it (the current span)."""
+        span = self.ctx.trace(turn).child("llm.generate", stage=self.name, engine=self.engine, messages=len(messages))
+        first: Span | None = span.child("llm.first_token", stage=self.name, engine=self.engine)
+        deltas = chars = 0
+        failure: BaseException | None = None
+        with span, use_span(span):
+            try:
+                stream = self.backend.stream(messages, ctx=self.ctx)
+                async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                    async for delta in stream:
+                        if delta:
+                            if first is not None:
+                                first.end()
+                                first = None
+                            deltas, chars = deltas + 1, chars + len(delta)
+                            await out.emit(ReplyDelta(turn, delta))
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                span.set(deltas=deltas, chars=chars)
+                if first is not None:  # no token came: the span still says how long it waited and how it ended
+                    outcome, code = outcome_of(failure)
+                    first.end(outcome, error=code)
         await out.emit(ReplyDelta(turn, "", final=True))
 
 

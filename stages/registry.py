@@ -71,6 +71,10 @@ class StageSpec:
     def output_type(self) -> str:
         return self.factory.output_type
 
+    def option(self, name: str, default: Any) -> Any:
+        """The stage kind's option ``name`` (``max_utterance_ms``, ...), or ``default`` when it has none."""
+        return getattr(getattr(self.factory, "options", None), name, default)
+
 
 def stage_kind(kind: str) -> StageKind[Any]:
     found: StageKind[Any] = _import(KINDS[kind])
@@ -106,7 +110,8 @@ def build_stage(entry: dict[str, Any], path: str) -> StageSpec:
     backend = backend_cls(build(backend_cls.Options, backend_part, path))
     factory: StageFactory
     if kind_spec is not None:
-        factory = KindFactory(kind_spec, build(kind_spec.options, stage_part, path), backend)
+        stage_options = build(kind_spec.options, stage_part, path)
+        factory = KindFactory(kind_spec, stage_options, backend, name=name, engine=engine_name)
     else:
         factory = backend  # a custom stage is its own factory
     return StageSpec(name=name, engine_name=engine_name, kind=kind, factory=factory)

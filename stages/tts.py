@@ -6,6 +6,7 @@ A clause ends at sentence punctuation (after ``min_clause_chars``) or at ``max_c
 clause is the shortest path to the first audio; later clauses are synthesized while it plays.
 Audio is resampled to the session's output rate and cut into ``chunk_ms`` chunks; the first chunk
 of each clause carries its text so the session knows what was spoken.
+A turn whose ``ReplyPlan`` does not speak (a text-only answer) is skipped.
 Backends implement ``TtsBackend.synthesize``.
 """
 
@@ -20,6 +21,7 @@ from typing import Any, ClassVar, Protocol
 from stages.base import Backend, BaseStage, Emitter, StageContext, StageKind
 from stages.items import AudioChunk, Item, committed_text
 from vocab.options import require
+from vocab.telemetry import use_span
 
 
 class TtsBackend(Backend, Protocol):
@@ -104,13 +106,16 @@ class TtsStage(BaseStage):
         self.first_pending = False  # the turn's first clause is still to be cut
         self.rate_hz = ctx.out_rate_hz
         self.chunk_bytes = int(self.rate_hz * options.chunk_ms / 1000) * 2
+        self.spoken_turn: int | None = None  # the turn of the last clause spoken, and its index in the turn
+        self.clauses = 0
+        self.audio_bytes = 0  # handed on for the current clause
 
     async def process(self, item: Item, out: Emitter) -> None:
         text = committed_text(item)
         if text is None:
             return
-        if item.turn is None:
-            return
+        if item.turn is None or not self.ctx.reply_plan(item.turn).speak:
+            return  # a text-only answer: nothing to say
         if item.turn != self.turn:
             self.turn, self.buffer = item.turn, ""
             self.first_pending = self.options.first_clause_max_chars > 0
@@ -141,6 +146,20 @@ class TtsStage(BaseStage):
             await self._speak(turn, clause, out)
 
     async def _speak(self, turn: int, clause: str, out: Emitter) -> None:
+        """One clause, traced as ``tts.clause`` (its text length, audio ms and bytes; ``cancelled`` when cut)."""
+        self.clauses = self.clauses + 1 if turn == self.spoken_turn else 0
+        self.spoken_turn = turn
+        span = self.ctx.trace(turn).child(
+            "tts.clause", stage=self.name, engine=self.engine, clause=self.clauses, chars=len(clause)
+        )
+        self.audio_bytes = 0
+        with span, use_span(span):
+            try:
+                await self._synthesize(turn, clause, out)
+            finally:
+                span.set(audio_bytes=self.audio_bytes, audio_ms=round(self.audio_bytes * 500.0 / self.rate_hz, 1))
+
+    async def _synthesize(self, turn: int, clause: str, out: Emitter) -> None:
         """Reads one piece ahead, so a clause that arrives whole carries its duration (for ``spoken``)."""
         backend_rate = self.backend.rate_hz or self.rate_hz
         resampler: Any = None
@@ -170,6 +189,7 @@ class TtsStage(BaseStage):
         for start in range(0, end, step):
             piece = pcm[start : min(start + step, end)]
             await out.emit(AudioChunk(turn=turn, pcm=piece, rate_hz=self.rate_hz, text=text, text_ms=text_ms))
+            self.audio_bytes += len(piece)
             text, text_ms = None, 0.0
         return pcm[end:], text
 

@@ -1,7 +1,8 @@
 """Calling model services over HTTP, resiliently: the options every HTTP backend shares, one pooled
 ``httpx.AsyncClient`` per process (per event loop and timeout settings), and ``Upstream.stream``, which
-picks an endpoint, retries with backoff and jitter only until the first item was handed on, and maps
-every failure to an ``UpstreamError`` code (``upstream_unavailable|timeout|busy|bad_response``).
+picks an endpoint, retries with backoff and jitter (only until the first item was handed on, and only when
+the request cannot have been acted on unless the call is idempotent), and maps every failure to an
+``UpstreamError`` code (``upstream_unavailable|timeout|busy|bad_response``).
 
 Balancing, concurrency caps and circuit breakers live in ``stages.upstream_pool``.
 """
@@ -33,11 +34,16 @@ from stages.upstream_pool import (
 )
 from vocab.errors import ConfigError, UpstreamError
 from vocab.options import require
+from vocab.telemetry import NOOP_SPAN, current_span
 
 log = logging.getLogger("voxpipe.upstream")
 T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({408, 425})  # and every 5xx; 429 is retried too, as busy
+# Statuses that say the service did not act on the request (it timed out waiting for it, it is overloaded,
+# it rate-limits): retried even for a call that is not idempotent. A 500, 502 or 504 may come after it acted.
+UNPROCESSED_STATUS = frozenset({408, 425, 429, 503})
+ERROR_BODY_BYTES = 4096  # read of an error response's body (its first 300 bytes go to the log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +70,7 @@ class HttpOptions:
     strategy: Strategy = "round_robin"
     max_concurrency: int = 8  # requests in flight per endpoint
     max_waiting: int = 32  # calls waiting for a slot (all endpoints); beyond it: upstream_busy at once
-    retries: int = 2  # extra attempts, only before the first byte was handed on
+    retries: int = 2  # extra attempts, before the first byte was handed on (see HttpCall.idempotent)
     backoff_ms: float = 100.0  # before retrying the same endpoint: backoff_ms * 2^n, jittered
     backoff_max_ms: float = 2000.0
     connect_timeout_s: float = 3.0
@@ -151,7 +157,13 @@ def shared_client_count() -> int:
 
 @dataclass(frozen=True, slots=True)
 class HttpCall:
-    """One logical request; sent to whichever endpoint the pool picks (``path`` joins its url)."""
+    """One logical request; sent to whichever endpoint the pool picks (``path`` joins its url).
+
+    ``idempotent``: the backend says that doing the call twice does no harm (a chat completion, a
+    transcription, a synthesis), so any failure before the first item was handed on is retried. Otherwise
+    (a Dify app whose agent runs tools, and which starts a conversation) only a failure that proves the
+    request was not acted on is: a refused connection, a connect timeout, 408/425/429/503.
+    """
 
     method: str
     path: str
@@ -159,17 +171,29 @@ class HttpCall:
     data: dict[str, str] | None = None
     files: dict[str, tuple[str, bytes, str]] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    idempotent: bool = False
 
 
 class _AttemptFailed(Exception):
-    """One attempt failed: its client-facing code, whether another attempt may help, breaker verdict."""
+    """One attempt failed: its client-facing code, whether another attempt may help, whether the service
+    cannot have acted on the request (``unprocessed``), breaker verdict."""
 
-    def __init__(self, code: str, message: str, *, retryable: bool, outcome: Outcome, retry_after_s: float = 0.0):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool,
+        outcome: Outcome,
+        retry_after_s: float = 0.0,
+        unprocessed: bool = False,
+    ):
         super().__init__(message)
         self.code = code
         self.retryable = retryable
         self.outcome = outcome
         self.retry_after_s = retry_after_s
+        self.unprocessed = unprocessed
 
 
 def _retry_after(response: httpx.Response) -> float:
@@ -179,22 +203,44 @@ def _retry_after(response: httpx.Response) -> float:
         return 0.0
 
 
+async def _error_body(response: httpx.Response) -> str:
+    """The start of an error response's body, for the log: at most ``ERROR_BODY_BYTES`` are read (a broken
+    proxy's error page may never end); the rest is dropped with the connection."""
+    head = bytearray()
+    try:
+        async for piece in response.aiter_bytes():
+            head += piece
+            if len(head) >= ERROR_BODY_BYTES:
+                break
+    except httpx.HTTPError:
+        pass
+    return bytes(head[:300]).decode("utf-8", "replace").strip()
+
+
 async def _check_status(response: httpx.Response, url: str) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
-    try:
-        body = (await response.aread())[:300].decode("utf-8", "replace").strip()
-    except httpx.HTTPError:
-        body = ""
+    body = await _error_body(response)
     message = f"{url}: HTTP {status}" + (f": {body}" if body else "")
+    unprocessed = status in UNPROCESSED_STATUS
     if status == 429:
         raise _AttemptFailed(
-            "upstream_busy", message, retryable=True, outcome="neutral", retry_after_s=_retry_after(response)
+            "upstream_busy",
+            message,
+            retryable=True,
+            outcome="neutral",
+            retry_after_s=_retry_after(response),
+            unprocessed=True,
         )
     if status in RETRYABLE_STATUS or status >= 500:
         raise _AttemptFailed(
-            "upstream_unavailable", message, retryable=True, outcome="failure", retry_after_s=_retry_after(response)
+            "upstream_unavailable",
+            message,
+            retryable=True,
+            outcome="failure",
+            retry_after_s=_retry_after(response),
+            unprocessed=unprocessed,
         )
     # 4xx: the request is wrong (bad model name, bad key); another endpoint will say the same.
     raise _AttemptFailed("upstream_bad_response", message, retryable=False, outcome="neutral")
@@ -204,11 +250,18 @@ def _classify(exc: Exception, url: str) -> _AttemptFailed:
     if isinstance(exc, _AttemptFailed):
         return exc
     if isinstance(exc, httpx.TimeoutException):
-        what = "connect" if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout) else "read"
-        return _AttemptFailed("upstream_timeout", f"{url}: {what} timeout", retryable=True, outcome="failure")
+        unsent = isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)  # no connection: nothing was sent
+        what = "connect" if unsent else "read"
+        return _AttemptFailed(
+            "upstream_timeout", f"{url}: {what} timeout", retryable=True, outcome="failure", unprocessed=unsent
+        )
     if isinstance(exc, httpx.ConnectError):
         return _AttemptFailed(
-            "upstream_unavailable", f"{url}: cannot connect ({exc})", retryable=True, outcome="failure"
+            "upstream_unavailable",
+            f"{url}: cannot connect ({exc})",
+            retryable=True,
+            outcome="failure",
+            unprocessed=True,
         )
     if isinstance(exc, httpx.HTTPError):  # connection dropped mid-body, protocol violations
         return _AttemptFailed(
@@ -290,10 +343,11 @@ class Upstream:
 
         Before the first item is yielded, a failure (connect error, timeout, 5xx, 429, dropped
         connection, malformed body) is retried up to ``retries`` times, on another endpoint when one
-        is free. After it, a failure ends the stream with ``UpstreamError``: half a reply is never
-        replayed. Closing this generator (barge-in) or cancelling its task closes the HTTP response at
-        once, so the service sees the disconnect. Cancellation-safe: the endpoint slot is always
-        returned, and ``CancelledError`` is never swallowed.
+        is free; for a call that is not ``idempotent``, only a failure that proves the request was not
+        acted on (``_AttemptFailed.unprocessed``). After the first item, a failure ends the stream with
+        ``UpstreamError``: half a reply is never replayed. Closing this generator (barge-in) or
+        cancelling its task closes the HTTP response at once, so the service sees the disconnect.
+        Cancellation-safe: the endpoint slot is always returned, and ``CancelledError`` is never swallowed.
         """
         budget_s = self.options.total_timeout_s
         tried: set[int] = set()
@@ -311,6 +365,7 @@ class Upstream:
             handed_on = False
             outcome: Outcome = "neutral"
             failure: _AttemptFailed | None = None
+            span = NOOP_SPAN  # the attempt's ``upstream.request`` span, under the caller's current span
             try:
                 if ep.index in tried and attempt:
                     delay = self._backoff_s(attempt, last.retry_after_s if last else 0.0)
@@ -322,6 +377,9 @@ class Upstream:
                     budget_s = None if budget_s is None else budget_s - delay
                 tried.add(ep.index)
                 UPSTREAM_REQUESTS.inc(1.0, **ep.labels)
+                parent = current_span()
+                parent.set(upstream_endpoint=ep.name, upstream_retries=attempt)
+                span = parent.child("upstream.request", backend=self.backend, endpoint=ep.name, attempt=attempt + 1)
                 sent_at = time.monotonic()
                 response: httpx.Response | None = None
                 items: AsyncIterator[T] | None = None
@@ -329,6 +387,7 @@ class Upstream:
                     step_at = time.monotonic()
                     async with asyncio.timeout(budget_s):
                         response = await self._client_now().send(self._request(ep, call), stream=True)
+                        span.set(http_status=response.status_code)
                         await _check_status(response, ep.name)
                         items = parse(response).__aiter__()
                     budget_s = None if budget_s is None else budget_s - (time.monotonic() - step_at)
@@ -361,17 +420,20 @@ class Upstream:
                 failure = _classify(exc, ep.name)
             except (asyncio.CancelledError, GeneratorExit):
                 outcome = "success" if handed_on else "neutral"  # cut short by us, not by the service
+                span.end("cancelled")
                 raise
             finally:
                 if failure is not None:
                     outcome = failure.outcome
                 self.pool.release(ep, outcome, code=failure.code if failure else None)
+                span.end("error" if failure else "ok", error=failure.code if failure else None)
             assert failure is not None
             last = failure
             attempt += 1
             if handed_on:
                 raise UpstreamError(f"{self.backend}: reply broke off: {failure}", code=failure.code)
-            if not failure.retryable or attempt > self.options.retries:
+            safe = call.idempotent or failure.unprocessed  # another attempt cannot repeat a side effect
+            if not failure.retryable or not safe or attempt > self.options.retries:
                 tries = f" after {attempt} attempts" if attempt > 1 else ""
                 raise UpstreamError(f"{self.backend}: failed{tries}: {failure}", code=failure.code)
             log.info("%s: attempt %d failed (%s), retrying", self.backend, attempt, failure)

@@ -66,11 +66,21 @@ class ConnectionProtocol(Protocol):
 
     def data_to_send(self) -> list[wire.Frame]: ...
 
+    def expire_at(self, when: float | None) -> None: ...
+
     def deadline(self) -> float | None: ...
 
     def timeout(self, now: float) -> None: ...
 
     def stalled(self, grace_s: float) -> None: ...
+
+
+def _graph_entries(opening: list[Any]) -> list[tuple[str, str]]:
+    """(name, input type) of each stage of the ``ready`` among the opening messages: an ``input`` is charged by
+    the stage it enters (``SessionLimiter``)."""
+    messages = [msg.message if isinstance(msg, m.Sequenced) else msg for msg in opening]
+    ready = next((msg for msg in reversed(messages) if isinstance(msg, m.Ready)), None)
+    return [] if ready is None else [(node.name, node.input) for node in ready.graph]
 
 
 class Connection:
@@ -95,6 +105,7 @@ class Connection:
         self.close: Close | None = None
         self.limiter: SessionLimiter | None = None
         self._hello_deadline = now + hello_timeout_s
+        self._expires_at: float | None = None  # the session's credential ends then (``expire_at``)
         self._attempts = 0
         self._out: list[wire.Frame] = []
         self._stamp: Callable[[Any], Any] = lambda message: message
@@ -167,7 +178,12 @@ class Connection:
         self.phase = "open"
         self._stamp = stamp
         self.limiter = SessionLimiter(
-            self.limits, in_rate_hz=in_rate_hz, max_frame_bytes=self.max_frame_bytes, now=now, busy=busy
+            self.limits,
+            in_rate_hz=in_rate_hz,
+            max_frame_bytes=self.max_frame_bytes,
+            now=now,
+            busy=busy,
+            entries=_graph_entries(opening),
         )
         for message in opening:
             self._out += self.encode(message)
@@ -184,6 +200,11 @@ class Connection:
 
     # ------------------------------------------------------------ time
 
+    def expire_at(self, when: float | None) -> None:
+        """The session's credential (a JWT's ``exp``) ends at ``when`` (monotonic): then ``error
+        token_expired`` and close 1008, whatever the session is doing. None: it does not expire."""
+        self._expires_at = when
+
     def deadline(self) -> float | None:
         """When ``timeout`` should next be called (monotonic), or None."""
         if self.close is not None:
@@ -191,16 +212,23 @@ class Connection:
         if self.phase == "hello":
             return self._hello_deadline
         assert self.limiter is not None
-        return self.limiter.deadline()
+        due = self.limiter.deadline()
+        if self._expires_at is not None:
+            due = self._expires_at if due is None else min(due, self._expires_at)
+        return due
 
     def timeout(self, now: float) -> None:
-        """A deadline passed: the hello timeout, idle time or the maximum session length."""
+        """A deadline passed: the hello timeout, the token's end, idle time or the maximum session length."""
         if self.close is not None:
             return
         if self.phase == "hello":
             if now >= self._hello_deadline:
                 err = ProtocolError("hello_timeout", f"no valid hello within {self.hello_timeout_s:g} s")
                 self._fail(err, code=CloseCode.POLICY_VIOLATION, reason="hello timeout")
+            return
+        if self._expires_at is not None and now >= self._expires_at:
+            err = ProtocolError("token_expired", "the session's token has expired", fatal=True)
+            self._fail(err, code=CloseCode.POLICY_VIOLATION)
             return
         assert self.limiter is not None
         expired = self.limiter.expired(now)

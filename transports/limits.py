@@ -9,7 +9,7 @@ The caps on sessions per process / IP / user live in ``server.admission``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ class LimitOptions:
     slow_reader_grace_s: float | None = 10.0  # a send blocked this long (client not reading) closes 1008
     # caps (server.max_sessions is the per-process cap)
     max_sessions_per_ip: int | None = 20  # connections open from one client IP (before and after hello)
+    max_pending_per_ip: int | None = 4  # of those, still waiting for their hello (silent connections)
     max_sessions_per_user: int | None = 5  # sessions of one authenticated user (token subject)
     client_ip_header: str | None = None  # e.g. X-Forwarded-For or X-Real-IP, set by a reverse proxy
     trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])  # who may set it
@@ -48,7 +49,7 @@ class LimitOptions:
         require(self.audio_burst_s > 0, "audio_burst_s", "must be > 0")
         require(self.max_text_chars is None or self.max_text_chars >= 1, "max_text_chars", "must be >= 1")
         require(self.max_ping_id_chars >= 1, "max_ping_id_chars", "must be >= 1")
-        for key in ("max_sessions_per_ip", "max_sessions_per_user"):
+        for key in ("max_sessions_per_ip", "max_pending_per_ip", "max_sessions_per_user"):
             value = getattr(self, key)
             require(value is None or value >= 1, key, "must be >= 1 (or null: off)")
 
@@ -88,9 +89,14 @@ class SessionLimiter:
         max_frame_bytes: int,
         now: float,
         busy: Callable[[], bool] = lambda: False,
+        entries: Sequence[tuple[str, str]] = (),
     ) -> None:
+        """``entries``: the graph's stages as (name, input type), in ``ready.graph`` order, so that an ``input``
+        is charged by where it goes (text stages: the text limit; audio and speech: the audio budget)."""
         self.options = options
         self.busy = busy
+        self.entries = list(entries)
+        self.input_types = dict(self.entries)
         self.started_at = now
         self.last_message_at = now
         self.messages = (
@@ -114,20 +120,56 @@ class SessionLimiter:
         return None
 
     def on_message(self, msg: Any, now: float) -> ProtocolError | None:
-        """A decoded message: audio budget (fatal), text length and ping id size (not fatal)."""
+        """A decoded message: audio budget (fatal), text length and ping id size (not fatal).
+
+        What counts is where a message goes, not its framing: ``input`` for a text stage is text whether it
+        came as a string or as bytes (decoded as UTF-8 there), and for an audio stage it is audio whether it
+        came as bytes or as base64 text in JSON.
+        """
         kind = type(msg)
-        if kind is m.Audio or (kind is m.Input and isinstance(msg.data, bytes)):
-            if self.audio is not None and not self.audio.take(len(msg.data), now):
-                factor = self.options.audio_max_realtime
-                return _policy("rate_limited", f"audio arrives faster than {factor:g}x real time; closing")
-            return None
-        limit = self.options.max_text_chars
-        if limit is not None:
-            text = msg.text if kind is m.Text or kind is m.Say else msg.data if kind is m.Input else None
-            if isinstance(text, str) and len(text) > limit:
-                return ProtocolError("too_long", f"{msg.type}: text is over {limit} characters")
+        if kind is m.Audio:
+            return self._audio(len(msg.data), now)
+        if kind is m.Input:
+            if self._input_is_audio(msg):
+                data = msg.data
+                size = len(data) if isinstance(data, bytes) else len(data) * 3 // 4 - data[-2:].count("=")
+                return self._audio(size, now)  # base64 text: its decoded size
+            return self._text(msg)
+        if kind is m.Text or kind is m.Say:
+            return self._text(msg)
         if kind is m.Ping and isinstance(msg.id, str | bytes) and len(msg.id) > self.options.max_ping_id_chars:
             return ProtocolError("bad_field", f"ping.id: must be at most {self.options.max_ping_id_chars} long")
+        return None
+
+    def _input_is_audio(self, msg: m.Input) -> bool:
+        if msg.stage is not None:
+            taken = self.input_types.get(msg.stage)
+        elif msg.entry is not None and 0 <= msg.entry < len(self.entries):
+            taken = self.entries[msg.entry][1]
+        else:
+            taken = None
+        if taken is None:  # no such stage (the session refuses it): judged by its framing
+            return isinstance(msg.data, bytes)
+        return taken in ("audio", "speech")
+
+    def _audio(self, size_bytes: int, now: float) -> ProtocolError | None:
+        if self.audio is not None and not self.audio.take(size_bytes, now):
+            factor = self.options.audio_max_realtime
+            return _policy("rate_limited", f"audio arrives faster than {factor:g}x real time; closing")
+        return None
+
+    def _text(self, msg: m.Text | m.Say | m.Input) -> ProtocolError | None:
+        limit = self.options.max_text_chars
+        if limit is None:
+            return None
+        text = msg.data if isinstance(msg, m.Input) else msg.text
+        if isinstance(text, bytes):
+            # UTF-8 takes 1..4 bytes a character: decode only when the byte count cannot settle it
+            chars = len(text) if len(text) <= limit else len(text.decode("utf-8", "replace"))
+        else:
+            chars = len(text)
+        if chars > limit:
+            return ProtocolError("too_long", f"{msg.type}: text is over {limit} characters")
         return None
 
     # ------------------------------------------------------------ deadlines

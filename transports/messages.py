@@ -187,6 +187,7 @@ class Vad:
     stage: str
     turn: int
     event: Literal["speech_start", "speech_end"]
+    audio_ms: float | None = None  # where on the input clock (ms of audio received in the session)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +287,138 @@ class Sequenced:
 
     seq: int
     message: Any
+
+
+# ---------------------------------------------------------------- session-level requests (no /ws message)
+# What a second wire dialect (transports/realtime.py) asks of the session beyond wire contract v1. They are
+# not in CLIENT_MESSAGES: /ws does not decode them, and the schema at /schema does not list them. The
+# session answers a request that carries a ``ref`` with ``Ack``; ``Relay`` lets the dialect's own replies
+# go out through the session's one writer, in order with everything else.
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDetection:
+    """How the session finds the end of the user's turn; None fields keep the pipeline's VAD options.
+
+    ``manual``: no endpointing; the client commits. ``threshold`` 0..1 (higher needs louder speech).
+    ``create_response``: a finished utterance is answered. ``interrupt_response``: voice over the agent
+    cuts it off (barge-in).
+    """
+
+    manual: bool = False
+    silence_ms: float | None = None
+    prefix_ms: float | None = None
+    threshold: float | None = None
+    create_response: bool = True
+    interrupt_response: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    """Change session settings mid-conversation; fields left None stay as they are."""
+
+    type: ClassVar[str] = "configure"
+    system_prompt: str | None = None
+    voice: str | None = None
+    language: str | None = None
+    speak: bool | None = None  # False: answers are text only (no TTS)
+    turn_detection: TurnDetection | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRef:
+    """One message of the conversation: one a client added by name (``item``), or turn ``turn``'s message
+    of ``role`` (user: what the user said; assistant: the agent's answer)."""
+
+    item: str | None = None
+    turn: int | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AddMessage:
+    """Put a message into the conversation without answering it: after ``after``, at the start when
+    ``first``, else at the end."""
+
+    type: ClassVar[str] = "add_message"
+    item: str
+    role: Literal["user", "assistant", "system"]
+    text: str
+    after: ItemRef | None = None
+    first: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AddAudio:
+    """User audio (PCM16 at the session's input rate) transcribed into the conversation, not answered.
+    Acked with the turn the transcript belongs to."""
+
+    type: ClassVar[str] = "add_audio"
+    ref: str
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteItem:
+    type: ClassVar[str] = "delete_item"
+    item: ItemRef
+
+
+@dataclass(frozen=True, slots=True)
+class TruncateReply:
+    """The client played only ``audio_ms`` of turn ``turn``'s answer: cut it (and its text) there."""
+
+    type: ClassVar[str] = "truncate_reply"
+    turn: int
+    audio_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class CreateResponse:
+    """Answer now from the conversation as it is (after the input already committed). Acked with the new
+    turn, or refused (``conversation_already_has_active_response`` when one is running)."""
+
+    type: ClassVar[str] = "create_response"
+    ref: str
+    instructions: str | None = None
+    speak: bool | None = None  # None: the session's setting
+
+
+@dataclass(frozen=True, slots=True)
+class ClearInput:
+    """Forget the user's input audio not yet committed."""
+
+    type: ClassVar[str] = "clear_input"
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """A reply of the connection protocol to its own client, sent by the session's writer in order."""
+
+    type: ClassVar[str] = "relay"
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The session's answer to a request with a ``ref``: the turn it opened, or why it refused (``code``)."""
+
+    type: ClassVar[str] = "ack"
+    ref: str
+    turn: int | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+SESSION_REQUESTS: tuple[type[Any], ...] = (
+    Configure,
+    AddMessage,
+    AddAudio,
+    DeleteItem,
+    TruncateReply,
+    CreateResponse,
+    ClearInput,
+)
 
 
 ServerMessage = (

@@ -8,13 +8,13 @@ import typing
 from typing import Any, Literal, get_args, get_origin
 
 from transports.messages import CLIENT_MESSAGES, PROTOCOL_VERSION, SERVER_MESSAGES
-from transports.wire import WIRE_NAMES
+from transports.wire import INT_MAX, INT_MIN, WIRE_NAMES
 
 
 def _schema_for(hint: Any, defs: dict[str, Any]) -> dict[str, Any]:
     origin = get_origin(hint)
     if hint is int:
-        return {"type": "integer"}
+        return {"type": "integer", "minimum": INT_MIN, "maximum": INT_MAX}
     if hint is float:
         return {"type": "number"}
     if hint is str:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from transports import messages as m
 from transports.limits import TokenBucket
+from transports.sdp import CandidatePolicy, SdpRefused, reject_media, screen_offer
 from vocab.metrics import METRICS
 from vocab.options import build, require
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from transports.webrtc_media import AgentAudioTrack, FrameSource
 
 log = logging.getLogger("voxpipe.webrtc")
+REFUSED_MEDIA = frozenset({"video"})  # answered with port 0: a voice call decodes no video
 PEERS_OPEN = METRICS.gauge("voxpipe_webrtc_peers_open", "WebRTC peer connections open now")
 CALL_FLOODS_TOTAL = METRICS.counter(
     "voxpipe_webrtc_floods_total", "Calls closed because their audio arrived faster than the audio limit"
@@ -44,13 +46,26 @@ class WebrtcOptions:
     ice_servers: list[str] = field(default_factory=list)
     negotiate_timeout_s: float = 10.0  # offer -> answer (ICE gathering included)
     connect_timeout_s: float = 20.0  # answer -> connected; a peer that never connects is closed
+    max_sdp_bytes: int = 65536  # a browser's offer is 3-12 KiB; a bigger one gets bad_sdp
+    max_candidates: int = 40  # ICE candidates in one offer; more gets bad_sdp
+    # Networks (CIDR) a caller's ICE candidates may point at; the server sends connectivity checks there.
+    # null: any address but loopback, link-local, unspecified, multicast and broadcast. Others are dropped.
+    candidate_networks: list[str] | None = None
+    hostname_candidates: bool = False  # mDNS names (*.local): aioice would resolve them to any address
 
     def validate(self) -> None:
         require(self.max_peers >= 0, "max_peers", "must be >= 0")
         require(self.negotiate_timeout_s > 0, "negotiate_timeout_s", "must be > 0")
         require(self.connect_timeout_s > 0, "connect_timeout_s", "must be > 0")
+        require(self.max_sdp_bytes >= 1024, "max_sdp_bytes", "must be >= 1024")
+        require(self.max_candidates >= 1, "max_candidates", "must be >= 1")
         for i, url in enumerate(self.ice_servers):
             require(url.split(":", 1)[0] in ("stun", "turn", "turns"), f"ice_servers[{i}]", "must be a stun:/turn: URL")
+        for i, network in enumerate(self.candidate_networks or ()):
+            try:
+                CandidatePolicy.build([network], hostnames=False)
+            except ValueError as exc:
+                require(False, f"candidate_networks[{i}]", str(exc))
 
 
 class CallHost(Protocol):
@@ -93,6 +108,7 @@ class WebrtcHub:
         self.audio_burst_s = audio_burst_s
         self.peers = 0
         self.calls: dict[str, WebrtcCall] = {}  # by session id, from the first offer to the session's end
+        self.candidates = CandidatePolicy.build(options.candidate_networks, hostnames=options.hostname_candidates)
         METRICS.add_collector(lambda: PEERS_OPEN.set(self.peers))
 
     @classmethod
@@ -150,6 +166,15 @@ class WebrtcCall:
         except ImportError:
             self.host.error("unsupported", "webrtc_offer: this server has no WebRTC support (pip install aiortc)")
             return
+        try:
+            screened = screen_offer(
+                sdp, max_sdp_bytes=opts.max_sdp_bytes, max_candidates=opts.max_candidates, policy=self.hub.candidates
+            )
+        except SdpRefused as exc:
+            self.host.error("bad_sdp", f"webrtc_offer: {exc}")
+            return
+        if screened.dropped:
+            log.info("session %s: %d ICE candidates of the offer dropped by policy", self.host.id, screened.dropped)
         if self.hub.peers >= opts.max_peers:
             self.host.error("webrtc_busy", f"webrtc_offer: the server is at its peer limit ({opts.max_peers})")
             return
@@ -157,7 +182,7 @@ class WebrtcCall:
         peer = self.peer = _Peer(pc, AgentAudioTrack(self.host.frames), self._audio_budget())
         self.hub.peers += 1
         PEERS_OPEN.set(self.hub.peers)
-        self._spawn(peer, self._negotiate(peer, sdp))
+        self._spawn(peer, self._negotiate(peer, screened.sdp))
 
     async def close(self) -> None:
         """The session is over: end the call and wait for every peer connection to finish closing."""
@@ -178,11 +203,9 @@ class WebrtcCall:
 
         @pc.on("track")
         def on_track(remote: Any) -> None:
-            if remote.kind == "audio":
+            if remote.kind == "audio":  # video is refused (inactive here, port 0 in the answer): never read
                 reader = read_caller_audio(remote, self.host.in_rate_hz, lambda pcm: self._from_caller(peer, pcm))
                 self._spawn(peer, reader)
-            else:
-                self._spawn(peer, read_caller_audio(remote, self.host.in_rate_hz, lambda _pcm: None))
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -197,6 +220,9 @@ class WebrtcCall:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
                 if not any(t.kind == "audio" for t in pc.getTransceivers()):
                     raise ValueError("the offer has no audio")
+                for transceiver in pc.getTransceivers():
+                    if transceiver.kind != "audio":
+                        transceiver.direction = "inactive"  # its receiver never starts: nothing is decoded
                 pc.addTrack(peer.track)
                 await pc.setLocalDescription(await pc.createAnswer())  # gathers ICE candidates first
         except asyncio.CancelledError:
@@ -211,7 +237,7 @@ class WebrtcCall:
             return  # superseded while negotiating
         peer.answered = True
         self.host.attach_track(True)  # the agent's audio waits for the track from now on
-        self.host.send_control(m.WebrtcAnswer(sdp=pc.localDescription.sdp))
+        self.host.send_control(m.WebrtcAnswer(sdp=reject_media(pc.localDescription.sdp, REFUSED_MEDIA)))
         try:
             async with asyncio.timeout(opts.connect_timeout_s):  # not wait_for: it can lose a cancellation
                 await peer.connected.wait()
@@ -243,6 +269,8 @@ class WebrtcCall:
         task = self.host.spawn(self._guard(peer, coro))
         peer.tasks.add(task)
         task.add_done_callback(peer.tasks.discard)
+        # a negotiation superseded before its task's first step never starts ``coro``: close it (no warning)
+        task.add_done_callback(lambda _task: coro.close())
 
     async def _guard(self, peer: _Peer, coro: Coroutine[Any, Any, Any]) -> None:
         try:

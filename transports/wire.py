@@ -29,6 +29,9 @@ Checker = Callable[[Any, "Framing"], Any]
 
 # Python attribute name -> wire name, where the contract's name is a Python keyword.
 WIRE_NAMES = {"input": "in", "output": "out"}
+# Integers on the wire are signed 64-bit in both codecs, in and out: msgpack cannot carry more (nor its
+# uint64 range into a signed reader), and a JSON integer of 400 digits is no number any client can use.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
 class Framing(Enum):
@@ -47,18 +50,26 @@ class _FieldError(Exception):
 # ---------------------------------------------------------------- field checkers
 
 
+def _in_int_range(value: int) -> int:
+    if not INT_MIN <= value <= INT_MAX:
+        raise _FieldError("must be a signed 64-bit integer")
+    return value
+
+
 def _check_int(value: Any, _: Framing) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _FieldError("must be an integer")
-    return value
+    return _in_int_range(value)
 
 
 def _check_float(value: Any, _: Framing) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _FieldError("must be a number")
+    if isinstance(value, int):
+        return float(_in_int_range(value))  # before float(): a huge int overflows it
     if not math.isfinite(value):
         raise _FieldError("must be a finite number")
-    return float(value)
+    return value
 
 
 def _check_str(value: Any, _: Framing) -> str:
@@ -93,6 +104,8 @@ def _check_any(value: Any, _: Framing) -> Any:
         raise _FieldError("must be a scalar")
     if isinstance(value, float) and not math.isfinite(value):
         raise _FieldError("must be a finite number")  # echoed values must encode in JSON too
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _in_int_range(value)  # echoed values must encode in msgpack too
     return value
 
 
@@ -297,12 +310,18 @@ def decode(frame: Frame) -> Any:
 
 
 def _to_plain(value: Any, framing: Framing) -> Any:
+    if type(value) is int:
+        if not INT_MIN <= value <= INT_MAX:
+            raise ValueError("an integer outside the wire's signed 64-bit range")
+        return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _as_map(value, framing)
     if isinstance(value, bytes) and framing is Framing.JSON:
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, list):
         return [_to_plain(v, framing) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_plain(v, framing) for k, v in value.items()}
     return value
 
 

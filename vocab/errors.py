@@ -48,10 +48,30 @@ class ProtocolError(VoxpipeError):
         self.close_code = close_code
 
 
+# What a client is told for a stage failure, by code. The failure's own message (an endpoint's URL, a socket
+# error, the service's error body, an exception's text) is for the server log only: it can carry internal
+# addresses and secrets (an API's partly masked key).
+PUBLIC_MESSAGES = {
+    "upstream_unavailable": "the model service is unavailable",
+    "upstream_timeout": "the model service did not answer in time",
+    "upstream_busy": "the model service is busy; try again shortly",
+    "upstream_bad_response": "the model service sent an answer that could not be used",
+    "busy": "the stage is busy; try again shortly",
+}
+DEFAULT_PUBLIC_MESSAGE = "the stage failed on this input"
+
+
 class StageError(VoxpipeError):
-    """A stage could not process an item; the turn ends with an ``error``, the session stays usable."""
+    """A stage could not process an item; the turn ends with an ``error``, the session stays usable.
+
+    ``message`` is for the server log; ``public_message`` is what the client sees next to ``code``.
+    """
 
     code = "stage_failed"
+
+    @property
+    def public_message(self) -> str:
+        return PUBLIC_MESSAGES.get(self.code, DEFAULT_PUBLIC_MESSAGE)
 
 
 class UpstreamError(StageError):

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import httpx
 
 from stages.base import StageContext
-from stages.engines.http_common import HttpBackend, bad, parse_json, sse_events
+from stages.engines.http_common import HttpBackend, bad, body_bytes, parse_json, sse_events
 from stages.upstream import HttpCall, HttpOptions
 from vocab.errors import UpstreamError
 from vocab.options import require
@@ -81,7 +81,7 @@ def dify_answers(
 
 
 async def _drain(response: httpx.Response) -> AsyncIterator[None]:
-    await response.aread()
+    await body_bytes(response, max_bytes=64 << 10)  # a stop's answer is tiny
     yield None
 
 
@@ -128,6 +128,7 @@ class DifyLlm(HttpBackend):
         def remember(conversation_id: str) -> None:
             ctx.extra[CONVERSATION_KEY] = conversation_id
 
+        # not idempotent: the app may run tools, and the first request starts a conversation
         call = HttpCall(
             "POST", self.options.path, json=self.request_body(query, ctx), headers={"Accept": "text/event-stream"}
         )
@@ -150,7 +151,7 @@ class DifyLlm(HttpBackend):
         task.add_done_callback(self._stops.discard)
 
     async def _stop(self, task_id: str, user: str) -> None:
-        call = HttpCall("POST", f"{self.options.path}/{task_id}/stop", json={"user": user})
+        call = HttpCall("POST", f"{self.options.path}/{task_id}/stop", json={"user": user}, idempotent=True)
         try:
             async with asyncio.timeout(5.0):
                 stop = self.upstream.stream(call, _drain)

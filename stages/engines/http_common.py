@@ -2,7 +2,9 @@
 body formats they read (SSE events, NDJSON lines, a streamed WAV) or send (a WAV file for upload).
 
 Parsers raise ``UpstreamError('upstream_bad_response')`` on a malformed body, so the upstream call can
-retry it (before the first item) or end the reply with that code.
+retry it (before the first item) or end the reply with that code. Every read is capped (a broken proxy's
+endless error page, an event with no blank line, a WAV header that says its chunk is 4 GiB): past a cap the
+body is a bad response, never a reason to grow memory.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import struct
 import wave
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +24,12 @@ import httpx
 from stages.base import StageContext
 from stages.upstream import HttpCall, HttpOptions, Upstream
 from vocab.errors import UpstreamError
+
+MAX_LINE_BYTES = 1 << 20  # one SSE or NDJSON line; chat deltas are a few hundred bytes
+MAX_BODY_BYTES = 8 << 20  # a body read whole (a transcription's JSON)
+MAX_WAV_HEADER_BYTES = 64 << 10  # RIFF header chunks before the data chunk
+WAV_RATES_HZ = (4000, 384000)  # a rate outside is a broken header (1 Hz would mean 24,000x upsampling)
+_EOL = re.compile(rb"\r\n|\r|\n")
 
 
 class HttpBackend:
@@ -42,6 +51,38 @@ class HttpBackend:
 
 def bad(message: str) -> UpstreamError:
     return UpstreamError(message, code="upstream_bad_response")
+
+
+async def body_bytes(response: httpx.Response, *, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    """The whole body, or ``upstream_bad_response`` as soon as it grows past ``max_bytes``."""
+    body = bytearray()
+    async for piece in response.aiter_bytes():
+        body += piece
+        if len(body) > max_bytes:
+            raise bad(f"body over {max_bytes} bytes")
+    return bytes(body)
+
+
+async def body_lines(response: httpx.Response, *, max_line_bytes: int = MAX_LINE_BYTES) -> AsyncIterator[str]:
+    """Lines of a streamed body, split at ``\\r\\n``, ``\\n`` or ``\\r`` (as SSE says), decoded as UTF-8.
+
+    httpx's ``aiter_lines`` keeps a line that never ends in memory for ever; here a line longer than
+    ``max_line_bytes`` is ``upstream_bad_response``.
+    """
+    pending = bytearray()
+    async for piece in response.aiter_bytes():
+        pending += piece
+        start = 0
+        while (end := _EOL.search(pending, start)) is not None:
+            if end.group() == b"\r" and end.end() == len(pending):
+                break  # a \r\n may be split between two pieces: wait for the next
+            yield pending[start : end.start()].decode("utf-8", "replace")
+            start = end.end()
+        del pending[:start]
+        if len(pending) > max_line_bytes:
+            raise bad(f"line over {max_line_bytes} bytes")
+    if pending:
+        yield pending.rstrip(b"\r").decode("utf-8", "replace")
 
 
 def parse_json(text: str, what: str) -> Any:
@@ -68,7 +109,7 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[SseEvent]:
     """
     event = ""
     data: list[str] = []
-    async for line in response.aiter_lines():
+    async for line in body_lines(response):
         if not line:
             if data:
                 yield SseEvent(event or "message", "\n".join(data))
@@ -90,7 +131,7 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[SseEvent]:
 
 async def ndjson_objects(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     """One JSON object per non-empty line (``application/x-ndjson``)."""
-    async for line in response.aiter_lines():
+    async for line in body_lines(response):
         if not line.strip():
             continue
         obj = parse_json(line, "NDJSON line")
@@ -157,14 +198,20 @@ class WavStreamReader:
                 rest = bytes(head[pos + 8 :])
                 self._head = bytearray()
                 return self._take(rest)
+            if pos + 8 + size > MAX_WAV_HEADER_BYTES:
+                raise bad(f"WAV header over {MAX_WAV_HEADER_BYTES} bytes (a {chunk_id!r} chunk of {size} bytes)")
             if len(head) < pos + 8 + size:
                 return b""  # wait for the rest of this chunk
             if chunk_id == b"fmt ":
                 fmt, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", head, pos + 8)
                 if fmt not in (1, 0xFFFE) or bits != 16 or channels != 1:
                     raise bad(f"WAV is not PCM16 mono (format {fmt}, {bits} bits, {channels} channels)")
+                if not WAV_RATES_HZ[0] <= rate <= WAV_RATES_HZ[1]:
+                    raise bad(f"WAV rate {rate} Hz is outside {WAV_RATES_HZ[0]}..{WAV_RATES_HZ[1]} Hz")
                 self.rate_hz = rate
             pos += 8 + size + (size & 1)
+        if len(head) > MAX_WAV_HEADER_BYTES:
+            raise bad(f"WAV header over {MAX_WAV_HEADER_BYTES} bytes")
         return b""
 
 
@@ -235,7 +282,8 @@ class HttpTtsBackend(HttpBackend):
         def parse(response: Any) -> AsyncIterator[bytes]:
             return audio_body(response, media=self.media, want_hz=rate_hz, learned=self._learned)
 
-        pieces = self.upstream.stream(HttpCall("POST", self.path, json=self.request_body(text, ctx)), parse)
+        call = HttpCall("POST", self.path, json=self.request_body(text, ctx), idempotent=True)  # speech again: harmless
+        pieces = self.upstream.stream(call, parse)
         async with contextlib.aclosing(pieces):
             async for pcm in pieces:
                 yield pcm

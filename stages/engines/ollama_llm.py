@@ -72,7 +72,7 @@ class OllamaLlm(HttpBackend):
 
     async def stream(self, messages: list[dict[str, str]], *, ctx: StageContext) -> AsyncIterator[str]:
         deltas = self.upstream.stream(
-            HttpCall("POST", self.options.path, json=self.request_body(messages)), ollama_deltas
+            HttpCall("POST", self.options.path, json=self.request_body(messages), idempotent=True), ollama_deltas
         )
         async with contextlib.aclosing(deltas):
             async for delta in deltas:

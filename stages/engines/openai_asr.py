@@ -15,13 +15,13 @@ from typing import ClassVar
 import httpx
 
 from stages.base import StageContext
-from stages.engines.http_common import HttpBackend, bad, parse_json, wav_bytes
+from stages.engines.http_common import HttpBackend, bad, body_bytes, parse_json, wav_bytes
 from stages.upstream import HttpCall, HttpOptions
 from vocab.options import require
 
 
 async def transcription_text(response: httpx.Response) -> AsyncIterator[str]:
-    body = (await response.aread()).decode("utf-8", "replace")
+    body = (await body_bytes(response)).decode("utf-8", "replace")
     obj = parse_json(body, "transcription response")
     text = obj.get("text") if isinstance(obj, dict) else None
     if not isinstance(text, str):
@@ -71,6 +71,7 @@ class OpenAiAsr(HttpBackend):
             self.options.path,
             data=self.form_fields(ctx),
             files={"file": ("speech.wav", wav_bytes(pcm, rate_hz), "audio/wav")},
+            idempotent=True,
         )
         texts = self.upstream.stream(call, transcription_text)
         async with contextlib.aclosing(texts):

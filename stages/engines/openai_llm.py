@@ -77,7 +77,11 @@ class OpenAiLlm(HttpBackend):
 
     async def stream(self, messages: list[dict[str, str]], *, ctx: StageContext) -> AsyncIterator[str]:
         call = HttpCall(
-            "POST", self.options.path, json=self.request_body(messages), headers={"Accept": "text/event-stream"}
+            "POST",
+            self.options.path,
+            json=self.request_body(messages),
+            headers={"Accept": "text/event-stream"},
+            idempotent=True,  # a completion asked again does no harm
         )
         deltas = self.upstream.stream(call, chat_deltas)
         async with contextlib.aclosing(deltas):

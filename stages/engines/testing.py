@@ -51,9 +51,10 @@ class EnergyVad(NothingToLoad):
     def supports_rate(self, rate_hz: int) -> bool:
         return True
 
-    def new_detector(self, rate_hz: int) -> Callable[[bytes], bool]:
-        threshold = self.threshold_dbfs
-        return lambda frame: dbfs(frame) > threshold
+    def new_detector(self, rate_hz: int, threshold: float | None = None) -> Callable[[bytes], bool]:
+        """``threshold`` 0..1 maps to -70..-10 dBFS (0.5: -40, the default)."""
+        level = self.threshold_dbfs if threshold is None else -70.0 + 60.0 * threshold
+        return lambda frame: dbfs(frame) > level
 
 
 class DurationAsr(NothingToLoad):

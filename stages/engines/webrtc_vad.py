@@ -33,6 +33,8 @@ class WebrtcVad(NothingToLoad):
     def supports_rate(self, rate_hz: int) -> bool:
         return rate_hz in self.NATIVE_RATES_HZ
 
-    def new_detector(self, rate_hz: int) -> Callable[[bytes], bool]:
-        vad = webrtcvad.Vad(self.aggressiveness)
+    def new_detector(self, rate_hz: int, threshold: float | None = None) -> Callable[[bytes], bool]:
+        """``threshold`` 0..1 maps to the aggressiveness: below 0.25 -> 0, ..., 0.75 and above -> 3."""
+        mode = self.aggressiveness if threshold is None else min(3, int(threshold * 4))
+        vad = webrtcvad.Vad(mode)
         return lambda frame: bool(vad.is_speech(frame, rate_hz))

@@ -3,6 +3,7 @@ process / IP / user (503 at the handshake, 1013 after hello), and the config tha
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -16,8 +17,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from server import cli
 from server.auth import issue_token
-from server.config import parse_config
+from server.config import ServerOptions, parse_config
 from tests.client import Client, running_server, test_config
+from tests.rawws import open_raw, open_tcp
 from vocab.errors import ConfigError
 
 SECRET = "s" * 40
@@ -78,6 +80,58 @@ async def test_missing_origin_can_be_refused_too() -> None:
         await serves(srv.url, origin="https://app.example.com")
 
 
+async def test_by_default_only_the_servers_own_page_may_open_a_session() -> None:
+    """With ``allowed_origins`` unset, a browser's Origin must be the server's own (the Host it asked for): any
+    other web page (cross-site WebSocket hijacking) gets 403. Clients that send no Origin are not browsers."""
+    async with running_server(test_config()) as srv:
+        own = f"http://127.0.0.1:{srv.port}"
+        for other in (
+            "https://evil.example",
+            f"http://127.0.0.1:{srv.port + 1}",
+            "http://127.0.0.1",  # port 80: another server of this host
+            "null",
+        ):
+            status, body, _ = await refused(srv.url, origin=other)
+            assert (status, body.get("code")) == (403, "bad_origin"), other
+        await serves(srv.url, origin=own)
+        await serves(srv.url)
+    async with running_server(test_config(auth={"allowed_origins": ["*"]})) as srv:
+        await serves(srv.url, origin="https://evil.example")  # any origin, when the config says so
+
+
+async def http_get(port: int, path: str, host: str) -> int:
+    reader, writer = await open_tcp(port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    reply = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return int(reply.split(b" ", 2)[1])
+
+
+async def test_bound_beyond_loopback_the_http_routes_answer_only_known_host_names() -> None:
+    """DNS rebinding: a page at evil.example whose name now points at this server reads ``/metrics`` with
+    ``Host: evil.example``. Bound beyond loopback, only IP literals, localhost, the machine's own names and
+    ``server.allowed_hosts`` are answered; others get 403, the WebSocket handshake too."""
+    async with running_server(test_config(server={"host": "0.0.0.0"})) as srv:
+        for host in ("evil.example", f"evil.example:{srv.port}", "localhost.evil.example"):
+            assert await http_get(srv.port, "/metrics", host) == 403, host
+            assert await http_get(srv.port, "/", host) == 403, host
+        for host in (f"127.0.0.1:{srv.port}", "localhost", f"localhost:{srv.port}", f"[::1]:{srv.port}", "192.0.2.2"):
+            assert await http_get(srv.port, "/metrics", host) == 200, host
+        raw = await open_raw(srv.port, headers={"Host": "evil.example"}, hello=False)
+        assert raw.status == 403
+        await raw.close()
+    config = test_config(server={"host": "0.0.0.0", "allowed_hosts": ["voice.example.com", "*.corp.example"]})
+    async with running_server(config) as srv:
+        assert await http_get(srv.port, "/healthz", "voice.example.com") == 200
+        assert await http_get(srv.port, "/healthz", "a.corp.example:443") == 200
+        assert await http_get(srv.port, "/healthz", "evil.example") == 403
+    async with running_server(test_config()) as srv:  # on loopback (behind a proxy, say): any Host by default
+        assert await http_get(srv.port, "/healthz", "voice.example.com") == 200
+    async with running_server(test_config(server={"allowed_hosts": ["localhost"]})) as srv:  # unless configured
+        assert await http_get(srv.port, "/healthz", "evil.example") == 403
+        assert await http_get(srv.port, "/healthz", f"localhost:{srv.port}") == 200
+
+
 # ---------------------------------------------------------------- tokens
 
 
@@ -109,6 +163,31 @@ async def test_token_without_subject_or_expiry_401() -> None:
         for bad in (no_sub, no_exp, alg_none):
             status, _, _ = await refused(srv.url, additional_headers={"Authorization": f"Bearer {bad}"})
             assert status == 401
+
+
+@pytest.mark.parametrize("where", ["header", "hello"])
+async def test_a_session_ends_when_its_token_expires(where: str) -> None:
+    """A JWT's ``exp`` holds during the session, not only at its start: when it passes (plus ``leeway_s``), the
+    session ends with ``error token_expired`` and close 1008, busy or not."""
+    async with running_server(test_config(auth={**JWT, "leeway_s": 0})) as srv:
+        short = token(ttl_s=2)  # exp is whole seconds: it passes 1-2 s from now
+        exp = jwt.decode(short, options={"verify_signature": False})["exp"]
+        kwargs: dict[str, Any] = (
+            {"additional_headers": {"Authorization": f"Bearer {short}"}}
+            if where == "header"
+            else {"hello": {"token": short}}
+        )
+        async with Client.connect(srv.url, **kwargs) as c:
+            await c.send({"type": "say", "text": " ".join(["word"] * 40)})  # busy: 4 s of speech
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await c.recv(5)
+            assert time.time() >= exp - 0.05  # not before the token's end
+            assert time.time() < exp + 1.0
+            errors = [m for m in c.received if m["type"] == "error"]
+            assert [(e["code"], e["fatal"]) for e in errors] == [("token_expired", True)]
+            assert c.ws.close_code == 1008
+            assert not [m for m in c.received if m["type"] == "turn_end"]  # cut off mid-turn
 
 
 async def test_good_token_by_header_query_or_hello() -> None:
@@ -179,6 +258,55 @@ async def test_per_ip_cap_503_counts_connections_before_hello() -> None:
         async with connect(srv.url), Client.connect(srv.url):  # one without hello, one with
             status, body, _ = await refused(srv.url)
             assert (status, body["code"]) == (503, "too_many_sessions")
+        await serves(srv.url)
+
+
+async def test_connections_that_never_send_hello_do_not_fill_the_session_cap() -> None:
+    """Connections still waiting for their hello are not sessions: many of them (here 10, the cap is 5) leave
+    the session cap to clients that say hello."""
+    config = test_config(server={"max_sessions": 5}, limits={"max_sessions_per_ip": None, "max_pending_per_ip": None})
+    async with running_server(config) as srv:
+        silent = [await open_raw(srv.port, hello=False) for _ in range(10)]
+        try:
+            assert all(raw.status == 101 for raw in silent)
+            async with Client.connect(srv.url) as c:  # a real client still gets a session
+                await c.send({"type": "ping", "id": 1})
+                await c.recv_type("pong")
+        finally:
+            for raw in silent:
+                await raw.close()
+
+
+async def test_connections_waiting_for_hello_have_their_own_cap_and_a_short_timeout() -> None:
+    config = test_config(
+        server={"max_pending_hellos": 3}, limits={"max_sessions_per_ip": None, "max_pending_per_ip": None}
+    )
+    async with running_server(config) as srv:
+        silent = [await open_raw(srv.port, hello=False) for _ in range(3)]
+        try:
+            status, body, _ = await refused(srv.url)
+            assert (status, body["code"]) == (503, "server_full")
+            assert "waiting for their hello" in body["message"]
+            await silent[0].send_msg({"type": "hello", "protocol": 1})  # one says hello: a slot frees up
+            assert (await silent[0].read_msg())["type"] == "ready"
+            await serves(srv.url)
+        finally:
+            for raw in silent:
+                await raw.close()
+    assert ServerOptions().hello_timeout_s <= 5.0
+
+
+async def test_connections_waiting_for_hello_are_capped_per_address() -> None:
+    config = test_config(limits={"max_sessions_per_ip": None, "max_pending_per_ip": 2})
+    async with running_server(config) as srv:
+        silent = [await open_raw(srv.port, hello=False) for _ in range(2)]
+        try:
+            status, body, _ = await refused(srv.url)
+            assert (status, body["code"]) == (503, "too_many_sessions")
+            assert "waiting for their hello" in body["message"]
+        finally:
+            for raw in silent:
+                await raw.close()
         await serves(srv.url)
 
 

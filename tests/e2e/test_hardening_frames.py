@@ -6,6 +6,7 @@ Every case ends with a well-behaved client getting a normal answer from the same
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 
@@ -156,3 +157,43 @@ async def test_peer_that_never_hangs_up_after_a_failed_connection_is_aborted() -
         assert took_s < 2.5
         assert srv.admission.connections == 0
         assert await asyncio.wait_for(raw.reader.read(), 2) == b""  # the server hung up
+
+
+# ---------------------------------------------------------------- HTTP routes: odd requests (issue 13 #9)
+
+
+async def http_status(port: int, head: bytes) -> int:
+    reader, writer = await open_tcp(port)
+    writer.write(head)
+    reply = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert reply.startswith(b"HTTP/1.1 "), reply[:80]
+    return int(reply.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status"),
+    [
+        (b"GET /%00 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404),  # an embedded null byte in the file path
+        (b"GET /a%00b.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404),
+        (b"GET /" + b"a" * 300 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404),  # a segment over NAME_MAX
+        (b"GET /x/" + b"b" * 5000 + b".js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404),
+        (
+            b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer t0ken\r\n"
+            b"Authorization: Bearer t0ken\r\n\r\n",
+            401,
+        ),  # two Authorization headers
+        (b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer wrong\r\n\r\n", 401),
+    ],
+    ids=["null_byte", "null_byte_in_name", "long_segment", "long_nested_segment", "two_authorizations", "wrong"],
+)
+async def test_odd_http_requests_get_their_status_and_log_no_error(
+    request_head: bytes, status: int, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VOXPIPE_TEST_METRICS_TOKEN", "t0ken")
+    async with running_server(test_config(server={"metrics_token_env": "VOXPIPE_TEST_METRICS_TOKEN"})) as srv:
+        assert await http_status(srv.port, request_head) == status
+        ok = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer t0ken\r\n\r\n"
+        assert await http_status(srv.port, ok) == 200
+        await still_serves(srv.url)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]

@@ -4,6 +4,7 @@ the limit and close 1008, and never disturbs another session on the same server.
 from __future__ import annotations
 
 import asyncio
+import copy
 import socket
 import time
 from typing import Any
@@ -12,7 +13,7 @@ import msgpack
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.client import Client, running_server, silence, test_config, tone
+from tests.client import TEST_PIPELINE, Client, running_server, silence, test_config, tone
 from tests.rawws import OP_BINARY, frame_bytes, open_raw
 from tests.waiting import wait_until
 from transports.websocket import SLOW_READERS_TOTAL
@@ -207,3 +208,24 @@ async def test_slow_reader_that_keeps_asking_for_turns_is_closed() -> None:
         assert session.playhead.queued() <= 16
         assert all(q.qsize() <= 4 for q in session.graph.inboxes[1:])
         raw.reset()
+
+
+async def test_an_uncommitted_speech_turn_at_the_asr_expires_after_max_utterance_ms() -> None:
+    """``input`` to the ASR stage opens a speech turn that only ``commit`` ends. A client that never commits would
+    keep the session busy (no idle timeout) for ever: the turn is committed after the stage's
+    ``max_utterance_ms``, the agent answers, and then the idle timeout closes the session."""
+    stages = copy.deepcopy(TEST_PIPELINE)
+    stages[1] = {"name": "asr", "engine": "duration_asr", "max_utterance_ms": 1000}
+    config = test_config(pipeline=stages, limits={"idle_timeout_s": 0.5})
+    async with running_server(config) as srv, Client.connect(srv.url) as c:
+        started = time.monotonic()
+        await c.send({"type": "input", "stage": "asr", "data": tone(200)})
+        msgs = await c.turn(timeout=5)
+        assert msgs[-1]["type"] == "turn_end", msgs[-1]
+        final = [m for m in msgs if m["type"] == "transcript" and m["final"]]
+        assert final, [m["type"] for m in msgs]
+        assert final[0]["text"].startswith("heard 200 milliseconds")
+        assert 1.0 <= final[0]["_at"] - started < 2.0, final[0]["_at"] - started
+        err = await fatal_error(c)
+        assert err["code"] == "idle_timeout"
+        assert c.ws.close_code == 1008

@@ -4,6 +4,7 @@ still answers the next valid message (a ``ping`` gets its ``pong``)."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -69,7 +70,10 @@ CASES: list[tuple[str, bytes | str, str]] = [
     ("negative_played_ms", msgpack.packb({"type": "played", "turn": 1, "ms": -5}), "bad_field"),
     ("input_without_target", msgpack.packb({"type": "input", "data": "hi"}), "bad_field"),
     ("input_unknown_stage", msgpack.packb({"type": "input", "stage": "x" * 500, "data": "hi"}), "unknown_stage"),
-    ("input_entry_out_of_range", msgpack.packb({"type": "input", "entry": 2**63, "data": "hi"}), "unknown_stage"),
+    ("input_entry_out_of_range", msgpack.packb({"type": "input", "entry": 2**63 - 1, "data": "hi"}), "unknown_stage"),
+    ("input_entry_beyond_int64", msgpack.packb({"type": "input", "entry": 2**63, "data": "hi"}), "bad_field"),
+    ("integer_400_digits_in_a_float_field", '{"type":"played","turn":1,"ms":' + "9" * 400 + "}", "bad_field"),
+    ("ping_id_beyond_int64_json", '{"type":"ping","id":' + str(2**70) + "}", "bad_field"),
     ("empty_text", msgpack.packb({"type": "text", "text": "   "}), "bad_field"),
     ("long_ping_id", msgpack.packb({"type": "ping", "id": "x" * 100_000}), "bad_field"),
     ("text_over_the_limit", msgpack.packb({"type": "say", "text": "word " * 2000}), "too_long"),
@@ -169,3 +173,106 @@ async def test_hello_with_a_huge_system_prompt_is_refused_not_fatal() -> None:
         assert err["fatal"] is False
         await c.hello(session={"system_prompt": "Be brief."})
         assert c.ready["session"]
+
+
+# ---------------------------------------------------------------- integers beyond 64 bits (issue 13 #2)
+
+HUGE = "9" * 400  # under json's 4,300-digit limit, far over 64 bits
+
+
+def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("framing", ["msgpack", "json"])
+async def test_a_400_digit_integer_in_a_json_frame_is_a_bad_field(
+    framing: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_server() as srv, Client.connect(srv.url, framing=framing) as c:
+        for frame in (
+            '{"type":"played","turn":1,"ms":' + HUGE + "}",
+            '{"type":"played","turn":' + HUGE + ',"ms":1}',
+            '{"type":"ping","id":' + HUGE + "}",
+        ):
+            await survives(c, frame, "bad_field")
+    no_errors_logged(caplog)
+
+
+async def test_a_json_ping_id_beyond_64_bits_on_a_msgpack_session_is_a_bad_field(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The pong would echo the id into msgpack, which cannot hold it: refused on the way in, and the session
+    (its outbox) goes on answering."""
+    async with running_server() as srv, Client.connect(srv.url, framing="msgpack") as c:
+        err = await survives(c, '{"type":"ping","id":' + str(2**70) + "}", "bad_field")
+        assert "ping.id" in err["message"]
+        await survives(c, msgpack.packb({"type": "ping", "id": 2**64 - 1}), "bad_field")
+        await c.send({"type": "say", "text": "still here"})
+        assert (await c.turn())[-1]["type"] == "turn_end"
+    no_errors_logged(caplog)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    ['{"type":"played","turn":1,"ms":' + HUGE + "}", '{"type":"ping","id":' + str(2**70) + "}"],
+    ids=["huge_float_field", "huge_ping_id"],
+)
+async def test_a_huge_integer_as_the_first_frame_is_not_hello_and_1002(
+    frame: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_server() as srv, Client.connect(srv.url, send_hello=False) as c:
+        await c.send_raw(frame)
+        err = await c.recv_type("error")
+        assert (err["code"], err["fatal"]) == ("not_hello", True)
+        with pytest.raises(ConnectionClosed):
+            await c.recv()
+        assert c.ws.close_code == 1002
+    no_errors_logged(caplog)
+
+
+async def test_a_hello_with_a_huge_integer_is_a_bad_field_and_may_be_retried() -> None:
+    async with running_server() as srv, Client.connect(srv.url, send_hello=False) as c:
+        await c.send_raw('{"type":"hello","protocol":' + HUGE + "}")
+        err = await c.recv_type("error")
+        assert (err["code"], err["fatal"]) == ("bad_field", False)
+        await c.hello()
+        assert c.ready["session"]
+
+
+# ---------------------------------------------------------------- the text limit, whatever the framing (issue 13 #3)
+
+
+@pytest.mark.parametrize("target", [{"stage": "llm"}, {"stage": "tts"}, {"entry": 2}, {"entry": 3}])
+async def test_binary_input_to_a_text_stage_obeys_the_text_limit(target: dict[str, Any]) -> None:
+    """A ``bin`` ``input.data`` for the LLM or TTS is text once decoded: over ``max_text_chars`` it is refused with
+    ``too_long`` and makes no turn (the next turn is still turn 1)."""
+    async with running_server() as srv, Client.connect(srv.url) as c:
+        too_long = ("word " * 1000).encode()  # 5,000 characters, over the default 4,000
+        err = await survives(c, msgpack.packb({"type": "input", "data": too_long, **target}), "too_long")
+        assert "4000" in err["message"]
+        await c.send({"type": "say", "text": "short"})
+        msgs = await c.turn()
+        assert msgs[-1] == {**msgs[-1], "type": "turn_end", "turn": 1}, msgs[-1]
+        assert not [m for m in c.received if m["type"] in ("reply", "transcript") and m.get("turn") != 1]
+
+
+async def test_json_input_audio_is_not_text_and_spends_the_audio_budget() -> None:
+    """The reverse of the same rule: base64 audio in a JSON ``input`` for the VAD is audio, not text: longer
+    than ``max_text_chars`` it is fine, and flooding it runs out the audio budget (1008) as ``audio`` would."""
+    config = test_config(
+        server={"max_frame_bytes": 65536},  # the audio burst is at least one max-size frame: 2 s here
+        limits={"audio_max_realtime": 2.0, "audio_burst_s": 1.0, "max_text_chars": 100},
+    )
+    async with running_server(config) as srv, Client.connect(srv.url, framing="json") as c:
+        half_s = silence(500)  # 16,000 bytes: 21,334 base64 characters
+        await c.send({"type": "input", "stage": "vad", "data": half_s})
+        await c.send({"type": "ping", "id": 1})
+        assert not [m for m in await c.recv_until(lambda m: m["type"] == "pong") if m["type"] == "error"]
+        with pytest.raises(ConnectionClosed):
+            for _ in range(20):  # 10 s of audio at once: far over 2x real time
+                await c.send({"type": "input", "stage": "vad", "data": half_s})
+            while True:
+                await c.recv()
+        assert c.ws.close_code == 1008
+        errors = [m for m in c.received if m["type"] == "error"]
+        assert errors[-1]["code"] == "rate_limited", errors

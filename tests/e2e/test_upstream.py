@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -161,7 +162,7 @@ async def test_midway_failure_ends_the_turn_with_an_error_and_no_duplicate_text(
             assert not errors(nxt)
 
 
-async def test_all_endpoints_down_then_one_comes_back() -> None:
+async def test_all_endpoints_down_then_one_comes_back(caplog: pytest.LogCaptureFixture) -> None:
     async with FakeOpenAi() as a, FakeOpenAi() as b:
         await a.down()
         await b.down()
@@ -183,7 +184,7 @@ async def test_all_endpoints_down_then_one_comes_back() -> None:
             assert replies(msgs) == ""
             await c.send({"type": "text", "text": "still nobody"})  # breakers open: fails fast
             msgs = await c.turn()
-            assert "circuit breaker is open" in errors(msgs)[0]["message"]
+            assert "circuit breaker is open" in caplog.records[-1].getMessage()  # the details: in the log
             assert errors(msgs)[0]["code"] == "upstream_unavailable"
             await b.up()
             now[0] += 30
@@ -193,7 +194,7 @@ async def test_all_endpoints_down_then_one_comes_back() -> None:
             assert not errors(msgs)
 
 
-async def test_tts_service_failure_reaches_the_client() -> None:
+async def test_tts_service_failure_reaches_the_client(caplog: pytest.LogCaptureFixture) -> None:
     async with FakeOpenAi() as fake:
         fake.default = "http_500"
         async with conversation(pipeline(tts={"engine": "openai_tts", "url": fake.url, "retries": 1})) as (_srv, c):
@@ -201,8 +202,8 @@ async def test_tts_service_failure_reaches_the_client() -> None:
             msgs = await c.turn()
             [error] = errors(msgs)
             assert (error["code"], error["fatal"]) == ("upstream_unavailable", False)
-            assert error["message"].startswith("tts: ")
-            assert "HTTP 500" in error["message"]
+            assert error["message"] == "tts: the model service is unavailable"
+            assert "HTTP 500" in caplog.text  # the details: in the server log
             assert len(fake.requests) == 2
             fake.default = "ok"
             await c.send({"type": "say", "text": "now it works"})
@@ -285,3 +286,42 @@ async def test_metrics_endpoint_shows_upstream_figures() -> None:
             assert f"voxpipe_upstream_failures_total{{{failures}}} 1" in text
             assert f"voxpipe_upstream_first_byte_seconds_count{{{labels}}} 1" in text
             assert f"voxpipe_upstream_breaker_state{{{labels}}} 0" in text
+
+
+# ---------------------------------------------------------------------- what a failure tells the client (issue 13 #6)
+
+
+async def test_upstream_failure_details_stay_in_the_server_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A service answering 401 with the (partly masked) key in its body, and one that is not listening: the client
+    gets the stable code and a generic message (no URL, no status, no body); the details go to the server log
+    at WARNING with the session id."""
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setenv("VOXPIPE_TEST_KEY", "sk-wrong-key-5678")
+    async with FakeOpenAi(api_key="sk-right-key") as fake, FakeOpenAi() as gone:
+        await gone.down()
+        stages = pipeline(
+            llm={"engine": "openai", "model": "m", "url": fake.url, "api_key_env": "VOXPIPE_TEST_KEY"},
+            tts={"engine": "openai_tts", "url": gone.url, "retries": 0},
+        )
+        async with conversation(stages) as (_srv, c):
+            session = c.ready["session"]
+            await c.send({"type": "text", "text": "hello"})
+            [llm_error] = errors(await c.turn())
+            await c.send({"type": "say", "text": "hello"})
+            [tts_error] = errors(await c.turn())
+    assert (llm_error["code"], llm_error["fatal"]) == ("upstream_bad_response", False)
+    assert (tts_error["code"], tts_error["fatal"]) == ("upstream_unavailable", False)
+    for error, stage in ((llm_error, "llm"), (tts_error, "tts")):
+        message = error["message"]
+        assert message.startswith(f"{stage}: the model service "), message
+        for detail in ("5678", "sk-", "401", "127.0.0.1", str(fake.http.port), str(gone.http.port), "http"):
+            assert detail not in message, (detail, message)
+    logged = [r for r in caplog.records if r.name.startswith("voxpipe") and r.levelno == logging.WARNING]
+    text = "\n".join(r.getMessage() for r in logged)
+    assert f"session {session}" in text
+    assert "HTTP 401" in text
+    assert "5678" in text  # the masked key from the service's body: the operator's to see, never the client's
+    assert "sk-wrong-key-5678" not in text  # the key itself is never logged
+    assert f"127.0.0.1:{gone.http.port}" in text

@@ -8,17 +8,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import gc
 import math
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.client import Client, running_server, silence, test_config, tone
-from tests.waiting import wait_until
+from tests.waiting import stays_false, wait_until
 
 aiortc = pytest.importorskip("aiortc", reason="WebRTC tests need aiortc (pip install aiortc)")
 import av  # noqa: E402
@@ -277,3 +280,221 @@ def test_webrtc_section_is_validated() -> None:
         WebrtcHub.from_config({"max_peer": 3})
     with pytest.raises(ConfigError, match=r"webrtc\.ice_servers\[0\]"):
         WebrtcHub.from_config({"ice_servers": ["http://example.org"]})
+
+
+# ---------------------------------------------------------------- offers back to back (issue 13 #1)
+
+
+def _audio_m_lines(sdp: str) -> int:
+    return sum(1 for line in sdp.splitlines() if line.startswith("m=audio"))
+
+
+async def _offerer(audio_m_lines: int) -> tuple[RTCPeerConnection, str]:
+    """A client peer whose offer has ``audio_m_lines`` audio sections, so an answer tells which offer it answers."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(PcmTrack())
+    for _ in range(audio_m_lines - 1):
+        pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, pc.localDescription.sdp
+
+
+def _server_peers(client_pcs: list[RTCPeerConnection]) -> weakref.WeakSet[RTCPeerConnection]:
+    """The server's peer connections alive now (every RTCPeerConnection in this process but the client's)."""
+    ours = {id(pc) for pc in client_pcs}
+    # type(), not isinstance(): a dead weakref.proxy among the objects would raise ReferenceError
+    found = (o for o in gc.get_objects() if issubclass(type(o), RTCPeerConnection) and id(o) not in ours)
+    return weakref.WeakSet(found)
+
+
+async def _offer_twice(client: Client) -> tuple[list[RTCPeerConnection], list[dict[str, Any]]]:
+    """Two offers back to back (the second sent before the first is answered); waits for the second's answer."""
+    pcs = [await _offerer(1), await _offerer(2)]
+    for _pc, sdp in pcs:
+        await client.send({"type": "webrtc_offer", "sdp": sdp})
+    msgs = await client.recv_until(
+        lambda m: m["type"] == "error" or (m["type"] == "webrtc_answer" and _audio_m_lines(m["sdp"]) == 2), 15
+    )
+    assert msgs[-1]["type"] == "webrtc_answer", msgs[-1]
+    answers = [m for m in msgs if m["type"] == "webrtc_answer"]
+    for answer in answers:  # each answer is applied to the offer it answers
+        pc = pcs[_audio_m_lines(answer["sdp"]) - 1][0]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+    return [pc for pc, _sdp in pcs], answers
+
+
+async def test_offers_back_to_back_leave_no_orphan_peer() -> None:
+    """A second offer sent before the first is answered supersedes it: after ``bye`` no peer is left open
+    (``hub.peers`` back to 0) and every server-side peer connection is closed."""
+    async with running_server(test_config()) as server:
+        client_pcs: list[RTCPeerConnection] = []
+        try:
+            async with Client.connect(server.url, hello={"audio_out": {"format": "pcm16", "rate": 48000}}) as c:
+                client_pcs, answers = await _offer_twice(c)
+                assert answers[-1]["type"] == "webrtc_answer"
+                await wait_until(lambda: client_pcs[1].connectionState == "connected", 10)  # the newest call is up
+                server_side = _server_peers(client_pcs)
+                assert len(server_side) >= 1
+                await c.send({"type": "bye"})
+                with contextlib.suppress(ConnectionClosed):
+                    await c.recv_until(lambda _m: False)
+            await wait_until(lambda: not server.sessions)
+            await wait_until(lambda: server.webrtc.peers == 0, 5)
+            await wait_until(lambda: all(pc.connectionState == "closed" for pc in server_side), 5)
+        finally:
+            for pc in client_pcs:
+                await pc.close()
+
+
+async def test_twenty_offer_bursts_leave_the_peer_cap_free() -> None:
+    """20 sessions each send two offers back to back and leave: the server-wide peer cap (20) is free again,
+    and a fresh caller still gets an answer."""
+    async with running_server(test_config()) as server:
+        for _ in range(20):
+            client_pcs: list[RTCPeerConnection] = []
+            try:
+                async with Client.connect(server.url, hello={"audio_out": {"format": "pcm16", "rate": 48000}}) as c:
+                    client_pcs, _answers = await _offer_twice(c)
+            finally:
+                for pc in client_pcs:
+                    await pc.close()
+        await wait_until(lambda: not server.sessions)
+        await wait_until(lambda: server.webrtc.peers == 0, 5)
+        async with call(server.url) as fresh:
+            assert fresh.pc.connectionState == "connected"
+
+
+# ---------------------------------------------------------------- what an offer may ask of the server (issue 13 #5)
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    """A local UDP port that counts what reaches it (a STUN connectivity check, say)."""
+
+    def __init__(self) -> None:
+        self.packets: list[tuple[bytes, Any]] = []
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.packets.append((data, addr))
+
+
+@contextlib.asynccontextmanager
+async def udp_listener(host: str) -> AsyncIterator[tuple[UdpListener, int]]:
+    transport, listener = await asyncio.get_running_loop().create_datagram_endpoint(UdpListener, local_addr=(host, 0))
+    try:
+        yield listener, transport.get_extra_info("sockname")[1]
+    finally:
+        transport.close()
+
+
+def with_candidates(sdp: str, candidates: list[tuple[str, int]]) -> str:
+    """``sdp`` with host candidates at ``candidates`` added to its first media section, at the top priority."""
+    lines = sdp.split("\r\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("a=candidate:"))
+    extra = [f"a=candidate:x{n} 1 udp {2**31 - 1 - n} {ip} {port} typ host" for n, (ip, port) in enumerate(candidates)]
+    return "\r\n".join(lines[:at] + extra + lines[at:])
+
+
+def lan_address(sdp: str) -> str:
+    """The address of the client's own host candidate (this machine's LAN address; aioice skips loopback)."""
+    line = next(line for line in sdp.split("\r\n") if line.startswith("a=candidate:"))
+    return line.split()[4]
+
+
+async def test_5000_candidates_at_a_local_udp_listener_are_refused_and_never_checked() -> None:
+    config = test_config(webrtc={"max_sdp_bytes": 1 << 20})  # the candidate cap, not the size cap, says no
+    async with (
+        running_server(config) as server,
+        Client.connect(server.url, hello={"audio_out": {"format": "pcm16", "rate": 48000}}) as c,
+    ):
+        pc, sdp = await _offerer(1)
+        try:
+            async with udp_listener("127.0.0.1") as (loop_seen, loop_port), udp_listener(lan_address(sdp)) as lan:
+                lan_seen, lan_port = lan
+                targets = [("127.0.0.1", loop_port), (lan_address(sdp), lan_port)] * 2500
+                await c.send({"type": "webrtc_offer", "sdp": with_candidates(sdp, targets)})
+                err = await c.recv_until(lambda m: m["type"] in ("error", "webrtc_answer"))
+                assert (err[-1]["type"], err[-1].get("code")) == ("error", "bad_sdp"), err[-1]
+                assert "candidates" in err[-1]["message"]
+                await stays_false(lambda: bool(loop_seen.packets or lan_seen.packets), 1.5)
+                assert server.webrtc.peers == 0
+        finally:
+            await pc.close()
+
+
+async def test_candidates_at_loopback_and_link_local_are_dropped_and_never_checked() -> None:
+    """The offer's own LAN candidate is kept and the call comes up; the ones at loopback and link-local are
+    dropped before aioice sees them: the listener at 127.0.0.1 gets no STUN packet."""
+    async with running_server(test_config()) as server:
+        client = Client.connect(server.url, hello={"audio_out": {"format": "pcm16", "rate": 48000}})
+        async with client as c, udp_listener("127.0.0.1") as (seen, port):
+            pc, sdp = await _offerer(1)
+            try:
+                offer = with_candidates(sdp, [("127.0.0.1", port), ("169.254.10.10", port), ("::1", port)])
+                await c.send({"type": "webrtc_offer", "sdp": offer})
+                answer = await c.recv_until(lambda m: m["type"] in ("error", "webrtc_answer"))
+                assert answer[-1]["type"] == "webrtc_answer", answer[-1]
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=answer[-1]["sdp"], type="answer"))
+                await wait_until(lambda: pc.connectionState == "connected", 10)
+                await stays_false(lambda: bool(seen.packets), 1.0)
+            finally:
+                await pc.close()
+
+
+async def test_an_offer_over_the_size_cap_is_bad_sdp() -> None:
+    async with (
+        running_server(test_config()) as server,
+        Client.connect(server.url, hello={"audio_out": {"format": "pcm16", "rate": 48000}}) as c,
+    ):
+        pc, sdp = await _offerer(1)
+        try:
+            padded = sdp.replace("\r\na=", "\r\na=x-padding:" + "p" * 100_000 + "\r\na=", 1)
+            await c.send({"type": "webrtc_offer", "sdp": padded})
+            err = await c.recv_type("error")
+            assert err["code"] == "bad_sdp"
+            assert "bytes" in err["message"]
+            assert server.webrtc.peers == 0
+            await c.send({"type": "webrtc_offer", "sdp": sdp})  # the same offer without the padding is fine
+            assert "a=candidate" in (await c.recv_type("webrtc_answer"))["sdp"]
+        finally:
+            await pc.close()
+
+
+async def test_video_is_refused_with_port_0_and_the_audio_call_comes_up() -> None:
+    async with (
+        running_server(test_config()) as server,
+        Client.connect(server.url, hello={"audio_out": {"format": "pcm16", "rate": 48000}}) as c,
+    ):
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            pc.addTrack(PcmTrack())
+            pc.addTransceiver("video", direction="sendrecv")
+            await pc.setLocalDescription(await pc.createOffer())
+            await c.send({"type": "webrtc_offer", "sdp": pc.localDescription.sdp})
+            answer = (await c.recv_type("webrtc_answer"))["sdp"]
+            video = [line for line in answer.split("\r\n") if line.startswith("m=video")]
+            assert video, answer
+            assert video[0].split()[1] == "0", video  # refused
+            assert next(line for line in answer.split("\r\n") if line.startswith("m=audio")).split()[1] != "0"
+            assert "a=group:BUNDLE 0\r\n" in answer  # the refused section is out of the group (RFC 8843)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            peer = server.webrtc.calls[c.ready["session"]].peer
+            assert peer is not None
+            # The server's side of the call comes up. (aiortc as a client does not stop a refused section, as
+            # browsers do: it waits for a transport of its own for it, so its overall state stays "connecting".)
+            await wait_until(lambda: peer.connected.is_set() and pc.iceConnectionState == "completed", 10)
+            # once the negotiation has ended, one task is left: the caller's audio; no reader of video
+            await wait_until(lambda: len(peer.tasks) == 1)
+            await stays_false(lambda: len(peer.tasks) != 1, 0.3)
+        finally:
+            await pc.close()
+
+
+def test_candidate_networks_are_validated() -> None:
+    from transports.webrtc import WebrtcHub
+    from vocab.errors import ConfigError
+
+    hub = WebrtcHub.from_config({"candidate_networks": ["192.0.2.0/24"]})
+    assert hub.candidates.allows("192.0.2.7")
+    assert not hub.candidates.allows("198.51.100.1")
+    with pytest.raises(ConfigError, match=r"webrtc\.candidate_networks\[1\]"):
+        WebrtcHub.from_config({"candidate_networks": ["10.0.0.0/8", "not-a-network"]})

@@ -11,7 +11,12 @@ applies. Behaviors: ``ok``, ``slow`` (drip, ``drip_s`` per piece), ``http_500``/
 ``hang`` (nothing until the client leaves), ``midway`` (half the stream, then the connection is cut),
 ``stall`` (half the stream, then silence), ``malformed`` (a broken first line), ``malformed_midway``
 (a broken line after half the stream), ``error`` (the protocol's own error report mid-stream),
-``refuse`` (connection closed without a response).
+``refuse`` (connection closed without a response); and bodies that never end (a broken proxy's, or an attack
+on the client's memory), each sent until the client leaves: ``endless_error_body`` (HTTP 503 and a body that
+never ends), ``endless_line`` (HTTP 200 and a line that never ends: SSE, NDJSON), ``endless_body`` (HTTP 200 and
+a JSON body that never ends: transcriptions), ``wav_huge_chunk`` (a WAV header with a 4 GiB chunk before its
+data), ``wav_1hz`` (a WAV header that says 1 Hz), ``agent_thought_drop`` (Dify: a tool ran, then the
+connection drops) and ``error_first`` (Dify: an ``error`` event before any answer).
 """
 
 from __future__ import annotations
@@ -38,7 +43,17 @@ BEHAVIORS = (
     "malformed_midway",
     "error",
     "refuse",
+    "endless_error_body",
+    "endless_line",
+    "endless_body",
+    "wav_huge_chunk",
+    "wav_1hz",
+    "agent_thought_drop",
+    "error_first",
 )
+ENDLESS_PIECE = b"x" * 65536
+ENDLESS_MAX_BYTES = 256 << 20  # "endless": far past any cap, and still a bound for a client that has none
+ENDLESS_PAUSE_S = 0.004  # between pieces: about 16 MiB/s, fast enough to outrun a cap, slow enough for the box
 
 
 def tokens(text: str) -> list[str]:
@@ -137,7 +152,19 @@ class FakeService:
         if behavior.startswith("http_"):
             await self.http_error(ex, int(behavior[5:]))
             return
+        if behavior == "endless_error_body":
+            await ex.send_head(503, {"Content-Type": "text/html", "Retry-After": "0"})
+            await self.endless(ex, b"<html><body>")
+            return
         await self.route(ex, behavior)
+
+    async def endless(self, ex: Exchange, first: bytes = b"") -> None:
+        """A body that does not end (headers already sent, chunked): ``first``, then pieces until the client leaves."""
+        await ex.send(first)
+        while ex.sent_bytes < ENDLESS_MAX_BYTES:
+            await ex.send(ENDLESS_PIECE)  # ConnectionResetError once the client has gone
+            await asyncio.sleep(ENDLESS_PAUSE_S)
+        await ex.end()
 
     async def http_error(self, ex: Exchange, status: int) -> None:
         await ex.respond_json(
@@ -154,6 +181,9 @@ class FakeService:
     ) -> None:
         """The common fault shapes of a streamed body (headers already sent)."""
         half = max(1, len(pieces) // 2)
+        if behavior == "endless_line":
+            await self.endless(ex)  # no line break, ever
+            return
         if behavior == "malformed":
             half, behavior = 0, "malformed_midway"
         for i, piece in enumerate(pieces):

@@ -73,6 +73,7 @@ class FakeDify(FakeService):
         self.conversations: dict[str, list[str]] = {}
         self.stopped: list[tuple[str, str]] = []  # (task_id, user)
         self.tasks: dict[str, asyncio.Event] = {}
+        self.tool_runs = 0  # side effects an agent's tools had (``agent_thought_drop``)
 
     async def http_error(self, ex: Exchange, status: int) -> None:
         await ex.respond_json(
@@ -122,6 +123,14 @@ class FakeDify(FakeService):
             return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
         pieces = [b"event: ping\n\n", event({"event": "workflow_started", **ids, "data": {"id": "run-1"}})]
+        if behavior == "agent_thought_drop":  # an agent ran a tool (a side effect), then the connection drops
+            thought = {"event": "agent_thought", **ids, "thought": "", "tool": "send_email", "tool_input": "{}"}
+            await ex.send_head(200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            for piece in [*pieces, event(thought)]:
+                await ex.send(piece)
+            self.tool_runs += 1
+            ex.abort()
+            return
         for t in tokens(f"You said: {body['query']}. Message {len(history)}."):
             pieces.append(
                 event({"event": "message", **ids, "id": message_id, "answer": t, "created_at": int(time.time())})
@@ -130,19 +139,21 @@ class FakeDify(FakeService):
         pieces.append(
             event({"event": "message_end", **ids, "id": message_id, "metadata": {"usage": {"total_tokens": 42}}})
         )
+        error = event(
+            {
+                "event": "error",
+                **ids,
+                "status": 400,
+                "code": "completion_request_error",
+                "message": "model quota exceeded",
+            }
+        )
         await ex.send_head(200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        if behavior == "error_first":  # the app ran (workflow started) and failed before any answer
+            for piece in [*pieces[:2], error]:
+                await ex.send(piece)
+            await ex.end()
+            return
         await self.stream_pieces(
-            ex,
-            pieces,
-            behavior,
-            bad_piece=b'data: {"event": "message", "answer\n\n',
-            error_piece=event(
-                {
-                    "event": "error",
-                    **ids,
-                    "status": 400,
-                    "code": "completion_request_error",
-                    "message": "model quota exceeded",
-                }
-            ),
+            ex, pieces, behavior, bad_piece=b'data: {"event": "message", "answer\n\n', error_piece=error
         )

@@ -65,6 +65,7 @@ class Exchange:
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     finished: bool = False  # the whole response was sent
     aborted: bool = False  # the fake cut the connection on purpose
+    sent_bytes: int = 0  # of the response so far (head included)
     _chunked: bool = False
 
     async def _write(self, data: bytes) -> None:
@@ -72,6 +73,7 @@ class Exchange:
             raise ConnectionResetError("client gone")
         try:
             self.writer.write(data)
+            self.sent_bytes += len(data)
             await self.writer.drain()
         except (ConnectionError, RuntimeError):
             self.disconnected.set()

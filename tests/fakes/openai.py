@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import time
 import wave
 from typing import Any
@@ -36,11 +37,15 @@ class FakeOpenAi(FakeService):
 
     async def route(self, ex: Exchange, behavior: str) -> None:
         if not self._authorized(ex):
+            given = ex.request.headers.get("authorization", "").removeprefix("Bearer ")
+            masked = given[:4] + "*" * max(0, len(given) - 8) + given[-4:] if len(given) > 8 else "***"
             await ex.respond_json(
                 401,
                 {
                     "error": {
-                        "message": "Incorrect API key provided",
+                        # as OpenAI answers it: the key, partly masked, in the error body
+                        "message": f"Incorrect API key provided: {masked}. You can find your API key at "
+                        "https://platform.openai.com/account/api-keys.",
                         "type": "invalid_request_error",
                         "code": "invalid_api_key",
                     }
@@ -105,6 +110,10 @@ class FakeOpenAi(FakeService):
         if behavior == "malformed":
             await ex.respond(200, b'{"text": ', "application/json")
             return
+        if behavior == "endless_body":
+            await ex.send_head(200, {"Content-Type": "application/json"})
+            await self.endless(ex, b'{"text": "')
+            return
         if behavior in ("midway", "stall"):
             await ex.send_head(200, {"Content-Type": "application/json"}, length=100)
             await ex.send(b'{"text": "hel')
@@ -131,5 +140,12 @@ class FakeOpenAi(FakeService):
         if fmt == "wav":
             pieces.insert(0, wav_header(self.speech_rate_hz, 0xFFFFFFFF))
         ctype = "audio/wav" if fmt == "wav" else "audio/pcm"
+        if behavior == "wav_1hz" and fmt == "wav":
+            pieces[0] = wav_header(1, 0xFFFFFFFF)
+        if behavior == "wav_huge_chunk" and fmt == "wav":
+            # RIFF, WAVE, then a LIST chunk that says it is 4 GiB long, then bytes that never end
+            await ex.send_head(200, {"Content-Type": ctype})
+            await self.endless(ex, b"RIFF\xff\xff\xff\xffWAVELIST" + struct.pack("<I", 0xFFFFFFF0))
+            return
         await ex.send_head(200, {"Content-Type": ctype})
         await self.stream_pieces(ex, pieces, behavior, bad_piece=b"", error_piece=b"")

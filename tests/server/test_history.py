@@ -60,3 +60,25 @@ def test_the_newest_message_is_kept_even_with_no_history() -> None:
     assert history.messages() == [{"role": "user", "content": "q"}]
     history.set_reply(1, "a")
     assert history.messages() == [{"role": "assistant", "content": "a"}]
+
+
+def test_a_clients_own_messages_go_where_it_says_and_never_pass_for_a_reply() -> None:
+    history = History(10)
+    history.add_user(1, "hi")
+    history.set_reply(1, "hello")
+    history.add_item("c1", "assistant", "an aside", at=None, turn=1)
+    history.add_item("c0", "system", "be kind", at=0, turn=1)
+    assert [(e.role, e.content) for e in history.entries()] == [
+        ("system", "be kind"),
+        ("user", "hi"),
+        ("assistant", "hello"),
+        ("assistant", "an aside"),
+    ]
+    history.cut_reply(1, "hel")  # turn 1's own answer, not the client's assistant message after it
+    assert [e.content for e in history.entries()] == ["be kind", "hi", "hel", "an aside"]
+    assert history.find(item="c1") == 3
+    assert history.find(turn=1, role="user") == 1
+    assert history.find(turn=1, role="assistant") == 2
+    history.remove_at(history.find(item="c0") or 0)
+    assert history.find(item="c0") is None
+    assert [e.content for e in history.entries()] == ["hi", "hel", "an aside"]

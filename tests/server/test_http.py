@@ -10,7 +10,7 @@ import pytest
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from server.http import DEFAULT_WEB_ROOT, Routes, web_root
+from server.http import DEFAULT_WEB_ROOT, HostAllowList, Routes, web_root
 from vocab.errors import ConfigError
 
 
@@ -78,3 +78,27 @@ def test_a_missing_web_root_is_a_start_up_error_naming_the_key(tmp_path: Path) -
     assert web_root(None) == DEFAULT_WEB_ROOT
     with pytest.raises(ConfigError, match=r"server.web_root: folder .* not found"):
         web_root(str(tmp_path / "gone"))
+
+
+def test_the_host_allow_list() -> None:
+    assert HostAllowList.for_server(None, "127.0.0.1") is None  # on loopback: a local proxy decides
+    assert HostAllowList.for_server(["*"], "0.0.0.0") is None
+    beyond = HostAllowList.for_server(None, "0.0.0.0")
+    assert beyond is not None
+    for ok in ("localhost", "localhost:8765", "127.0.0.1:8765", "[::1]:80", "10.0.0.5", "app.localhost", None):
+        assert beyond.allows(ok), ok
+    for bad in ("evil.example", "evil.example:8765", "localhost.evil.example", "", "[::1"):
+        assert not beyond.allows(bad), bad
+    listed = HostAllowList.for_server(["Voice.Example.com", "*.corp.example"], "127.0.0.1")
+    assert listed is not None
+    assert listed.allows("voice.example.com:443")
+    assert listed.allows("a.b.corp.example")
+    assert not listed.allows("corp.example.evil")
+    assert not listed.allows("localhost")
+
+
+def test_routes_refuse_a_host_off_the_list_with_403() -> None:
+    r = routes(hosts=HostAllowList(frozenset({"voice.example.com"})))
+    assert get(r, "/healthz", ("Host", "evil.example")).status_code == 403
+    assert get(r, "/healthz", ("Host", "voice.example.com")).status_code == 200
+    assert get(r, "/healthz", ("Host", "voice.example.com"), ("Host", "evil.example")).status_code == 403

@@ -8,6 +8,7 @@ from typing import Any
 from server.outbox import Outbox
 from server.playhead import Playhead
 from stages.items import AudioChunk, ReplyDelta, Transcription
+from tests.waiting import stays_false
 from transports import messages as m
 
 CHUNK = b"\x01\x00" * 320  # 20 ms at 16 kHz
@@ -99,3 +100,15 @@ async def test_has_room_counts_both_lanes() -> None:
     await box.put_audio("tts", AudioChunk(turn=1, pcm=CHUNK, rate_hz=16000))
     assert not box.has_room(64)
     assert box.has_room(63)
+
+
+async def test_flush_control_does_not_wait_for_a_writer_that_has_stopped() -> None:
+    box = outbox({}, Socket())  # its writer never runs: as when the session ended just before a drain
+    box.control(m.Error(code="going_away", message="bye", fatal=True))
+    waiting = asyncio.create_task(box.flush_control())
+    await stays_false(waiting.done, 0.05)  # it waits for the writer
+    box.stop()
+    async with asyncio.timeout(1):
+        await waiting
+    async with asyncio.timeout(1):
+        await box.flush_control()  # and any later flush returns at once

@@ -75,3 +75,17 @@ async def test_purge_removes_a_turns_items_and_wakes_waiting_producers() -> None
     await asyncio.wait_for(blocked, 1)
     assert [inbox.get_nowait(), inbox.get_nowait()] == [(2, "b"), (2, "c")]
     assert inbox.empty()
+
+
+def test_drop_oldest_can_spare_markers() -> None:
+    inbox: Inbox[str] = Inbox(3)
+    audio = str.startswith
+    for item in ("a1", "END", "a2"):
+        inbox.put_nowait(item)
+    assert inbox.put_drop_oldest("a3", lambda x: audio(x, "a")) == 1
+    assert [inbox.get_nowait() for _ in range(3)] == ["END", "a2", "a3"]
+    for item in ("END", "END", "END"):
+        inbox.put_nowait(item)
+    assert inbox.put_drop_oldest("a4", lambda x: audio(x, "a")) == 1  # nothing to spare it for: itself
+    assert inbox.put_drop_oldest("END", lambda x: audio(x, "a")) == 0  # a marker always goes in
+    assert inbox.qsize() == 4

@@ -52,3 +52,37 @@ async def test_a_turn_with_no_words_asks_nothing() -> None:
     await stage.finish(1, out)
     assert out.items == []
     assert ctx.conversation.messages() == []
+
+
+async def test_a_turn_planned_without_a_reply_only_adds_the_words() -> None:
+    from stages.base import ReplyPlan
+
+    ctx = stage_context(reply_plan=lambda turn: ReplyPlan(reply=False))
+    stage = LlmStage(Options(), EchoLlm(EchoLlm.Options(delay_ms=0)), ctx)
+    out = Collect()
+    await stage.process(Transcription(2, "remember this", final=True), out)
+    await stage.finish(2, out)
+    assert out.items == []
+    assert ctx.conversation.messages() == [{"role": "user", "content": "remember this"}]
+
+
+async def test_a_response_from_history_with_its_own_instructions() -> None:
+    from stages.base import ReplyPlan
+
+    seen: list[list[dict[str, str]]] = []
+
+    class Spy(EchoLlm):
+        async def stream(self, messages: list[dict[str, str]], *, ctx: Any) -> Any:
+            seen.append(messages)
+            async for delta in super().stream(messages, ctx=ctx):
+                yield delta
+
+    ctx = stage_context(
+        system_prompt="be brief", reply_plan=lambda turn: ReplyPlan(from_history=True, instructions="say hi")
+    )
+    ctx.conversation.add_user(1, "earlier words")
+    stage = LlmStage(Options(), Spy(EchoLlm.Options(delay_ms=0)), ctx)
+    out = Collect()
+    await stage.finish(4, out)  # no new text at all
+    assert seen == [[{"role": "system", "content": "say hi"}, {"role": "user", "content": "earlier words"}]]
+    assert "".join(d.text for d in out.items if isinstance(d, ReplyDelta)).startswith("You said: earlier words")

@@ -39,3 +39,26 @@ def test_later_clauses_still_end_at_sentences_only() -> None:
     clauses, rest = split_clauses("It is blue, mostly. And then", min_chars=12, max_chars=160, final=False)
     assert clauses == ["It is blue, mostly."]
     assert rest == "And then"
+
+
+async def test_a_text_only_turn_is_not_spoken_and_others_are() -> None:
+    from stages.base import ReplyPlan
+    from stages.engines.testing import ToneTts
+    from stages.items import AudioChunk, Item, ReplyDelta
+    from stages.tts import Options, TtsStage
+    from tests.stage_context import stage_context
+
+    class Collect:
+        def __init__(self) -> None:
+            self.items: list[Item] = []
+
+        async def emit(self, item: Item) -> None:
+            self.items.append(item)
+
+    ctx = stage_context(reply_plan=lambda turn: ReplyPlan(speak=turn != 1))
+    stage = TtsStage(Options(), ToneTts(ToneTts.Options(word_ms=20, gap_ms=0)), ctx)
+    out = Collect()
+    for turn in (1, 2):
+        await stage.process(ReplyDelta(turn, "Hello there, my friend."), out)
+        await stage.finish(turn, out)
+    assert {x.turn for x in out.items if isinstance(x, AudioChunk)} == {2}

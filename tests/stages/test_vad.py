@@ -91,6 +91,71 @@ async def test_other_rates_are_resampled_for_a_detector_that_needs_one() -> None
     assert stage.resampler is not None
 
 
+def vad_in(ctx: Any, **options: Any) -> VadStage:
+    return VadStage(Options(**options), EnergyVad(EnergyVad.Options(frame_ms=20)), ctx)
+
+
+async def test_edges_carry_their_place_on_the_input_clock() -> None:
+    stage, out = vad(start_ms=60, end_ms=200, pre_roll_ms=100), Collect()
+    await feed(stage, out, silence(200) + tone(500) + silence(300))
+    start, end = (x for x in out.items if isinstance(x, VadEvent))
+    # voice from 200 ms; speech confirmed at 260 ms; 100 ms of pre-roll before the confirming frame
+    assert start.audio_ms == 160
+    assert end.audio_ms == 900  # 200 ms of silence after the voice ended at 700 ms
+
+
+async def test_session_overrides_change_endpointing_and_pre_roll_mid_session() -> None:
+    from stages.base import VadOverrides
+
+    ctx = stage_context()
+    stage, out = vad_in(ctx, start_ms=60, end_ms=200, pre_roll_ms=100), Collect()
+    ctx.vad = VadOverrides(end_ms=600, pre_roll_ms=40)
+    await feed(stage, out, tone(300) + silence(400) + tone(300) + silence(700))
+    assert out.events() == [("speech_start", 1), ("speech_end", 1)]  # the 400 ms pause no longer ends it
+    assert out.speech_ms() == 40 + (300 - 60) + 400 + 300 + 600
+
+
+async def test_threshold_override_makes_quiet_speech_count_or_not() -> None:
+    from stages.base import VadOverrides
+
+    quiet = tone(400, amplitude=0.003)  # about -53 dBFS: under the default -40 dBFS
+    ctx = stage_context()
+    stage, out = vad_in(ctx, start_ms=60, end_ms=200), Collect()
+    await feed(stage, out, quiet + silence(300))
+    assert out.events() == []
+    ctx.vad = VadOverrides(threshold=0.2)  # -58 dBFS
+    await feed(stage, out, quiet + silence(300))
+    assert out.events() == [("speech_start", 1), ("speech_end", 1)]
+
+
+async def test_manual_mode_keeps_every_frame_until_the_commit() -> None:
+    from stages.base import VadOverrides
+
+    ctx = stage_context(vad=VadOverrides(manual=True))
+    stage, out = vad_in(ctx, start_ms=60, end_ms=200), Collect()
+    await feed(stage, out, silence(500) + tone(200) + silence(800))
+    assert out.events() == [("speech_start", 1)]  # opened by the first frame, silence or not
+    await stage.process(UserCommit(2.0), out)
+    assert out.events() == [("speech_start", 1), ("speech_end", 1)]
+    assert out.speech_ms() == 1500
+    assert isinstance(out.items[-1], TurnDone)
+
+
+async def test_clear_drops_the_open_utterance_and_reports_it() -> None:
+    from stages.items import InputCleared, UserClear
+
+    stage, out = vad(start_ms=60, end_ms=200), Collect()
+    await feed(stage, out, tone(300))
+    await stage.process(UserClear(1.0), out)
+    assert isinstance(out.items[-1], InputCleared)
+    assert out.items[-1].turn == 1
+    await stage.process(UserCommit(1.1), out)  # nothing left to commit
+    assert not any(isinstance(x, TurnDone) for x in out.items)
+    idle = Collect()
+    await vad().process(UserClear(1.0), idle)
+    assert idle.items == []
+
+
 async def test_a_pause_after_finished_words_ends_the_turn_sooner_than_after_unfinished_ones() -> None:
     """The ASR's hint (turn -> (audio ms its words cover, they sound finished)) picks the silence."""
     for complete, ends_after_ms in ((True, 200), (False, 1000)):

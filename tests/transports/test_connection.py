@@ -181,3 +181,37 @@ def test_server_messages_encode_in_the_hellos_framing(framing: str) -> None:
 def test_a_message_that_cannot_be_encoded_is_dropped_and_counted_not_raised() -> None:
     conn = opened(framing="msgpack")
     assert conn.encode(m.Pong(id=2**70)) == []  # beyond msgpack's 64-bit integers: a bug, never fatal
+
+
+def test_the_token_expiry_closes_1008_even_while_busy() -> None:
+    conn = opened(busy=True, idle_timeout_s=100.0, max_session_s=None)
+    conn.expire_at(30.0)
+    assert conn.deadline() == 30.0
+    conn.timeout(29.9)
+    assert conn.close is None
+    conn.timeout(30.0)
+    [error] = sent(conn)
+    assert (error["code"], error["fatal"]) == ("token_expired", True)
+    assert conn.close is not None
+    assert conn.close.code == 1008
+
+
+def test_no_expiry_leaves_the_other_deadlines() -> None:
+    conn = opened(idle_timeout_s=100.0, max_session_s=None)
+    conn.expire_at(None)
+    assert conn.deadline() == 100.0
+    conn.expire_at(500.0)
+    assert conn.deadline() == 100.0
+
+
+def test_an_input_is_charged_by_the_stage_the_ready_names() -> None:
+    """The limiter learns the graph from the opening ``ready`` (numbered or not): bytes for the LLM are text."""
+    graph = [m.GraphNode("vad", "energy", "audio", "speech"), m.GraphNode("llm", "echo", "text", "text")]
+    ready = m.Ready(session="s1", graph=graph, audio_in=m.AudioFormat(), audio_out=m.AudioFormat())
+    for opening in ([ready], [m.Sequenced(1, ready)]):
+        conn = connection(max_text_chars=5)
+        conn.receive(json.dumps(HELLO), 0.0)
+        conn.accept(opening, in_rate_hz=16000, busy=lambda: False, now=0.0)
+        [err] = conn.receive(msgpack.packb({"type": "input", "stage": "llm", "data": b"123456"}), 0.0)
+        assert isinstance(err, ProtocolError)
+        assert err.code == "too_long"

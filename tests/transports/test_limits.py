@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from transports import messages as m
 from transports.limits import LimitOptions, SessionLimiter, TokenBucket
 
@@ -109,3 +111,41 @@ def test_everything_off() -> None:
         assert lim.on_frame(clock.now) is None
     assert lim.on_message(m.Audio(b"\x00" * (1 << 20)), clock.now) is None
     assert lim.on_message(m.Text("x" * 100_000), clock.now) is None
+
+
+# ---------------------------------------------------------------- input: charged by the target stage (issue 13 #3)
+
+GRAPH = [("vad", "audio"), ("asr", "speech"), ("llm", "text"), ("tts", "text")]
+
+
+def graph_limiter(clock: Clock, **options: object) -> SessionLimiter:
+    return SessionLimiter(
+        LimitOptions(**options),  # type: ignore[arg-type]
+        in_rate_hz=16000,
+        max_frame_bytes=16000,  # half a second of audio: the burst below is the configured 1 s
+        now=clock.now,
+        entries=GRAPH,
+    )
+
+
+def test_bytes_input_to_a_text_stage_obeys_the_text_limit() -> None:
+    clock = Clock()
+    lim = graph_limiter(clock, max_text_chars=5)
+    for target in ({"stage": "llm"}, {"stage": "tts"}, {"entry": 2}, {"entry": 3}):
+        err = lim.on_message(m.Input(data=b"123456", **target), clock.now)
+        assert err is not None, target
+        assert (err.code, err.fatal) == ("too_long", False)
+        assert lim.on_message(m.Input(data=b"12345", **target), clock.now) is None
+    # characters are counted, not bytes
+    assert lim.on_message(m.Input(data="ééééé".encode(), stage="llm"), clock.now) is None
+
+
+def test_input_to_an_audio_stage_spends_the_audio_budget_whatever_its_framing() -> None:
+    clock = Clock()
+    lim = graph_limiter(clock, audio_max_realtime=2.0, audio_burst_s=1.0, max_text_chars=10)
+    b64_half_s = base64.b64encode(b"\x00" * 16000).decode()  # JSON carries audio as base64 text
+    assert lim.on_message(m.Input(data=b64_half_s, stage="vad"), clock.now) is None  # not text: no too_long
+    assert lim.on_message(m.Input(data=b"\x00" * 16000, entry=1), clock.now) is None  # the 1 s burst is spent
+    err = lim.on_message(m.Input(data=b64_half_s, stage="asr"), clock.now)
+    assert err is not None
+    assert (err.code, err.fatal) == ("rate_limited", True)

@@ -177,3 +177,51 @@ def test_mutated_messages_raise_only_protocol_errors(kind: str, fields: dict[str
             assert msg.type == kind
             for value in vars(msg).values() if hasattr(msg, "__dict__") else ():
                 assert not (isinstance(value, float) and math.isnan(value))
+
+
+# ---------------------------------------------------------------- integers (issue 13 #2)
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type":"played","turn":1,"ms":' + "9" * 400 + "}",  # a float field: math.isfinite raised OverflowError
+        '{"type":"played","turn":' + "9" * 400 + ',"ms":1}',
+        '{"type":"ping","id":' + "9" * 400 + "}",
+        '{"type":"ping","id":' + str(2**64) + "}",
+        '{"type":"input","entry":' + str(INT64_MIN - 1) + ',"data":"hi"}',
+        msgpack.packb({"type": "ping", "id": 2**64 - 1}),  # msgpack's uint64: beyond signed 64 bits
+        msgpack.packb({"type": "played", "turn": 2**63, "ms": 1}),
+        msgpack.packb({"type": "played", "turn": 1, "ms": 2**64 - 1}),
+    ],
+    ids=[
+        "json_float_field",
+        "json_int_field",
+        "json_ping_id",
+        "json_ping_id_2e64",
+        "json_below_int64",
+        "msgpack_uint64_ping_id",
+        "msgpack_int_field",
+        "msgpack_float_field",
+    ],
+)
+def test_integers_beyond_signed_64_bits_are_a_bad_field(frame: bytes | str) -> None:
+    assert code_of(frame) == "bad_field"
+
+
+def test_integers_at_the_signed_64_bit_bounds_decode(framing: Framing) -> None:
+    for value in (INT64_MIN, INT64_MAX):
+        assert decode(encode_map({"type": "ping", "id": value}, framing)) == m.Ping(id=value)
+        assert decode(encode_map({"type": "played", "turn": value, "ms": value}, framing)).turn == value
+
+
+def test_encoding_an_integer_beyond_signed_64_bits_fails_in_both_codecs(framing: Framing) -> None:
+    """The bound holds on the way out too: a server message never carries what a client cannot read."""
+    assert decode_server(encode(m.Pong(id=INT64_MAX), framing))["id"] == INT64_MAX
+    for value in (INT64_MAX + 1, INT64_MIN - 1, 10**400):
+        with pytest.raises(ValueError, match="64-bit"):
+            encode(m.Pong(id=value), framing)
+        with pytest.raises(ValueError, match="64-bit"):
+            encode(m.Error(code="x", message="y", turn=value), framing)

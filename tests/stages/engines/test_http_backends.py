@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import io
 import struct
+import time
 import wave
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 
 from stages.engines.dify_llm import CONVERSATION_KEY, DifyLlm
 from stages.engines.gpt_sovits import GptSovitsTts
-from stages.engines.http_common import WavStreamReader, sse_events, wav_bytes
+from stages.engines.http_common import WavStreamReader, body_lines, sse_events, wav_bytes
 from stages.engines.ollama_llm import OllamaLlm
 from stages.engines.openai_asr import OpenAiAsr
 from stages.engines.openai_llm import OpenAiLlm
@@ -386,3 +387,148 @@ def test_wav_reader_refuses_stereo() -> None:
     fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 2, 16000, 64000, 4, 16)
     with pytest.raises(UpstreamError, match="not PCM16 mono"):
         WavStreamReader().feed(b"RIFF\x00\x00\x00\x00WAVE" + fmt + b"data\x00\x00\x00\x00")
+
+
+# ---------------------------------------------------------------------- bodies that never end (issue 13 #7)
+
+BOUNDED = {"retries": 0, "total_timeout_s": 3.0}  # without a cap, each case would read for 3 s and time out
+
+
+async def fails_fast(fake: Any, call: Any, code: str) -> UpstreamError:
+    """``call`` fails with ``code`` well before the total timeout, having stopped reading the endless body."""
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as err:
+        await call
+    elapsed_s = time.monotonic() - started
+    assert err.value.code == code, err.value.message
+    assert elapsed_s < 1.5, f"read the endless body for {elapsed_s:.1f} s"
+    await fake.wait_disconnect(-1)
+    assert fake.exchanges[-1].sent_bytes < 16 << 20  # what the fake got out before the client left
+    return err.value
+
+
+@pytest.mark.parametrize(("cls", "fake_cls"), [(OpenAiLlm, FakeOpenAi), (OllamaLlm, FakeOllama)], ids=["sse", "ndjson"])
+async def test_an_endless_line_is_a_bad_response(cls: Any, fake_cls: Any) -> None:
+    async with fake_cls() as fake, backend(cls, url=fake.url, model="llama3.2", **BOUNDED) as llm:
+        fake.fail_next("endless_line")
+        err = await fails_fast(fake, collect(llm.stream(MESSAGES, ctx=stage_context())), "upstream_bad_response")
+        assert "line over" in err.message
+
+
+async def test_an_endless_error_body_is_read_only_up_to_its_cap() -> None:
+    async with FakeOpenAi() as fake, backend(OpenAiLlm, url=fake.url, model="m", **BOUNDED) as llm:
+        fake.fail_next("endless_error_body")
+        err = await fails_fast(fake, collect(llm.stream(MESSAGES, ctx=stage_context())), "upstream_unavailable")
+        assert "HTTP 503" in err.message
+
+
+async def test_an_endless_transcription_body_is_a_bad_response() -> None:
+    async with FakeOpenAi() as fake, backend(OpenAiAsr, url=fake.url, **BOUNDED) as asr:
+        fake.fail_next("endless_body")
+        call = asr.transcribe(tone_pcm(1, 16000), rate_hz=16000, final=True, ctx=stage_context())
+        err = await fails_fast(fake, call, "upstream_bad_response")
+        assert "body over" in err.message
+
+
+async def test_a_wav_chunk_that_says_4_gib_is_a_bad_response() -> None:
+    async with FakeOpenAi() as fake, backend(OpenAiTts, url=fake.url, response_format="wav", **BOUNDED) as tts:
+        fake.fail_next("wav_huge_chunk")
+        call = collect(tts.synthesize("hi there", rate_hz=24000, ctx=stage_context()))
+        err = await fails_fast(fake, call, "upstream_bad_response")
+        assert "WAV header" in err.message
+
+
+async def test_a_wav_rate_of_1_hz_is_a_bad_response() -> None:
+    async with FakeOpenAi() as fake, backend(OpenAiTts, url=fake.url, response_format="wav", **BOUNDED) as tts:
+        fake.fail_next("wav_1hz")
+        with pytest.raises(UpstreamError, match="1 Hz") as err:
+            await collect(tts.synthesize("hi there", rate_hz=24000, ctx=stage_context()))
+        assert err.value.code == "upstream_bad_response"
+        assert tts.rate_hz == 24000  # not learned
+
+
+def test_wav_reader_caps_its_header_and_checks_the_rate() -> None:
+    reader = WavStreamReader()
+    with pytest.raises(UpstreamError, match="WAV header"):
+        reader.feed(b"RIFF\xff\xff\xff\xffWAVE" + b"LIST" + struct.pack("<I", 1 << 20) + b"\x00" * 70000)
+    for rate in (1, 3999, 400_000):
+        with pytest.raises(UpstreamError, match=f"{rate} Hz"):
+            WavStreamReader().feed(wav_header(rate, 0))
+    assert WavStreamReader().feed(wav_header(8000, 0) + b"\x01\x00") == b"\x01\x00"
+
+
+async def test_body_lines_follow_every_line_ending_and_cap_the_length() -> None:
+    stream = httpx.ByteStream(b"a\r\nb\nc\rd\r")
+    pieces = [b"da", b"ta: 1\r", b"\ndata: 2\n", b"\n", b"x" * 10]
+    body = httpx.Response(200, stream=_Pieces(pieces))
+    assert [line async for line in body_lines(body)] == ["data: 1", "data: 2", "", "x" * 10]
+    assert [line async for line in body_lines(httpx.Response(200, stream=stream))] == ["a", "b", "c", "d"]
+    with pytest.raises(UpstreamError, match="line over 8 bytes"):
+        await collect(body_lines(httpx.Response(200, stream=_Pieces([b"12345", b"6789"])), max_line_bytes=8))
+
+
+class _Pieces(httpx.AsyncByteStream):
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+
+
+# ---------------------------------------------------------------------- retries and side effects (issue 13 #8)
+
+
+async def test_dify_agent_that_ran_a_tool_then_dropped_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dify is not idempotent: an agent that ran a tool (``agent_thought``) before the connection dropped must not
+    run it again, and a retry would start another conversation. One POST, not three."""
+    monkeypatch.setenv("VOXPIPE_TEST_DIFY_KEY", "app-fake-key")
+    async with (
+        FakeDify() as fake,
+        backend(DifyLlm, url=fake.url, api_key_env="VOXPIPE_TEST_DIFY_KEY", retries=2) as llm,
+    ):
+        fake.fail_next("agent_thought_drop")
+        with pytest.raises(UpstreamError) as err:
+            await collect(llm.stream(MESSAGES, ctx=stage_context()))
+        assert err.value.code == "upstream_unavailable"
+        assert [r.path for r in fake.requests] == ["/v1/chat-messages"]
+        assert fake.tool_runs == 1
+        assert len(fake.conversations) == 1
+
+
+async def test_dify_error_event_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOXPIPE_TEST_DIFY_KEY", "app-fake-key")
+    async with (
+        FakeDify() as fake,
+        backend(DifyLlm, url=fake.url, api_key_env="VOXPIPE_TEST_DIFY_KEY", retries=2) as llm,
+    ):
+        fake.fail_next("error_first")  # before any answer was handed on
+        with pytest.raises(UpstreamError, match="model quota exceeded"):
+            await collect(llm.stream(MESSAGES, ctx=stage_context()))
+        assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("fault", ["http_503", "http_429", "down"])
+async def test_dify_is_retried_when_the_request_cannot_have_been_acted_on(
+    fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connection refused, 503 and 429 say the service did nothing: another attempt is safe."""
+    monkeypatch.setenv("VOXPIPE_TEST_DIFY_KEY", "app-fake-key")
+    async with FakeDify() as a, FakeDify() as b:
+        endpoints = [{"url": a.url}, {"url": b.url}]
+        async with backend(DifyLlm, endpoints=endpoints, api_key_env="VOXPIPE_TEST_DIFY_KEY", retries=2) as llm:
+            if fault == "down":
+                await a.down()
+            else:
+                a.fail_next(fault)
+            assert "".join(await collect(llm.stream(MESSAGES, ctx=stage_context()))).startswith("You said")
+            assert len(a.requests) == (0 if fault == "down" else 1)
+            assert len(b.requests) == 1
+
+
+@pytest.mark.parametrize("fault", ["hang", "malformed", "refuse", "http_500"])
+async def test_idempotent_backends_still_retry_before_the_first_item(fault: str) -> None:
+    async with FakeOpenAi() as fake, backend(OpenAiLlm, url=fake.url, model="m", retries=1, read_timeout_s=0.3) as llm:
+        fake.fail_next(fault)
+        assert "".join(await collect(llm.stream(MESSAGES, ctx=stage_context()))) == "You said: what time is it"
+        assert len(fake.requests) == 2
