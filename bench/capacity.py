@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.voice_to_voice import (  # noqa: E402
+    FRAME_MS,
     QUESTIONS,
     RATE_HZ,
     ServerProcess,
@@ -85,7 +86,9 @@ async def talker(
     results: list[TurnResult] = []
     async with Client.connect(url, hello={"audio_out": {"format": "pcm16", "rate": 16000}}) as client:
         for question in questions:
-            pause_ms = rng.uniform(*PAUSE_S) * 1000
+            # whole 20 ms frames: each sentence then meets the VAD and Whisper with the same frame alignment
+            # as in every other run (and in voice_to_voice.py), so a transcript differs by load alone
+            pause_ms = round(rng.uniform(*PAUSE_S) * 1000 / FRAME_MS) * FRAME_MS
             results.append(await play_turn(client, speech[question], question, timeout_s, pause_ms))
     return results
 
