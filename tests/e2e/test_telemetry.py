@@ -144,9 +144,10 @@ async def test_a_spoken_turn_is_one_trace_with_the_spans_in_order(traced: Any) -
 
 
 async def test_an_interrupted_turn_ends_its_spans_at_the_cut() -> None:
-    # a slow LLM (a word every 80 ms): its generation is still running when the user barges in
+    # a slow LLM (a word every 200 ms): its generation is still running when the user barges in (the first
+    # clause, "You said: heard ... decibels.", is 8 words: at 80 ms a word the reply was done by the cut)
     config = test_config(telemetry=TRACED)
-    config["pipeline"][2]["delay_ms"] = 80
+    config["pipeline"][2]["delay_ms"] = 200
     async with running_server(config) as srv, Client.connect(srv.url) as c:
         await c.stream_audio(SPOKEN, realtime=1.0)
         first_audio = await c.recv_type("audio", timeout=10)

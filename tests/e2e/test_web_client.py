@@ -245,6 +245,12 @@ async def test_capture_worklet_resamples_a_48k_context_to_16k(page: Any) -> None
         assert high["rms"] < low["rms"] / 4, high
 
 
+def proxied_config(**sections: Any) -> dict[str, Any]:
+    """The page comes from the server, its socket goes through a proxy on another port: another origin,
+    which the default (only the server's own page, issue 13) refuses; these tests allow it."""
+    return test_config(auth={"allowed_origins": ["*"]}, **sections)
+
+
 async def connect_through(tab: Any, page_url: str, ws_url: str) -> None:
     """Open the page, point it at ``ws_url`` (a proxy the test can cut), connect."""
     await tab.goto(page_url)
@@ -270,7 +276,7 @@ async def agent_said(tab: Any, text: str, timeout_ms: int = 10000) -> None:
 
 @pytest.mark.parametrize("rewind", [0, 1000], ids=["exact", "rewound"])
 async def test_the_page_resumes_mid_turn_after_its_connection_is_reset(page: Any, rewind: int) -> None:
-    async with running_server(test_config()) as server, cuttable_proxy(server.port) as proxy:
+    async with running_server(proxied_config()) as server, cuttable_proxy(server.port) as proxy:
         # rewound: the resume asks for the whole tail again; what the page already handled must be ignored
         await connect_through(page, f"{server.http_url}?resume_rewind={rewind}", proxy.url())
         await type_and_press(page, "hello before the drop", "#send-text")
@@ -318,8 +324,8 @@ async def test_the_page_resumes_mid_turn_after_its_connection_is_reset(page: Any
 
 async def test_the_page_starts_a_new_session_when_its_resume_is_refused(page: Any) -> None:
     async with (
-        running_server(test_config()) as server,
-        running_server(test_config()) as other,  # its own resume secret and store: it knows no session
+        running_server(proxied_config()) as server,
+        running_server(proxied_config()) as other,  # its own resume secret and store: it knows no session
         cuttable_proxy(server.port) as proxy,
     ):
         await connect_through(page, server.http_url, proxy.url())
@@ -345,7 +351,7 @@ async def test_the_page_resumes_on_another_server_when_its_server_drains(
     async with redis_server() as redis_url:
         monkeypatch.setenv("VOXPIPE_REDIS_URL", redis_url)
         monkeypatch.setenv("VOXPIPE_RESUME_SECRET", "s" * 32)
-        shared = test_config(state={"backend": "redis"})
+        shared = proxied_config(state={"backend": "redis"})
         async with running_server(shared) as old, running_server(shared) as new, cuttable_proxy(old.port) as proxy:
             await connect_through(page, old.http_url, proxy.url())
             await type_and_press(page, "remember the drain", "#send-text")
@@ -361,7 +367,7 @@ async def test_the_page_resumes_on_another_server_when_its_server_drains(
 
 
 async def test_the_page_keeps_trying_while_the_server_is_unreachable(page: Any) -> None:
-    async with running_server(test_config()) as server, cuttable_proxy(server.port) as proxy:
+    async with running_server(proxied_config()) as server, cuttable_proxy(server.port) as proxy:
         await connect_through(page, server.http_url, proxy.url())
         await type_and_press(page, "still there", "#send-text")
         await agent_said(page, "You said: still there. I remember 0 messages.")
