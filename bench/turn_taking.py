@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import math
@@ -199,6 +200,19 @@ async def settle(c: Client) -> None:
         pass
 
 
+async def settle_turns(c: Client, timeout_s: float = 30.0) -> None:
+    """Until every turn seen so far has ended (the answer to a real interruption included), so the next
+    trial's ``say`` is not queued behind it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        seen = {x["turn"] for x in c.received if x.get("turn") is not None}
+        done = {x["turn"] for x in c.received if x["type"] in ("turn_end", "interrupted")}
+        if seen <= done:
+            return
+        with contextlib.suppress(TimeoutError):
+            await c.recv(max(0.01, deadline - time.monotonic()))
+
+
 async def eot(voice: Voice, n: int) -> dict[str, Any]:
     rng = np.random.default_rng(1)
     floor = NOISE_FLOOR_DBFS
@@ -273,6 +287,7 @@ async def overlap_trial(c: Client, voice_over: np.ndarray, rng: np.random.Genera
     onset = t0 + 0.8
     sender = asyncio.create_task(stream(c, mic, t0=t0))
     paused = resumed = cut = None
+    start = len(c.received)
     while True:
         msg = await c.recv(20)
         if msg.get("turn") != agent:
@@ -287,8 +302,16 @@ async def overlap_trial(c: Client, voice_over: np.ndarray, rng: np.random.Genera
         elif msg["type"] == "turn_end":
             break
     await sender
-    await c.quiet(1.0)  # the user's own turn, if any, ends
+    await c.quiet(0.3)  # the user's own turn opens, if the VAD still has it
+    await settle_turns(c)  # ... and every turn ends, an answer to real words too
+    # what the ASR made of the user's sound (partials marked "…"), for the post-mortem
+    heard = [
+        x["text"] + ("" if x["final"] else "…")
+        for x in c.received[start:]
+        if x["type"] == "transcript" and x.get("turn") != agent
+    ]
     return {
+        "heard": heard,
         "interrupted": cut is not None,
         "onset_to_interrupted_ms": None if cut is None else round((cut - onset) * 1000, 1),
         "paused_ms": None if paused is None else round(((resumed or cut or paused) - paused) * 1000, 1),

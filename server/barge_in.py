@@ -30,6 +30,10 @@ BARGE_INS_TOTAL = METRICS.counter("voxpipe_barge_ins_total", "Voice over the age
 _NON_SPEECH = re.compile(r"[\[(*][^\])*]*[\])*]")  # "(coughs)", "[laughter]", "*sigh*": not words
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 Verdict = Literal["words", "backchannel", "nothing"]
+# A partial this soon after the voice began decoded mostly the pre-roll and a breath of voice: Whisper
+# hears "Bye." or "I" in it (bench/turn_taking.py: 5 of 6 false interruptions, all first partials, ~100 ms
+# in). Its words do not cut the agent; a later partial's or the final's do (real words then cut ~300 ms in).
+EARLY_PARTIAL_MS = 200.0
 VOICE_GONE_MS = 100.0  # silence after which the voice over the agent counts as stopped
 AUDIO_STALLED_MS = 250.0  # no audio at all for this long (a mic stopped mid-utterance): no voice either
 
@@ -69,6 +73,7 @@ class _Pause:
     voice_ended: bool = False
     silent_ms: float = 0.0  # trailing silence of the user's latest audio
     audio_at: float = 0.0  # session clock when the user's latest audio arrived
+    started_at: float = 0.0  # session clock when the pause began
 
 
 class BargeIn:
@@ -117,7 +122,8 @@ class BargeIn:
             loop.call_later(self.window_ms / 1000.0, self._window_over, user_turn),
             loop.call_later(self.max_pause_ms / 1000.0, self._too_long, user_turn),
         ]
-        self.pause = _Pause(user_turn, agents, timers, audio_at=session.clock())
+        now = session.clock()
+        self.pause = _Pause(user_turn, agents, timers, audio_at=now, started_at=now)
 
     def speech_ended(self, user_turn: int) -> None:
         if self.pause is not None and self.pause.user_turn == user_turn:
@@ -142,6 +148,10 @@ class BargeIn:
             self.resumed_over = None  # the agent went on already: words are a turn of their own
             return verdict(item.text, self.backchannels) != "words"
         heard = verdict(item.text, self.backchannels)
+        early = not item.final and (self.session.clock() - pause.started_at) * 1000.0 < EARLY_PARTIAL_MS
+        if heard == "words" and early:
+            pause.heard = pause.heard or "nothing"  # decoding has begun; the next words decide
+            return False
         if heard == "words":
             self._interrupt()
             return False

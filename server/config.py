@@ -66,6 +66,7 @@ BACKCHANNELS = (
     "yeah", "yes", "yep", "yup", "uh huh", "mm hmm", "mhm", "mm", "hmm", "okay", "ok", "right", "sure",
     "i see", "got it", "oh", "ah", "wow", "cool", "nice", "alright", "all right", "true", "exactly",
     "ha", "haha", "ha ha", "hahaha", "heh", "hehe",  # laughter, as Whisper writes it
+    "mmm", "mm mm", "hm", "uh", "um", "er",  # Whisper's "mm-hmm"s, and hesitations with no words yet
 )
 
 

@@ -61,6 +61,7 @@ class DurationAsr(NothingToLoad):
     """Final text: ``"heard <ms> milliseconds at <dBFS> decibels"``; partials: ``"hearing <ms> milliseconds"``.
 
     Audio shorter than ``short_ms`` "says" ``short_text`` instead (a "yeah", or "" for a cough), partials too.
+    A partial of audio shorter than ``early_ms`` "says" ``early_text`` (Whisper's "Bye." in a breath).
     """
 
     kind: ClassVar[str] = "asr"
@@ -70,17 +71,23 @@ class DurationAsr(NothingToLoad):
         delay_ms: float = 0.0  # simulated decode time
         short_ms: float = 0.0
         short_text: str = ""
+        early_ms: float = 0.0
+        early_text: str = ""
 
     def __init__(self, options: DurationAsr.Options) -> None:
         self.delay_s = options.delay_ms / 1000
         self.short_ms = options.short_ms
         self.short_text = options.short_text
+        self.early_ms = options.early_ms
+        self.early_text = options.early_text
         self.rate_hz: int | None = None
 
     async def transcribe(self, pcm: bytes, *, rate_hz: int, final: bool, ctx: StageContext) -> str:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         ms = round(len(pcm) * 500 / rate_hz)
+        if not final and ms < self.early_ms:
+            return self.early_text
         if ms < self.short_ms:
             return self.short_text
         if not final:

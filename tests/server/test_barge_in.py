@@ -97,6 +97,20 @@ async def test_a_backchannel_or_a_cough_pauses_the_agent_then_it_goes_on(said: s
         assert [m["role"] for m in session.history.messages()] == ["assistant"]  # the say; no "yeah" turn
 
 
+async def test_words_in_the_first_partial_alone_do_not_cut_the_agent() -> None:
+    # the first partial hears "bye" in the pre-roll and a breath of voice; the whole "yeah" then resumes
+    config = words_config("yeah")
+    config["pipeline"][1].update(early_ms=400, early_text="bye")
+    async with running_server(config) as srv, Client.connect(srv.url) as c:
+        agent = await agent_speaking(c)
+        msgs = await talk_over(c, tone(200) + silence(1500), lambda x: x["type"] == "turn_end" and x["turn"] == agent)
+        kinds = of_turn(msgs, agent)
+        heard = [x["text"] for x in c.received if x["type"] == "transcript" and x["turn"] != agent]
+        assert heard[0] == "bye", heard  # the early partial was words...
+        assert "interrupted" not in kinds  # ...and did not cut the agent
+        assert kinds.index("agent_paused") < kinds.index("agent_resumed")
+
+
 async def test_real_words_interrupt_soon_and_get_an_answer() -> None:
     async with running_server(words_config()) as srv, Client.connect(srv.url) as c:
         agent = await agent_speaking(c)
