@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from stages.resample import resample  # noqa: E402
 from tests.client import Client, running_server  # noqa: E402
-from tests.room import RATE_HZ, rms_dbfs, room, room_response  # noqa: E402
+from tests.room import RATE_HZ, double_talk_turns, rms_dbfs, room, room_response  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PERSON_DBFS = -26.0  # a person at a headset or desk mic
@@ -380,20 +380,7 @@ async def echo(voice: Voice, turns: int) -> dict[str, Any]:
             echo_s = time.monotonic() - started
             erle_db = 10 * math.log10(aec.energy_in / max(aec.energy_out, 1.0))
             person = voice.say("Hold on a second, I need to ask you about the quest.", dbfs=PERSON_DBFS)
-            latencies: list[float | None] = []
-            for _ in range(turns):
-                await r.client.send({"type": "say", "text": AGENT_LINE})
-                first = await r.until({"audio"})
-                turn = first[-1]["turn"]
-                talk_at = r.speak(person, delay_s=0.8)
-                try:
-                    msgs = await r.until({"interrupted", "turn_end"}, turn=turn, timeout_s=60)
-                finally:
-                    r.voice = None
-                latencies.append((r.now() - talk_at) * 1000 if msgs[-1]["type"] == "interrupted" else None)
-                await r.mic_frames(60)
-                while not r.messages.empty():
-                    r.messages.get_nowait()
+            latencies = await double_talk_turns(r, AGENT_LINE, person, turns, delay_s=0.8)
             hit = [x for x in latencies if x is not None]
             out[f"rt60_{int(rt60 * 1000)}ms"] = {
                 "echo_only_barge_ins": barge_ins,

@@ -177,8 +177,9 @@ class BargeIn:
     def _window_over(self, user_turn: int) -> None:
         """No words decoded yet and the voice goes on: someone is talking; let them have the floor."""
         pause = self.pause
-        undecided = pause is not None and pause.user_turn == user_turn and pause.heard is None
-        if undecided and pause is not None and _talking(pause, self.session.clock()):
+        if pause is None or pause.user_turn != user_turn or pause.heard is not None:
+            return
+        if _talking(pause, self.session.clock()):
             BARGE_INS_TOTAL.inc(verdict="undecided_voice")
             self._interrupt(counted=True)
 

@@ -233,15 +233,17 @@ async def echo_only_turns(r: Room, lines: list[str], turns: int) -> tuple[int, i
     return interrupted, starts, outcomes
 
 
-async def double_talk_turns(r: Room, line: str, voice: np.ndarray, turns: int) -> list[float | None]:
-    """A long say; 0.5 s into its playback a person talks. Returns ms from the person's first sample
+async def double_talk_turns(
+    r: Room, line: str, voice: np.ndarray, turns: int, *, delay_s: float = 0.5
+) -> list[float | None]:
+    """A long say; ``delay_s`` into its playback a person talks. Returns ms from the person's first sample
     (client clock) to ``interrupted`` arriving, per turn (None: not interrupted)."""
     latencies: list[float | None] = []
     for _ in range(turns):
         await r.client.send({"type": "say", "text": line})
         first = await r.until({"audio"})
         turn = first[-1]["turn"]
-        talk_at = r.speak(voice, delay_s=0.5)
+        talk_at = r.speak(voice, delay_s=delay_s)
         try:
             msgs = await r.until({"interrupted", "turn_end"}, turn=turn, timeout_s=60)
         finally:

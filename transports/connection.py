@@ -105,7 +105,7 @@ class Connection:
         self.close: Close | None = None
         self.limiter: SessionLimiter | None = None
         self._hello_deadline = now + hello_timeout_s
-        self._expires_at: float | None = None  # the session's credential ends then (``expire_at``)
+        self._expires_at: float | None = None  # the session's credential ends then (``expire_at``), till the limiter
         self._attempts = 0
         self._out: list[wire.Frame] = []
         self._stamp: Callable[[Any], Any] = lambda message: message
@@ -184,6 +184,7 @@ class Connection:
             now=now,
             busy=busy,
             entries=_graph_entries(opening),
+            expires_at=self._expires_at,
         )
         for message in opening:
             self._out += self.encode(message)
@@ -204,6 +205,8 @@ class Connection:
         """The session's credential (a JWT's ``exp``) ends at ``when`` (monotonic): then ``error
         token_expired`` and close 1008, whatever the session is doing. None: it does not expire."""
         self._expires_at = when
+        if self.limiter is not None:
+            self.limiter.expires_at = when
 
     def deadline(self) -> float | None:
         """When ``timeout`` should next be called (monotonic), or None."""
@@ -212,10 +215,7 @@ class Connection:
         if self.phase == "hello":
             return self._hello_deadline
         assert self.limiter is not None
-        due = self.limiter.deadline()
-        if self._expires_at is not None:
-            due = self._expires_at if due is None else min(due, self._expires_at)
-        return due
+        return self.limiter.deadline()
 
     def timeout(self, now: float) -> None:
         """A deadline passed: the hello timeout, the token's end, idle time or the maximum session length."""
@@ -225,10 +225,6 @@ class Connection:
             if now >= self._hello_deadline:
                 err = ProtocolError("hello_timeout", f"no valid hello within {self.hello_timeout_s:g} s")
                 self._fail(err, code=CloseCode.POLICY_VIOLATION, reason="hello timeout")
-            return
-        if self._expires_at is not None and now >= self._expires_at:
-            err = ProtocolError("token_expired", "the session's token has expired", fatal=True)
-            self._fail(err, code=CloseCode.POLICY_VIOLATION)
             return
         assert self.limiter is not None
         expired = self.limiter.expired(now)

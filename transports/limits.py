@@ -90,10 +90,13 @@ class SessionLimiter:
         now: float,
         busy: Callable[[], bool] = lambda: False,
         entries: Sequence[tuple[str, str]] = (),
+        expires_at: float | None = None,
     ) -> None:
         """``entries``: the graph's stages as (name, input type), in ``ready.graph`` order, so that an ``input``
-        is charged by where it goes (text stages: the text limit; audio and speech: the audio budget)."""
+        is charged by where it goes (text stages: the text limit; audio and speech: the audio budget).
+        ``expires_at``: when the session's credential (a JWT's ``exp``) ends (monotonic), or None."""
         self.options = options
+        self.expires_at = expires_at
         self.busy = busy
         self.entries = list(entries)
         self.input_types = dict(self.entries)
@@ -176,7 +179,7 @@ class SessionLimiter:
 
     def deadline(self) -> float | None:
         """Monotonic time when ``expired`` should next be asked, or None (no deadline)."""
-        times = []
+        times = [] if self.expires_at is None else [self.expires_at]
         if self.options.idle_timeout_s is not None:
             times.append(self.last_message_at + self.options.idle_timeout_s)
         if self.options.max_session_s is not None:
@@ -184,8 +187,10 @@ class SessionLimiter:
         return min(times) if times else None
 
     def expired(self, now: float) -> ProtocolError | None:
-        """The fatal error due at ``now`` (max duration, idle while no turn runs), or None."""
+        """The fatal error due at ``now`` (the token's end, max duration, idle while no turn runs), or None."""
         opts = self.options
+        if self.expires_at is not None and now >= self.expires_at:
+            return _policy("token_expired", "the session's token has expired")
         if opts.max_session_s is not None and now >= self.started_at + opts.max_session_s:
             return _policy("max_duration", f"the session reached its maximum length ({opts.max_session_s:g} s)")
         if opts.idle_timeout_s is not None and now >= self.last_message_at + opts.idle_timeout_s:

@@ -96,7 +96,7 @@ class RealtimeConnection:
         self._upsampler: g711.Upsampler | None = None
         self._events = 0
         self._out: list[wire.Frame] = []
-        self._expires_at: float | None = None  # the session's credential ends then (``expire_at``)
+        self._expires_at: float | None = None  # the session's credential ends then (``expire_at``), till the limiter
 
     # ------------------------------------------------------------ lifecycle
 
@@ -118,7 +118,12 @@ class RealtimeConnection:
         self.phase = "open"
         max_append_bytes = int(self.options.max_append_s * in_rate_hz * 2)
         self.limiter = SessionLimiter(
-            self.limits, in_rate_hz=in_rate_hz, max_frame_bytes=max_append_bytes, now=now, busy=busy
+            self.limits,
+            in_rate_hz=in_rate_hz,
+            max_frame_bytes=max_append_bytes,
+            now=now,
+            busy=busy,
+            expires_at=self._expires_at,
         )
         messages = [x.message if type(x) is m.Sequenced else x for x in opening]
         ready = next((x for x in messages if type(x) is m.Ready), None)
@@ -135,24 +140,19 @@ class RealtimeConnection:
     def expire_at(self, when: float | None) -> None:
         """The session's credential (a JWT's ``exp``) ends at ``when`` (monotonic), as on ``/ws``."""
         self._expires_at = when
+        if self.limiter is not None:
+            self.limiter.expires_at = when
 
     def deadline(self) -> float | None:
         if self.close is not None or self.limiter is None:
             return None
-        due = self.limiter.deadline()
-        if self._expires_at is not None:
-            due = self._expires_at if due is None else min(due, self._expires_at)
-        return due
+        return self.limiter.deadline()
 
     def timeout(self, now: float) -> None:
-        if self.close is not None or self.limiter is None:
-            return
-        if self._expires_at is not None and now >= self._expires_at:
-            self._fail(ProtocolError("token_expired", "the session's token has expired", fatal=True))
-            return
-        expired = self.limiter.expired(now)
-        if expired is not None:
-            self._fail(expired)
+        if self.close is None and self.limiter is not None:
+            expired = self.limiter.expired(now)
+            if expired is not None:
+                self._fail(expired)
 
     def stalled(self, grace_s: float) -> None:
         err = slow_reader_error(grace_s)
