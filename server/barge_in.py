@@ -10,6 +10,11 @@ interruption; and still talking ``max_pause_ms`` after the pause began is one, w
 by then with no words decided (a client that stopped its mic mid-utterance sends no silence to end it),
 the agent goes on, and that turn's final transcript is judged as if the pause still held.
 ``immediate``: voice sustained for ``barge_in_min_ms`` interrupts at once, no pause.
+
+Clients that play the agent through speakers with no echo cancellation (``echo_words``): what is left
+of the agent's echo after the server's canceller (a reverberant room leaves 8-19 dB of it: the linear
+filter of AEC3 is ~50 ms long) is heard as the agent's own words. Words that are mostly among the ones
+the agent just said are its echo, not the user's: they decide nothing, like a cough.
 """
 
 from __future__ import annotations
@@ -34,12 +39,33 @@ Verdict = Literal["words", "backchannel", "nothing"]
 # hears "Bye." or "I" in it (bench/turn_taking.py: 5 of 6 false interruptions, all first partials, ~100 ms
 # in). Its words do not cut the agent; a later partial's or the final's do (real words then cut ~300 ms in).
 EARLY_PARTIAL_MS = 200.0
+# Echo: this share of the heard words is among the agent's last ``ECHO_RECENT_WORDS`` released words
+ECHO_WORDS_SHARE = 0.6
+ECHO_RECENT_WORDS = 30
 VOICE_GONE_MS = 100.0  # silence after which the voice over the agent counts as stopped
 AUDIO_STALLED_MS = 250.0  # no audio at all for this long (a mic stopped mid-utterance): no voice either
 
 
+_VOWEL = re.compile(r"[aeiouy]")
+
+
 def words_of(text: str) -> list[str]:
     return _WORD.findall(_NON_SPEECH.sub(" ", text.lower()).replace("-", " "))
+
+
+def is_hum(word: str) -> bool:
+    """ "mmm", "hmm", "mhm", "shh", and what tiny Whisper makes of a hum ("nmr"): no vowel, not a word."""
+    return _VOWEL.search(word) is None
+
+
+def is_echo(heard: list[str], agent_words: list[str]) -> bool:
+    """Whether ``heard`` is mostly the agent's own recent words (a clipped word counts by its first 4 letters)."""
+    if not heard or not agent_words:
+        return False
+    pool = set(agent_words)
+    stems = {w[:4] for w in agent_words if len(w) >= 4}
+    hits = sum(w in pool or (len(w) >= 4 and w[:4] in stems) for w in heard)
+    return hits >= ECHO_WORDS_SHARE * len(heard)
 
 
 def verdict(text: str, backchannels: frozenset[tuple[str, ...]]) -> Verdict:
@@ -49,6 +75,9 @@ def verdict(text: str, backchannels: frozenset[tuple[str, ...]]) -> Verdict:
         return "nothing"
     i = 0
     while i < len(words):  # the whole transcript must be made of backchannel phrases ("yeah yeah okay")
+        if is_hum(words[i]):
+            i += 1
+            continue
         for size in (3, 2, 1):
             if tuple(words[i : i + size]) in backchannels:
                 i += size
@@ -88,8 +117,10 @@ class BargeIn:
         window_ms: float,
         max_pause_ms: float,
         min_voiced_ms: float,
+        echo_words: bool = False,
     ) -> None:
         self.session = session
+        self.echo_words = echo_words  # the client plays the agent aloud with no echo cancellation
         self.mode = mode
         self.backchannels = frozenset(tuple(words_of(b)) for b in backchannels if words_of(b))
         self.window_ms = window_ms
@@ -146,8 +177,8 @@ class BargeIn:
             if item.turn != self.resumed_over or not item.final:
                 return False
             self.resumed_over = None  # the agent went on already: words are a turn of their own
-            return verdict(item.text, self.backchannels) != "words"
-        heard = verdict(item.text, self.backchannels)
+            return self._verdict(item.text, [t.id for t in self.session.turns.responding(before=item.turn)]) != "words"
+        heard = self._verdict(item.text, pause.agent_turns)
         early = not item.final and (self.session.clock() - pause.started_at) * 1000.0 < EARLY_PARTIAL_MS
         if heard == "words" and early:
             pause.heard = pause.heard or "nothing"  # decoding has begun; the next words decide
@@ -171,6 +202,25 @@ class BargeIn:
                 self._resume(pause.heard or "nothing")
             else:
                 self._clear()
+
+    def _verdict(self, text: str, agent_turns: list[int]) -> Verdict:
+        heard = verdict(text, self.backchannels)
+        if heard == "words" and self.echo_words and is_echo(words_of(text), self._agent_words(agent_turns)):
+            BARGE_INS_TOTAL.inc(verdict="echo_words")
+            return "nothing"
+        return heard
+
+    def _agent_words(self, agent_turns: list[int]) -> list[str]:
+        """The last words of what the paused agent turns have sent out (their echo can only be of those)."""
+        out: list[str] = []
+        timelines = self.session.playhead.timelines
+        for turn in agent_turns:
+            timeline = timelines.get(turn)
+            if timeline is not None:
+                for start_ms, text, _ms in timeline.segments:
+                    if start_ms <= timeline.released_ms:
+                        out += words_of(text)
+        return out[-ECHO_RECENT_WORDS:]
 
     # ------------------------------------------------------------ decisions
 

@@ -160,6 +160,7 @@ class Session:
             window_ms=options.barge_in_window_ms or defaults.barge_in_window_ms,
             max_pause_ms=defaults.barge_in_max_pause_ms,
             min_voiced_ms=defaults.barge_in_min_ms,
+            echo_words=hello.audio_in.aec is False,
         )
         self._calls = calls
         self.call: Call | None = None

@@ -163,9 +163,13 @@ class AsrStage(BaseStage):
                 return  # shed under load (finals go first): a partial less, not an error for the user
             raise
         text = text.strip()
-        # an urgent turn's first partial goes out even with no words: "nothing said" decides too
-        first_urgent = not self.partials_sent and turn in self.ctx.urgent_turns
-        if (text or first_urgent) and text != self.last_partial and self.turn == turn and self.ctx.is_live(turn):
+        # An urgent turn's first partial goes out even with no words ("nothing said" decides too), and its
+        # repeats go out too: words heard again a decode later confirm an interruption ("Wait." twice
+        # decides at the second partial instead of waiting ~400 ms for the words to change).
+        urgent = turn in self.ctx.urgent_turns
+        first_urgent = not self.partials_sent and urgent
+        news = text != self.last_partial or (urgent and bool(text))
+        if (text or first_urgent) and news and self.turn == turn and self.ctx.is_live(turn):
             self.last_partial = text
             self.partials_sent += 1
             await out.emit(Transcription(turn, text, final=False))

@@ -4,8 +4,9 @@ The chat template comes from the GGUF file (``create_chat_completion``). Tokens 
 worker thread to the event loop through a bounded buffer (``stream_from_worker``). Closing the stream
 (barge-in, client gone) sets a stop flag the worker checks at every token; it then closes llama's
 generator, so generation ends within one token and the model is free for the next caller. A
-llama.cpp context is not thread-safe: one generation at a time per loaded model (a one-worker
-executor); other sessions wait in a bounded line (``max_waiting``, then ``busy``).
+llama.cpp context is not thread-safe: one generation at a time per loaded copy of the model
+(``instances`` copies, as many workers); other sessions wait in a bounded line (``max_waiting``, then
+``busy``). Each copy keeps the prompt it last evaluated, so the shared system prompt is not evaluated again.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class LlamaLlm:
         top_p: float = 0.9
         repeat_penalty: float = 1.1  # small models loop without it
         max_waiting: int = 8  # generations in line across sessions before "busy"
+        instances: int = 1  # copies of the model (each ~150 MB with its context): replies generated side by side
         warm_up: bool = True  # one short generation at load time
 
         def validate(self) -> None:
@@ -76,12 +78,16 @@ class LlamaLlm:
             require(self.temperature >= 0, "temperature", "must be >= 0")
             require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
             require(self.max_waiting >= 0, "max_waiting", "must be >= 0")
+            require(1 <= self.instances <= 8, "instances", "must be 1..8")
             require(self.model_path is None or Path(self.model_path).is_file(), "model_path", "no such file")
 
     def __init__(self, options: LlamaLlm.Options) -> None:
         self.options = options
-        self.model: Any = None
-        self.executor = BoundedExecutor("llama", max_workers=1, max_waiting=options.max_waiting)
+        self.model: Any = None  # the first copy: tokenizer and chat format
+        # copies no generation is using, each with the messages it last evaluated (its KV cache holds them)
+        self._free: list[tuple[Any, list[dict[str, str]]]] = []
+        self._free_lock = threading.Lock()
+        self.executor = BoundedExecutor("llama", max_workers=options.instances, max_waiting=options.max_waiting)
         # prompt budget: the context minus the reply and a margin for the template's extra tokens
         self.prompt_budget_tokens = options.n_ctx - options.max_tokens - 32
 
@@ -89,12 +95,19 @@ class LlamaLlm:
         from llama_cpp import Llama
 
         path = self.options.model_path or default_model_path()
-        log(f"voxpipe: loading llama.cpp model {Path(path).name} (n_ctx {self.options.n_ctx}) ...")
+        copies = self.options.instances
+        log(f"voxpipe: loading llama.cpp model {Path(path).name} (n_ctx {self.options.n_ctx}, {copies} copies) ...")
         started = time.monotonic()
-        self.model = Llama(model_path=path, n_ctx=self.options.n_ctx, n_threads=self.options.n_threads, verbose=False)
+        models = [
+            Llama(model_path=path, n_ctx=self.options.n_ctx, n_threads=self.options.n_threads, verbose=False)
+            for _ in range(copies)
+        ]
+        self.model = models[0]
+        self._free = [(model, []) for model in models]
         loaded = time.monotonic()
         if self.options.warm_up:
-            self._complete([{"role": "user", "content": "Hi"}], lambda _delta: True, threading.Event(), 1)
+            for _ in models:  # each copy once (taken in turn from the free list)
+                self._complete([{"role": "user", "content": "Hi"}], lambda _delta: True, threading.Event(), 1)
         log(
             f"voxpipe: llama.cpp ready in {time.monotonic() - started:.1f} s "
             f"(load {loaded - started:.1f} s, warm-up {time.monotonic() - loaded:.1f} s, "
@@ -107,7 +120,32 @@ class LlamaLlm:
     def _complete(self, messages: list[dict[str, str]], put: Put, stop: threading.Event, max_tokens: int) -> None:
         """Stream one reply into ``put``; stops at the next token once ``stop`` is set or ``put`` refuses."""
         messages = fit_messages(messages, self.count_tokens, self.prompt_budget_tokens)
-        stream = self.model.create_chat_completion(
+        model = self._take(messages)
+        try:
+            self._stream(model, messages, put, stop, max_tokens)
+        finally:
+            with self._free_lock:
+                self._free.append((model, messages))
+
+    def _take(self, messages: list[dict[str, str]]) -> Any:
+        """The free copy whose last prompt shares the most leading messages with this one: a session's next
+        turn lands where its history is already evaluated (llama.cpp reuses the common prefix)."""
+
+        def shared(last: list[dict[str, str]]) -> int:
+            n = 0
+            while n < min(len(last), len(messages)) and last[n] == messages[n]:
+                n += 1
+            return n
+
+        with self._free_lock:  # never empty: as many workers as copies
+            best = max(range(len(self._free)), key=lambda i: shared(self._free[i][1]))
+            model, _last = self._free.pop(best)
+        return model
+
+    def _stream(
+        self, model: Any, messages: list[dict[str, str]], put: Put, stop: threading.Event, max_tokens: int
+    ) -> None:
+        stream = model.create_chat_completion(
             messages=messages,
             stream=True,
             max_tokens=max_tokens,
@@ -135,7 +173,13 @@ class LlamaLlm:
         """Reply deltas as llama.cpp produces them; closing this iterator stops generation."""
         if self.model is None:
             raise StageError("llama.cpp: the model is not loaded", code="llm_failed")
-        stream = stream_from_worker(self.executor, lambda stop, put: self._generate(messages, stop, put))
+        # Room for the whole reply (it is at most max_tokens deltas): the one model is shared by every
+        # session, so a reply must never hold it while its session's TTS and playout (real time) catch up.
+        stream = stream_from_worker(
+            self.executor,
+            lambda stop, put: self._generate(messages, stop, put),
+            max_buffered=self.options.max_tokens + 1,
+        )
         try:
             async for delta in stream:
                 yield delta

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from server.barge_in import verdict, words_of
+from server.barge_in import is_echo, verdict, words_of
 from tests.client import Client, Message, running_server, silence, test_config, tone
 
 BACKCHANNELS = frozenset({("yeah",), ("uh", "huh"), ("mm", "hmm"), ("okay",)})
@@ -30,6 +30,10 @@ BACKCHANNELS = frozenset({("yeah",), ("uh", "huh"), ("mm", "hmm"), ("okay",)})
         ("Yeah, but wait.", "words"),
         ("Stop.", "words"),
         ("Okay what about Tuesday?", "words"),
+        ("Mmm.", "backchannel"),  # hums: no vowel, not a word
+        ("NMR.", "backchannel"),  # what tiny Whisper made of a "mm-hmm"
+        ("Hmm, yeah.", "backchannel"),
+        ("Turn off the TV.", "words"),
     ],
 )
 def test_the_words_decide(text: str, expected: str) -> None:
@@ -38,6 +42,16 @@ def test_the_words_decide(text: str, expected: str) -> None:
 
 def test_words_of_ignores_case_punctuation_and_non_speech() -> None:
     assert words_of("Uh-huh, (laughs) I SEE.") == ["uh", "huh", "i", "see"]
+
+
+def test_heard_words_mostly_among_the_agent_s_last_words_are_its_echo() -> None:
+    agent = words_of("Welcome, traveller. The smithy is past the well.")
+    assert is_echo(words_of("the smithy is past"), agent)
+    assert is_echo(words_of("The smith is past the wall."), agent)  # misheard, clipped: still the echo
+    assert not is_echo(words_of("Hold on, I need to ask you about the quest."), agent)
+    assert not is_echo(words_of("Wait."), agent)
+    assert not is_echo([], agent)
+    assert not is_echo(words_of("the well"), [])
 
 
 def words_config(short_text: str = "yeah", **session: Any) -> dict[str, Any]:
@@ -109,6 +123,43 @@ async def test_words_in_the_first_partial_alone_do_not_cut_the_agent() -> None:
         assert heard[0] == "bye", heard  # the early partial was words...
         assert "interrupted" not in kinds  # ...and did not cut the agent
         assert kinds.index("agent_paused") < kinds.index("agent_resumed")
+
+
+async def test_words_heard_again_in_the_next_partial_cut_the_agent_before_the_utterance_ends() -> None:
+    # every partial says "wait" (the words do not change): the second one confirms the first, so the
+    # agent is cut while the user is still talking, not at the final transcript
+    config = words_config("wait")
+    config["pipeline"][1].update(short_ms=5000)
+    async with running_server(config) as srv, Client.connect(srv.url) as c:
+        agent = await agent_speaking(c)
+        msgs = await talk_over(c, tone(1200) + silence(400), lambda x: x["type"] == "interrupted")
+        assert msgs[-1]["turn"] == agent
+        user_transcripts = [x for x in msgs if x["type"] == "transcript" and x["turn"] != agent]
+        assert user_transcripts, "partials came before the cut"
+        assert not any(x["final"] for x in user_transcripts), "cut on a partial, before the final"
+        paused = next(x for x in msgs if x["type"] == "agent_paused")
+        assert msgs[-1]["_at"] - paused["_at"] < 0.9  # well before the 1.2 s of voice ended
+
+
+@pytest.mark.parametrize("aec", [False, True])
+async def test_the_agent_s_own_words_heard_back_do_not_cut_it_when_the_client_has_no_echo_cancellation(
+    aec: bool,
+) -> None:
+    # the "user" says the agent's own words (its echo, as a speakerphone plays it back)
+    config = {**words_config("word word"), "echo_canceller": {"enabled": False}, "echo_guard": {"enabled": False}}
+    hello = {"audio_in": {"format": "pcm16", "rate": 16000, "channels": 1, "aec": aec}}
+    async with running_server(config) as srv, Client.connect(srv.url, hello=hello) as c:
+        agent = await agent_speaking(c)
+        ended = ("turn_end", "interrupted")
+        msgs = await talk_over(c, tone(200) + silence(1500), lambda x: x["turn"] == agent and x["type"] in ended)
+        kinds = of_turn(msgs, agent)
+        assert "agent_paused" in kinds
+        if aec:  # the client cancels its echo: these are the user's words
+            assert kinds[-1] == "interrupted"
+        else:
+            assert kinds[-1] == "turn_end"
+            assert "interrupted" not in kinds
+            assert "agent_resumed" in kinds
 
 
 async def test_real_words_interrupt_soon_and_get_an_answer() -> None:

@@ -232,6 +232,41 @@ async def test_one_generation_at_a_time_and_a_full_line_is_busy(llama: LlamaLlm)
     assert llama.executor.in_use == 0
 
 
+LONG_REPLY = [{"role": "user", "content": "Tell me a very long story about a dragon and a knight."}]
+
+
+async def test_a_reply_does_not_hold_the_model_while_its_reader_waits() -> None:
+    """A session whose TTS and playout are behind stops reading; its reply is still generated whole
+    (at most max_tokens deltas), and the model goes on to the next session's prompt."""
+    llama = LlamaLlm(LlamaLlm.Options(max_tokens=120, max_waiting=2, temperature=0.0, warm_up=False))
+    llama.load(lambda _text: None)
+    try:
+        slow_reader = llama.stream(LONG_REPLY, ctx=context())
+        await anext(slow_reader)  # then it reads nothing more for now
+        other = llama.stream(LONG_REPLY, ctx=context())
+        assert await asyncio.wait_for(anext(other), 30)  # the first reply (> 64 tokens) did not block the worker
+        await other.aclose()
+        rest = [delta async for delta in slow_reader]
+        assert len(rest) > 64  # all of it was waiting, nothing lost
+    finally:
+        await llama.aclose()
+
+
+async def test_two_copies_of_the_model_answer_two_sessions_side_by_side() -> None:
+    llama = LlamaLlm(LlamaLlm.Options(max_tokens=120, max_waiting=2, instances=2, temperature=0.0, warm_up=False))
+    llama.load(lambda _text: None)
+    try:
+        first = llama.stream(LONG_REPLY, ctx=context())
+        await anext(first)
+        second = llama.stream(LONG_REPLY, ctx=context())
+        assert await asyncio.wait_for(anext(second), 30)
+        assert llama.executor.in_use == 2  # the first reply is still being generated: both run at once
+        await first.aclose()
+        await second.aclose()
+    finally:
+        await llama.aclose()
+
+
 def test_history_is_cut_to_the_token_budget(llama: LlamaLlm) -> None:
     system = {"role": "system", "content": "Be brief."}
     history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " * 40} for i in range(50)]
