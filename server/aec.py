@@ -5,8 +5,13 @@ filter, optional noise suppression), through the maintained prebuilt bindings of
 package (``AudioProcessingModule``, 10 ms frames). The far end is the agent's audio as the session's
 playhead released it, laid on the playout timeline; each 10 ms of mic audio is processed right after
 the reference for the same moment (plus ``lead_ms``, so the reference always comes first: AEC3 finds
-the rest of the delay itself). Chosen over speexdsp by measurement (bench/aec_compare.py). Runs before
-the echo guard, which stays as a second gate on what is left.
+the rest of the delay itself). Runs before the echo guard, which stays as a second gate on what is left.
+
+The residual gate: AEC3's linear filter covers ~50 ms of echo path, so a reverberant room (RT60 300-600
+ms) leaves 8-19 dB of the agent's echo, which the VAD hears as voice and Whisper as short words ("Deal.").
+While the agent plays (and ``tail_ms`` after), a 10 ms frame the canceller took more than
+``residual_gate_db`` out of was all echo, and is silenced; a person talking over the agent is not
+cancelled (the frame keeps most of its energy) and passes whole.
 Costs about 70-120 µs of CPU per 10 ms of audio per session (about 1 % of a core), on the event loop.
 """
 
@@ -37,9 +42,13 @@ class EchoCancellerOptions:
     noise_suppression: bool = False  # WebRTC's noise suppressor too (it also dulls quiet speech)
     lead_ms: float = 40.0  # the reference is fed this much ahead of the mic's estimated capture time
     reference_s: float = 4.0  # how much of the agent's audio is kept on the timeline
+    residual_gate_db: float = 6.0  # frames attenuated more than this while the agent plays are silenced (0: off)
+    tail_ms: float = 600.0  # the room's echo tail: the gate stays on this long after the agent's last sample
 
     def validate(self) -> None:
         require(0.0 <= self.lead_ms <= 200.0, "lead_ms", "must be 0..200")
+        require(0.0 <= self.residual_gate_db <= 40.0, "residual_gate_db", "must be 0..40")
+        require(0.0 <= self.tail_ms <= 3000.0, "tail_ms", "must be 0..3000")
         require(1.0 <= self.reference_s <= 30.0, "reference_s", "must be 1..30")
 
 
@@ -80,12 +89,18 @@ class EchoCanceller:
         # what it did, for ERLE and cost figures (bench/turn_taking.py): mic energy in and out, CPU
         self.energy_in = self.energy_out = 0.0
         self.cpu_s = 0.0
+        self.gated_frames = 0
+        self._gate_ratio = 10.0 ** (-options.residual_gate_db / 10.0) if options.residual_gate_db > 0 else 0.0
+        self._tail = int(options.tail_ms * self.rate_hz / 1000)
+        self._ref_active_until = -1  # mic sample index (at rate_hz) until which the agent's echo may be heard
+        self._ref_floor = self.frame * 10.0 ** (-60.0 / 10.0) * 32768.0**2  # -60 dBFS over 10 ms
+        self._mic_floor = self.frame * 10.0 ** (-70.0 / 10.0) * 32768.0**2
         if self.rate_hz != in_rate_hz:
             from stages.resample import Resampler
 
             self._in_resampler = Resampler(in_rate_hz, self.rate_hz)
             self._out_resampler = Resampler(self.rate_hz, in_rate_hz)
-        playhead.listen(on_release=self._released, on_cut=self._cut)
+        playhead.listen(on_release=self._released, on_cut=self._cut, on_resume=self._resumed)
         ECHO_CANCELLERS_OPEN.inc()
 
     def close(self) -> None:
@@ -120,6 +135,23 @@ class EchoCanceller:
         if end < self.written_until:
             self._zero(end, self.written_until)
             self.written_until = end
+
+    def _resumed(self, paused_at: float, gap_s: float) -> None:
+        """The client held what it had queued during the pause: that audio plays ``gap_s`` later than laid out.
+
+        Left where it was, its echo came with no reference (AEC3 cannot cancel an echo that arrives before
+        its reference), was heard as voice, paused the agent again, and so on."""
+        start, shift = max(self._index(paused_at), self.written_until - self.ring.size), round(gap_s * self.rate_hz)
+        end = self.written_until
+        if shift <= 0 or end <= start:
+            return
+        held = self.ring[np.arange(start, end) % self.ring.size].copy()
+        self._zero(start, end)
+        self.written_until = start + shift
+        if held.size >= self.ring.size - shift:
+            held = held[: max(0, self.ring.size - shift)]
+        self.ring[np.arange(start + shift, start + shift + held.size) % self.ring.size] = held
+        self.written_until = start + shift + held.size
 
     def _zero(self, start: int, end: int) -> None:
         count = min(end - start, self.ring.size)
@@ -157,14 +189,27 @@ class EchoCanceller:
             captured_at = self.mic_t0 + (self.mic_n + k) / self.rate_hz - self.playhead.client_delay_s
             reference = bytearray(self._reference(self._index(captured_at + lead_s)))
             self.apm.process_reverse_stream(self._rtc.AudioFrame(reference, self.rate_hz, 1, self.frame))
-            frame = self._rtc.AudioFrame(bytearray(samples[k : k + self.frame].tobytes()), self.rate_hz, 1, self.frame)
+            mic = samples[k : k + self.frame]
+            frame = self._rtc.AudioFrame(bytearray(mic.tobytes()), self.rate_hz, 1, self.frame)
             self.apm.process_stream(frame)
-            out += bytes(frame.data)
+            cleaned = bytes(frame.data)
+            ref = np.frombuffer(reference, dtype="<i2").astype(np.float64)
+            if float(ref @ ref) > self._ref_floor:
+                self._ref_active_until = self.mic_n + k + self._tail
+            out += self._gate(mic.astype(np.float64), cleaned, self.mic_n + k)
         self.mic_n = end_n
-        cleaned = bytes(out)
         self.cpu_s += time.thread_time() - started
-        mic = samples[:whole].astype(np.float64)
-        self.energy_in += float(mic @ mic)
+        result = bytes(out)
+        return result if self._out_resampler is None else self._out_resampler.process(result)
+
+    def _gate(self, mic: np.ndarray, cleaned: bytes, n: int) -> bytes:
+        """The canceller's output for one 10 ms frame, silenced when it was all echo (see the module doc)."""
         left = np.frombuffer(cleaned, dtype="<i2").astype(np.float64)
-        self.energy_out += float(left @ left)
-        return cleaned if self._out_resampler is None else self._out_resampler.process(cleaned)
+        e_in, e_out = float(mic @ mic), float(left @ left)
+        self.energy_in += e_in
+        self.energy_out += e_out  # ERLE is the canceller's own, before the gate
+        echo_only = self._gate_ratio > 0 and n < self._ref_active_until and e_in > self._mic_floor
+        if echo_only and e_out < e_in * self._gate_ratio:
+            self.gated_frames += 1
+            return bytes(len(cleaned))
+        return cleaned

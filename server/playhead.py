@@ -94,6 +94,7 @@ class Released:
 
 OnRelease = Callable[[Released], None]
 OnCut = Callable[[float], None]
+OnResume = Callable[[float, float], None]  # (paused_at, gap_s): what was queued at the client plays gap_s later
 
 
 class Playhead:
@@ -125,15 +126,18 @@ class Playhead:
         self.wake: Callable[[], None] = lambda: None  # the writer's wake-up (audio queued, a turn ended)
         self._on_release: list[OnRelease] = []
         self._on_cut: list[OnCut] = []
+        self._on_resume: list[OnResume] = []
         self._ack_offsets: list[float] = []  # the last few: s the client plays later than predicted
         self.client_delay_s = 0.0
         self._frame_clock: float | None = None  # monotonic time of frame 0 of the track's clock
         self._frames = 0
 
-    def listen(self, *, on_release: OnRelease, on_cut: OnCut) -> None:
-        """Follow the timeline (the echo guard's reference): every release, and every cut."""
+    def listen(self, *, on_release: OnRelease, on_cut: OnCut, on_resume: OnResume | None = None) -> None:
+        """Follow the timeline (the echo guard's reference): every release, every cut, every resume."""
         self._on_release.append(on_release)
         self._on_cut.append(on_cut)
+        if on_resume is not None:
+            self._on_resume.append(on_resume)
 
     # ------------------------------------------------------------ producers (the last stage)
 
@@ -240,12 +244,15 @@ class Playhead:
         """Go on where the audio paused; the pause is not counted as played."""
         if self.paused_at is None:
             return
-        gap_s = max(0.0, now - self.paused_at)
+        paused_at = self.paused_at
+        gap_s = max(0.0, now - paused_at)
         self.paused_at = None
         for line in self.timelines.values():
             if not line.ended and line.first_released_at is not None:
                 line.paused_s += gap_s
         self.playing_until += gap_s  # a client that paused its playback has its buffer still to play
+        for resumed in self._on_resume:
+            resumed(paused_at, gap_s)
         self.wake()
 
     def attach_track(self, attached: bool) -> None:
@@ -269,8 +276,11 @@ class Playhead:
         if line is None:
             return
         line.ack_ms = max(line.ack_ms or 0.0, ms)
-        if line.starts_at is not None:
-            self._ack_offsets = [*self._ack_offsets[-4:], now - (line.starts_at + ms / 1000.0)]
+        if line.starts_at is not None and self.paused_at is None:
+            # predicted: the turn's start, plus what played, plus the pauses the client held it for (an ack
+            # during a pause, whose length is not known yet, would read as a late client)
+            predicted = line.starts_at + line.paused_s + ms / 1000.0
+            self._ack_offsets = [*self._ack_offsets[-4:], now - predicted]
             # The smallest recent offset is the tightest (acks only ever arrive late); only a few recent
             # ones count, as an underrun at the client shifts its playout for good.
             self.client_delay_s = min(max(0.0, min(self._ack_offsets)), 1.0)

@@ -1,5 +1,6 @@
 """A simulated room for a game client with no echo cancellation: speakers that play the agent's audio as
-it arrives (flushed on ``interrupted``), and a mic that hears that playback, through a speaker model (a
+it arrives (held on ``agent_paused`` and played on from there on ``agent_resumed``, as docs/protocol.md
+asks of clients; flushed on ``interrupted``), and a mic that hears that playback, through a speaker model (a
 little clipping) and a room (an impulse response: direct path after a delay, then reverberation), plus a
 person when one talks. Used by the echo-guard and echo-canceller tests and by bench/turn_taking.py.
 """
@@ -61,6 +62,7 @@ class Room:
     rir: np.ndarray | None = None  # the room: an impulse response (its delay included) instead of echo_delay_ms
     clip_drive: float = 0.0  # the speaker: tanh saturation (0: a clean speaker; 1.5: a little clipping)
     mic_in: list[np.ndarray] = field(default_factory=list)  # every mic frame sent (echo + person), for ERLE
+    held: np.ndarray | None = None  # agent_paused: the queued playback not yet played, kept for agent_resumed
     _sent: asyncio.Event = field(default_factory=asyncio.Event)  # set after each mic frame
 
     def now(self) -> float:
@@ -82,9 +84,20 @@ class Room:
                 self.played[i : i + pcm.size] = pcm
                 self.speaker_end = start + pcm.size / RATE_HZ
                 self.turn_pos.setdefault(msg["turn"], (start, 0))
+            elif msg["type"] == "agent_paused" and self.held is None:  # the player holds its queue
+                i, end = int(now * RATE_HZ), int(self.speaker_end * RATE_HZ)
+                self.held = self.played[i:end].copy() if end > i else np.zeros(0, dtype=np.float32)
+                self.played[i:] = 0.0
+                self.speaker_end = now
+            elif msg["type"] == "agent_resumed" and self.held is not None:  # and plays it on from here
+                i = int(max(self.speaker_end, now) * RATE_HZ)
+                self.played[i : i + self.held.size] = self.held
+                self.speaker_end = i / RATE_HZ + self.held.size / RATE_HZ
+                self.held = None
             elif msg["type"] == "interrupted":  # the player flushes its queue at once
                 self.played[int(now * RATE_HZ) :] = 0.0
                 self.speaker_end = now
+                self.held = None
             await self.messages.put(msg)
 
     async def mic(self) -> None:

@@ -234,8 +234,23 @@ function onMessage(msg) {
       if (view.agent.classList.contains("streaming")) view.agent.className = "agent final";
       break;
     }
+    case "agent_paused": {
+      player.pause(); // voice over the agent: hold its audio while the words decide
+      const view = turnView(msg.turn, "agent");
+      view.el.classList.add("paused");
+      view.status.textContent = "paused: listening…";
+      break;
+    }
+    case "agent_resumed": {
+      player.resume(); // a backchannel, a cough: it goes on where it paused
+      const view = turnView(msg.turn, "agent");
+      view.el.classList.remove("paused");
+      view.status.textContent = "resumed (it was a backchannel or no words)";
+      break;
+    }
     case "interrupted": {
       player.drop(msg.turn);
+      turnView(msg.turn, "agent").el.classList.remove("paused");
       const view = turnView(msg.turn, "agent");
       view.el.classList.add("interrupted");
       // Strike through what the user never heard.

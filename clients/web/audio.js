@@ -118,6 +118,15 @@ export class Player {
     this.node?.port.postMessage({ type: "end", turn });
   }
 
+  /** agent_paused: hold playback where it is, keeping what is queued; ``resume`` goes on from there. */
+  pause() {
+    this.node?.port.postMessage({ type: "pause" });
+  }
+
+  resume() {
+    this.node?.port.postMessage({ type: "resume" });
+  }
+
   /** Drop queued audio at once: one turn's (interrupted) or everything (no turn). */
   drop(turn) {
     this.node?.port.postMessage({ type: "drop", turn });

@@ -245,6 +245,43 @@ async def test_capture_worklet_resamples_a_48k_context_to_16k(page: Any) -> None
         assert high["rms"] < low["rms"] / 4, high
 
 
+PLAYBACK_PROBE = """async ([pauseAt, resumeAt]) => {
+  const rate = 16000;
+  const ctx = new OfflineAudioContext({ numberOfChannels: 1, length: rate * 2, sampleRate: rate });
+  await ctx.audioWorklet.addModule("worklets/playback.js");
+  const node = new AudioWorkletNode(ctx, "voxpipe-playback", { processorOptions: { prebufferMs: 0 } });
+  node.connect(ctx.destination);
+  const pcm = new Int16Array(rate);  // 1 s of a 440 Hz tone at half scale
+  for (let i = 0; i < pcm.length; i++) pcm[i] = Math.round(16384 * Math.sin((2 * Math.PI * 440 * i) / rate));
+  const settle = () => new Promise((r) => setTimeout(r, 50));  // the worklet takes its port messages
+  node.port.postMessage({ type: "chunk", turn: 1, pcm: pcm.buffer, rate }, [pcm.buffer]);
+  node.port.postMessage({ type: "end", turn: 1 });
+  await settle();
+  ctx.suspend(pauseAt).then(async () => { node.port.postMessage({ type: "pause" }); await settle(); ctx.resume(); });
+  ctx.suspend(resumeAt).then(async () => { node.port.postMessage({ type: "resume" }); await settle(); ctx.resume(); });
+  const out = (await ctx.startRendering()).getChannelData(0);
+  const block = rate / 100;  // 10 ms
+  const loud = [];
+  for (let b = 0; b < out.length / block; b++) {
+    let sum = 0;
+    for (let i = b * block; i < (b + 1) * block; i++) sum += out[i] * out[i];
+    loud.push(Math.sqrt(sum / block) > 0.1);
+  }
+  return { loud_ms: loud.filter(Boolean).length * 10, first_quiet_ms: loud.indexOf(false) * 10,
+           back_ms: loud.indexOf(true, loud.indexOf(false)) * 10 };
+}"""
+
+
+async def test_playback_holds_the_agent_s_audio_while_paused_and_loses_none(page: Any) -> None:
+    """agent_paused / agent_resumed: the page holds playback where it is and goes on from there."""
+    async with running_server(test_config()) as server:
+        await page.goto(server.http_url)
+        got = await page.evaluate(PLAYBACK_PROBE, [0.3, 0.7])
+        assert abs(got["first_quiet_ms"] - 300) <= 30, got  # held at the pause
+        assert abs(got["back_ms"] - 700) <= 30, got  # and back at the resume
+        assert abs(got["loud_ms"] - 1000) <= 30, got  # the whole second of audio played: nothing dropped
+
+
 def proxied_config(**sections: Any) -> dict[str, Any]:
     """The page comes from the server, its socket goes through a proxy on another port: another origin,
     which the default (only the server's own page, issue 13) refuses; these tests allow it."""

@@ -1,6 +1,7 @@
 // Agent audio out: a small jitter buffer of PCM16 chunks per turn, resampled (linear) from the
 // server's audio_out rate to the context rate on arrival.
 // In:  {type:"chunk", turn, pcm: ArrayBuffer (PCM16 LE), rate} | {type:"end", turn} | {type:"drop", turn?}
+//      | {type:"pause"} | {type:"resume"} (agent_paused / agent_resumed: hold playback, keep the buffer)
 // Out: {type:"played", turn, ms} about every reportMs while playing and once when a turn drains,
 //      {type:"level", rms, bufferedMs, underruns} about every 50 ms.
 // Playback starts once prebufferMs is queued (or the turn has ended); an underrun goes back to buffering.
@@ -16,6 +17,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.queued = 0; // samples in the queue
     this.ended = new Set(); // turns whose last chunk has arrived
     this.playing = false;
+    this.held = false; // agent_paused: nothing plays, the queue is kept for agent_resumed
     this.played = new Map(); // turn -> samples played
     this.sinceReport = 0;
     this.sinceLevel = 0;
@@ -37,7 +39,12 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     } else if (msg.type === "end") {
       this.ended.add(msg.turn);
       if (!this.queue.some((c) => c.turn === msg.turn)) this.finishTurn(msg.turn);
+    } else if (msg.type === "pause") {
+      this.held = true;
+    } else if (msg.type === "resume") {
+      this.held = false;
     } else if (msg.type === "drop") {
+      this.held = false; // an interruption ends the pause with the turn
       // Interrupted: forget the turn's queued audio now (all audio when no turn is given).
       const keep = msg.turn === undefined ? [] : this.queue.filter((c) => c.turn !== msg.turn);
       this.queue = keep;
@@ -94,7 +101,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       if (this.queued >= this.prebuffer || endedQueued) this.playing = true;
     }
     let i = 0;
-    while (this.playing && i < out.length && this.queue.length) {
+    while (this.playing && !this.held && i < out.length && this.queue.length) {
       const chunk = this.queue[0];
       const take = Math.min(out.length - i, chunk.samples.length - chunk.offset);
       out.set(chunk.samples.subarray(chunk.offset, chunk.offset + take), i);
@@ -108,7 +115,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
         if (this.ended.has(chunk.turn) && !this.queue.some((c) => c.turn === chunk.turn)) this.finishTurn(chunk.turn);
       }
     }
-    if (this.playing && !this.queue.length) {
+    if (this.playing && !this.held && !this.queue.length) {
       // Ran dry in the middle of a turn (its end has not been played): the network was late.
       if (this.current !== null && this.current !== this.lastFinished) this.underruns++;
       this.playing = false;
