@@ -59,6 +59,7 @@ QUESTIONS = [
 FRAME_MS = 20
 RATE_HZ = 16000
 STAGES = ("vad", "asr", "llm", "tts")
+SYSTEMS = ("voxpipe", "pipecat")
 
 
 @dataclass
@@ -87,12 +88,14 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``voxpipe serve`` in a child process, with CPU and memory sampling."""
+    """``voxpipe serve`` (or ``command``, which prints a line with "serving" once it listens) in a child
+    process, with CPU and memory sampling."""
 
-    def __init__(self, config: Path, port: int, root: Path = ROOT) -> None:
+    def __init__(self, config: Path, port: int, root: Path = ROOT, command: list[str] | None = None) -> None:
         self.port = port
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--config", str(config.resolve()), "--port", str(port)],
+            command
+            or [sys.executable, "-m", "server", "serve", "--config", str(config.resolve()), "--port", str(port)],
             cwd=root,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -127,6 +130,44 @@ class ServerProcess:
             self.proc.wait(15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def server_command(system: str, config: dict[str, Any], port: int) -> list[str] | None:
+    """The child process serving ``system``: None for ``voxpipe serve``; for pipecat, ``bench/pc_voice.py``
+    in bench/.venv-pipecat (installed on first use) on voxpipe's models, options and system prompt."""
+    if system == "voxpipe":
+        return None
+    from bench.run_all import ensure_pipecat_voice_venv
+    from stages.engines.llama import LlamaLlm
+    from stages.engines.llama import default_model_path as gguf_path
+    from stages.engines.piper_tts import PiperTts
+    from stages.engines.whisper import default_model_path as whisper_path
+
+    python = ensure_pipecat_voice_venv()
+    stage = {e["name"]: e for e in config["pipeline"]}
+    vad, asr, llm = stage["vad"], stage["asr"], stage["llm"]
+    piper_options = {k: v for k, v in stage["tts"].items() if k in ("model_path", "config_path")}
+    defaults = LlamaLlm.Options()
+    options = {
+        "--whisper": asr.get("model_path") or whisper_path(),
+        "--gguf": llm.get("model_path") or gguf_path(),
+        "--voice": PiperTts(PiperTts.Options(**piper_options, warm_up=False)).model_path,
+        "--system-prompt": config.get("session", {}).get("system_prompt", ""),
+        "--stop-secs": vad.get("end_complete_ms", vad.get("end_ms", 200)) / 1000,
+        "--whisper-threads": asr.get("cpu_threads", 2),
+        "--beam-size": asr.get("beam_size", 1),
+        **{f"--{k.replace('_', '-')}": llm.get(k, getattr(defaults, k)) for k in PIPECAT_LLM_OPTIONS},
+    }
+    return [
+        python,
+        str(ROOT / "bench" / "pc_voice.py"),
+        "--port",
+        str(port),
+        *(str(x) for kv in options.items() for x in kv),
+    ]
+
+
+PIPECAT_LLM_OPTIONS = ("n_ctx", "n_threads", "max_tokens", "temperature", "top_p", "repeat_penalty")
 
 
 async def play_turn(
@@ -278,9 +319,9 @@ class Probe:
 
 @contextlib.asynccontextmanager
 async def server_under_test(
-    config_path: Path, config: dict[str, Any], in_process: bool, root: Path = ROOT
+    config_path: Path, config: dict[str, Any], in_process: bool, root: Path = ROOT, system: str = "voxpipe"
 ) -> AsyncIterator[tuple[str, Probe]]:
-    """The real server: a ``voxpipe serve`` child process, or ``serve()`` in this event loop."""
+    """The real server: a ``voxpipe serve`` (or pipecat) child process, or ``serve()`` in this event loop."""
     if in_process:
         from server.app import serve
         from server.config import parse_config
@@ -289,7 +330,8 @@ async def server_under_test(
         async with serve(parse_config(data, str(config_path)), log=lambda text: print("   server: " + text)) as running:
             yield running.url, Probe(psutil.Process())
         return
-    server = ServerProcess(config_path, free_port(), root)
+    port = free_port()
+    server = ServerProcess(config_path, port, root, server_command(system, config, port))
     try:
         await server.ready()
         yield f"ws://127.0.0.1:{server.port}/ws", Probe(server.ps)
@@ -305,10 +347,11 @@ async def run_turns(
     timeout_s: float,
     in_process: bool,
     root: Path = ROOT,
+    system: str = "voxpipe",
 ) -> tuple[list[TurnResult], float, Probe]:
     """The turns through the server; returns them, the server's CPU % and the probe."""
     turns: list[TurnResult] = []
-    async with server_under_test(config_path, config, in_process, root) as (url, probe):
+    async with server_under_test(config_path, config, in_process, root, system) as (url, probe):
         samplers = [asyncio.create_task(probe.sample_memory())]
         if in_process:
             samplers.append(asyncio.create_task(probe.sample_loop_lag()))
@@ -345,7 +388,12 @@ def main() -> int:
     parser.add_argument(
         "--server-root", default=str(ROOT), help="checkout to run the server from (A/B against another branch)"
     )
+    parser.add_argument(
+        "--system", choices=SYSTEMS, default="voxpipe", help="pipecat: bench/pc_voice.py on the same models and client"
+    )
     args = parser.parse_args()
+    if args.in_process and args.system != "voxpipe":
+        parser.error("--in-process runs voxpipe only")
 
     config = yaml.safe_load(Path(args.config).read_text())
     tts_entry = next(e for e in config["pipeline"] if e.get("engine") == "piper")
@@ -359,7 +407,16 @@ def main() -> int:
 
     load_before = os.getloadavg()[0]
     turns, cpu_pct, probe = asyncio.run(
-        run_turns(Path(args.config), config, questions, speech, args.timeout_s, args.in_process, Path(args.server_root))
+        run_turns(
+            Path(args.config),
+            config,
+            questions,
+            speech,
+            args.timeout_s,
+            args.in_process,
+            Path(args.server_root),
+            args.system,
+        )
     )
     summary = summarize(turns)
     heard = sum(words(t.transcript) == words(t.question) for t in turns)
@@ -376,12 +433,15 @@ def main() -> int:
     print_table(summary, extra)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"voice_to_voice-{datetime.now():%Y-%m-%d-%H%M}.json"
+    suffix = "" if args.system == "voxpipe" else f"-{args.system}"
+    path = out_dir / f"voice_to_voice-{datetime.now():%Y-%m-%d-%H%M}{suffix}.json"
+    system = {} if args.system == "voxpipe" else {"system": args.system}
     path.write_text(
         json.dumps(
             {
                 "when": datetime.now().isoformat(timespec="seconds"),
                 "command": " ".join(sys.argv),
+                **system,
                 "mode": "in-process" if args.in_process else "child process",
                 "server_root": args.server_root,
                 "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
