@@ -79,12 +79,13 @@ _sessions = itertools.count(1)
 # ---------------------------------------------------------------- models: loaded once, shared by every session
 
 
-def share_models(whisper_threads: int, beam_size: int) -> None:
+def share_models(whisper_threads: int, beam_size: int | None) -> None:
     """Make pipecat's Whisper and Piper services reuse one loaded model each instead of loading per session.
 
-    ``WhisperSTTService`` builds ``WhisperModel(name, device, compute_type)``: the shared one is built with
-    voxpipe's ``cpu_threads`` and its ``transcribe`` gets voxpipe's final ``beam_size`` (the service has
-    no option for either). ``PiperTTSService`` calls ``PiperVoice.load(path)``, unchanged but cached.
+    ``WhisperSTTService`` builds ``WhisperModel(name, device, compute_type)`` and calls ``transcribe`` with
+    faster-whisper's defaults (beam 5, CTranslate2's thread count); it has no option for either, so both
+    stay stock unless ``whisper_threads``/``beam_size`` say otherwise. ``PiperTTSService`` calls
+    ``PiperVoice.load(path)``, unchanged but cached.
     """
     make_whisper = whisper_stt.WhisperModel
     voice_class = piper_tts.PiperVoice
@@ -94,7 +95,8 @@ def share_models(whisper_threads: int, beam_size: int) -> None:
     def whisper_model(name: str, device: str = "cpu", compute_type: str = "int8") -> Any:
         if name not in whispers:
             model = make_whisper(name, device=device, compute_type=compute_type, cpu_threads=whisper_threads)
-            model.transcribe = functools.partial(model.transcribe, beam_size=beam_size)
+            if beam_size is not None:
+                model.transcribe = functools.partial(model.transcribe, beam_size=beam_size)
             whispers[name] = model
         return whispers[name]
 
@@ -361,8 +363,8 @@ def main() -> int:
     parser.add_argument("--voice", required=True, help="Piper .onnx voice (its .onnx.json beside it)")
     parser.add_argument("--system-prompt", default="You are a helpful assistant. Reply in one short sentence.")
     parser.add_argument("--stop-secs", type=float, default=0.2, help="SileroVADAnalyzer stop_secs")
-    parser.add_argument("--whisper-threads", type=int, default=2)
-    parser.add_argument("--beam-size", type=int, default=1)
+    parser.add_argument("--whisper-threads", type=int, default=0, help="0: faster-whisper's default, as pipecat")
+    parser.add_argument("--beam-size", type=int, default=None, help="default: faster-whisper's (5), as pipecat")
     parser.add_argument("--n-ctx", type=int, default=2048)
     parser.add_argument("--n-threads", type=int, default=1)
     parser.add_argument("--max-tokens", type=int, default=64)

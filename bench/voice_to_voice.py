@@ -134,7 +134,8 @@ class ServerProcess:
 
 def server_command(system: str, config: dict[str, Any], port: int) -> list[str] | None:
     """The child process serving ``system``: None for ``voxpipe serve``; for pipecat, ``bench/pc_voice.py``
-    in bench/.venv-pipecat (installed on first use) on voxpipe's models, options and system prompt."""
+    in bench/.venv-pipecat (installed on first use) on voxpipe's models, LLM options, system prompt and
+    end-of-speech silence (pipecat's Whisper service has no beam or thread option: those stay pipecat's)."""
     if system == "voxpipe":
         return None
     from bench.run_all import ensure_pipecat_voice_venv
@@ -154,8 +155,6 @@ def server_command(system: str, config: dict[str, Any], port: int) -> list[str] 
         "--voice": PiperTts(PiperTts.Options(**piper_options, warm_up=False)).model_path,
         "--system-prompt": config.get("session", {}).get("system_prompt", ""),
         "--stop-secs": vad.get("end_complete_ms", vad.get("end_ms", 200)) / 1000,
-        "--whisper-threads": asr.get("cpu_threads", 2),
-        "--beam-size": asr.get("beam_size", 1),
         **{f"--{k.replace('_', '-')}": llm.get(k, getattr(defaults, k)) for k in PIPECAT_LLM_OPTIONS},
     }
     return [
