@@ -44,7 +44,6 @@ from pipecat.frames.frames import (  # noqa: E402
     ErrorFrame,
     Frame,
     InputAudioRawFrame,
-    InterruptionFrame,
     LLMContextFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -242,7 +241,13 @@ GRAPH = [("vad", "audio", "speech"), ("asr", "speech", "text"), ("llm", "text", 
 class WireEvents(BaseObserver):
     """Turns pipecat's frames into voxpipe's turn events: a user turn start opens a turn (``vad``
     speech_start), transcripts and LLM text follow tagged with it, and the bot's stopping after the
-    LLM's full response ends it (``turn_end``); an interruption of a reply in flight is ``interrupted``."""
+    LLM's full response ends it (``turn_end``).
+
+    pipecat can end a user turn at a pause inside one sentence ("Good morning, | how are you today?"),
+    start answering, then take the rest as a new user turn that interrupts its own reply. The bench's
+    client never talks over the agent, so such an interruption is that split, not a barge-in: the new
+    user turn joins the open turn (its reply text gets " [cut] "), which ends when the last reply has
+    been spoken. The turn's first audio stays the first the client heard."""
 
     def __init__(self, wire: VoxWire) -> None:
         super().__init__(observe_every_push=False)
@@ -250,6 +255,7 @@ class WireEvents(BaseObserver):
         self.heard = ""
         self.reply_turn = 0  # the turn whose reply the LLM is producing or the bot is speaking
         self.llm_done = False
+        self.awaiting_reply = False  # after a split: the cut reply's end does not end the turn
 
     async def on_push_frame(self, data: FramePushed) -> None:
         frame, wire = data.frame, self.wire
@@ -257,6 +263,11 @@ class WireEvents(BaseObserver):
         if send is None or data.direction != FrameDirection.DOWNSTREAM:
             return  # frames broadcast both ways (user and bot speaking) count once
         if isinstance(frame, UserStartedSpeakingFrame):
+            if self.reply_turn:  # the user went on after pipecat ended the turn: the same turn
+                self.llm_done, self.awaiting_reply = False, True
+                print(f"pc_voice: {wire.session} turn {wire.turn}: split by pipecat's turn end", flush=True)
+                await send({"type": "reply", "stage": "llm", "turn": self.reply_turn, "text": " [cut] "})
+                return
             wire.turn += 1
             wire.audio_seq = 0
             self.heard = ""
@@ -267,16 +278,13 @@ class WireEvents(BaseObserver):
             self.heard = f"{self.heard} {frame.text}".strip()  # one final per turn: the segments so far
             await send({"type": "transcript", "stage": "asr", "turn": wire.turn, "text": self.heard, "final": True})
         elif isinstance(frame, LLMFullResponseStartFrame):
-            self.reply_turn, self.llm_done = wire.turn, False
+            self.reply_turn, self.llm_done, self.awaiting_reply = wire.turn, False, False
         elif isinstance(frame, LLMTextFrame):
             await send({"type": "reply", "stage": "llm", "turn": self.reply_turn, "text": frame.text})
         elif isinstance(frame, LLMFullResponseEndFrame):
-            self.llm_done = True
+            self.llm_done = not self.awaiting_reply
         elif isinstance(frame, BotStoppedSpeakingFrame) and self.reply_turn and self.llm_done:
             await send({"type": "turn_end", "turn": self.reply_turn})
-            self.reply_turn = 0
-        elif isinstance(frame, InterruptionFrame) and self.reply_turn:
-            await send({"type": "interrupted", "turn": self.reply_turn, "played_ms": 0, "text": ""})
             self.reply_turn = 0
         elif isinstance(frame, ErrorFrame):
             await send({"type": "error", "code": "pipecat_error", "message": str(frame.error), "fatal": False})
@@ -352,7 +360,9 @@ async def run_bot(websocket: WebSocket, models: Models) -> None:
     async def _gone(_transport: Any, _ws: Any) -> None:
         await worker.cancel()
 
-    await WorkerRunner(handle_sigint=False).run(worker)
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    await runner.run()
 
 
 def main() -> int:
