@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import socket
 import statistics
 import subprocess
@@ -132,7 +133,7 @@ class ServerProcess:
             self.proc.kill()
 
 
-def server_command(system: str, config: dict[str, Any], port: int) -> list[str] | None:
+def server_command(system: str, config: dict[str, Any], port: int, extra: tuple[str, ...] = ()) -> list[str] | None:
     """The child process serving ``system``: None for ``voxpipe serve``; for pipecat, ``bench/pc_voice.py``
     in bench/.venv-pipecat (installed on first use) on voxpipe's models, LLM options, system prompt and
     end-of-speech silence (pipecat's Whisper service has no beam or thread option: those stay pipecat's)."""
@@ -163,6 +164,7 @@ def server_command(system: str, config: dict[str, Any], port: int) -> list[str] 
         "--port",
         str(port),
         *(str(x) for kv in options.items() for x in kv),
+        *extra,
     ]
 
 
@@ -318,7 +320,12 @@ class Probe:
 
 @contextlib.asynccontextmanager
 async def server_under_test(
-    config_path: Path, config: dict[str, Any], in_process: bool, root: Path = ROOT, system: str = "voxpipe"
+    config_path: Path,
+    config: dict[str, Any],
+    in_process: bool,
+    root: Path = ROOT,
+    system: str = "voxpipe",
+    server_args: tuple[str, ...] = (),
 ) -> AsyncIterator[tuple[str, Probe]]:
     """The real server: a ``voxpipe serve`` (or pipecat) child process, or ``serve()`` in this event loop."""
     if in_process:
@@ -330,7 +337,7 @@ async def server_under_test(
             yield running.url, Probe(psutil.Process())
         return
     port = free_port()
-    server = ServerProcess(config_path, port, root, server_command(system, config, port))
+    server = ServerProcess(config_path, port, root, server_command(system, config, port, server_args))
     try:
         await server.ready()
         yield f"ws://127.0.0.1:{server.port}/ws", Probe(server.ps)
@@ -347,10 +354,11 @@ async def run_turns(
     in_process: bool,
     root: Path = ROOT,
     system: str = "voxpipe",
+    server_args: tuple[str, ...] = (),
 ) -> tuple[list[TurnResult], float, Probe]:
     """The turns through the server; returns them, the server's CPU % and the probe."""
     turns: list[TurnResult] = []
-    async with server_under_test(config_path, config, in_process, root, system) as (url, probe):
+    async with server_under_test(config_path, config, in_process, root, system, server_args) as (url, probe):
         samplers = [asyncio.create_task(probe.sample_memory())]
         if in_process:
             samplers.append(asyncio.create_task(probe.sample_loop_lag()))
@@ -390,7 +398,13 @@ def main() -> int:
     parser.add_argument(
         "--system", choices=SYSTEMS, default="voxpipe", help="pipecat: bench/pc_voice.py on the same models and client"
     )
+    parser.add_argument(
+        "--pipecat-args", default="", help='more bench/pc_voice.py options: "--beam-size 1 --whisper-threads 2"'
+    )
+    parser.add_argument("--tag", default="", help="appended to the result file's name")
     args = parser.parse_args()
+    if args.pipecat_args and args.system != "pipecat":
+        parser.error("--pipecat-args needs --system pipecat")
     if args.in_process and args.system != "voxpipe":
         parser.error("--in-process runs voxpipe only")
 
@@ -415,6 +429,7 @@ def main() -> int:
             args.in_process,
             Path(args.server_root),
             args.system,
+            tuple(shlex.split(args.pipecat_args)),
         )
     )
     summary = summarize(turns)
@@ -432,9 +447,9 @@ def main() -> int:
     print_table(summary, extra)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.system == "voxpipe" else f"-{args.system}"
+    suffix = "".join(f"-{t}" for t in (args.system if args.system != "voxpipe" else "", args.tag) if t)
     path = out_dir / f"voice_to_voice-{datetime.now():%Y-%m-%d-%H%M}{suffix}.json"
-    system = {} if args.system == "voxpipe" else {"system": args.system}
+    system = {} if args.system == "voxpipe" else {"system": args.system, "pipecat_args": args.pipecat_args}
     path.write_text(
         json.dumps(
             {
