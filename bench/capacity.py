@@ -40,10 +40,12 @@ from bench.voice_to_voice import (  # noqa: E402
     FRAME_MS,
     QUESTIONS,
     RATE_HZ,
+    SYSTEMS,
     ServerProcess,
     TurnResult,
     free_port,
     play_turn,
+    server_command,
     stats,
     summarize,
     words,
@@ -163,7 +165,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 async def run(args: argparse.Namespace, config: dict[str, Any], speech: dict[str, bytes]) -> list[dict[str, Any]]:
     port = free_port()
-    server = ServerProcess(Path(args.config), port)
+    server = ServerProcess(Path(args.config), port, command=server_command(args.system, config, port))
+    # pipecat has no /metrics: its audio drops are not known (nan)
+    drops_of = audio_in_drops if args.system == "voxpipe" else lambda _port: float("nan")
     rows: list[dict[str, Any]] = []
     try:
         await server.ready()
@@ -171,13 +175,13 @@ async def run(args: argparse.Namespace, config: dict[str, Any], speech: dict[str
         for k in args.k:
             print(f"bench: K={k} talkers x {args.turns} turns ...", flush=True)
             load_start = os.getloadavg()[0]
-            drops_before = await asyncio.to_thread(audio_in_drops, port)
+            drops_before = await asyncio.to_thread(drops_of, port)
             times = server.ps.cpu_times()
             cpu_start, wall_start = times.user + times.system, time.monotonic()
             per_talker = await run_k(url, k, args.turns, speech, args.timeout_s, args.seed)
             times = server.ps.cpu_times()
             cpu_pct = 100 * (times.user + times.system - cpu_start) / (time.monotonic() - wall_start)
-            drops = await asyncio.to_thread(audio_in_drops, port) - drops_before
+            drops = await asyncio.to_thread(drops_of, port) - drops_before
             row = row_of(k, per_talker, cpu_pct, drops, (load_start, os.getloadavg()[0]))
             rows.append(row)
             for talker_turns in per_talker:
@@ -202,6 +206,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--tag", default="", help="appended to the result file's name")
+    parser.add_argument(
+        "--system", choices=SYSTEMS, default="voxpipe", help="pipecat: bench/pc_voice.py on the same models and client"
+    )
     args = parser.parse_args()
     args.k = [int(k) for k in args.k.split(",")]
 
@@ -212,12 +219,15 @@ def main() -> int:
     print_table(rows)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"capacity-{datetime.now():%Y-%m-%d-%H%M}{'-' + args.tag if args.tag else ''}.json"
+    tags = [t for t in (args.system if args.system != "voxpipe" else "", args.tag) if t]
+    path = out_dir / f"capacity-{datetime.now():%Y-%m-%d-%H%M}{''.join('-' + t for t in tags)}.json"
+    system = {} if args.system == "voxpipe" else {"system": args.system}
     path.write_text(
         json.dumps(
             {
                 "when": datetime.now().isoformat(timespec="seconds"),
                 "command": " ".join(sys.argv),
+                **system,
                 "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
                 "config": config["pipeline"],
                 "rows": rows,

@@ -1,6 +1,7 @@
 """PNG plots of one ``bench/results/*.json`` (runs in bench/.venv-pipecat, which has matplotlib).
 
 python bench/plots.py bench/results/<date>.json   # prints the PNG paths
+python bench/plots.py --capacity OUT.png capacity-A.json capacity-B.json   # client p90 vs K, one line each
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ sys.path.insert(0, str(ROOT))
 from bench.report import summarize  # noqa: E402
 
 SYSTEMS = ["voxpipe", "pipecat-lean", "pipecat-default"]
-COLORS = {"voxpipe": "#1b7f5a", "pipecat-lean": "#3b6fb6", "pipecat-default": "#9aa9c9", "floor": "#999999"}
+COLORS = {
+    "voxpipe": "#1b7f5a",
+    "pipecat": "#3b6fb6",
+    "pipecat-lean": "#3b6fb6",
+    "pipecat-default": "#9aa9c9",
+    "floor": "#999999",
+}
 
 
 def _bars(ax: Any, labels: list[str], values: list[float], colors: list[str], unit: str) -> None:
@@ -146,5 +153,34 @@ def main(path: Path) -> None:
     print(" ".join(str(p.relative_to(ROOT)) for p in written))
 
 
+def capacity_plot(out: Path, paths: list[Path]) -> None:
+    """Client voice-to-voice p90 (solid) and median (dotted) against K, one colour per ``bench/capacity.py``
+    result (its ``system``, voxpipe when absent)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for path in paths:
+        data = json.loads(path.read_text())
+        system = data.get("system", "voxpipe")
+        color = COLORS.get(system, COLORS["pipecat-lean"])
+        rows = [r for r in data["rows"] if r["client_v2v_ms"]]
+        ks = [r["k"] for r in rows]
+        p90 = [r["client_v2v_ms"]["p90"] for r in rows]
+        ax.plot(ks, p90, "o-", color=color, label=f"{system} p90")
+        ax.plot(ks, [r["client_v2v_ms"]["median"] for r in rows], "o:", color=color, label=f"{system} median")
+        for k, value, r in zip(ks, p90, rows, strict=True):
+            ax.annotate(f"{value:.0f}\n{r['exact']}/{r['turns']}", (k, value), fontsize=7, ha="center", va="bottom")
+    ax.axhline(1500, color="#999999", linestyle="--", linewidth=1, label="target p90 (K >= 6)")
+    ax.set_xlabel("people talking at once (K)")
+    ax.set_ylabel("client voice-to-voice (ms)")
+    ax.set_title("Same models, clips and client: voxpipe vs pipecat 1.14", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(out)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]).resolve())
+    if sys.argv[1] == "--capacity":
+        capacity_plot(Path(sys.argv[2]), [Path(p) for p in sys.argv[3:]])
+    else:
+        main(Path(sys.argv[1]).resolve())

@@ -29,6 +29,7 @@ from bench.report import write_markdown  # noqa: E402
 PIPECAT_VENV = BENCH / ".venv-pipecat"
 PIPECAT_PY = PIPECAT_VENV / "bin" / "python"
 PIPECAT_REQUIREMENTS = BENCH / "requirements-pipecat.txt"
+PIPECAT_VOICE_REQUIREMENTS = BENCH / "requirements-pipecat-voice.txt"
 PROJECT_PY = sys.executable
 RESULTS = BENCH / "results"
 
@@ -65,6 +66,37 @@ def ensure_pipecat_venv() -> str:
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
     subprocess.run([*pip, "-r", str(PIPECAT_REQUIREMENTS)], check=True)
     return subprocess.run(check, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+
+
+def ensure_pipecat_voice_venv() -> str:
+    """Add what ``bench/pc_voice.py`` needs to bench/.venv-pipecat once (pipecat's whisper, piper, websocket
+    and silero extras, llama-cpp-python, uvicorn, msgpack); returns its python. llama-cpp-python is the
+    project's version built with the Makefile's CMAKE_ARGS, so pip reuses the wheel the project's install cached."""
+    ensure_pipecat_venv()
+    check = [
+        str(PIPECAT_PY),
+        "-c",
+        "import pipecat.services.whisper.stt, pipecat.services.piper.tts, llama_cpp, uvicorn",
+    ]
+    if subprocess.run(check, capture_output=True).returncode == 0:
+        return str(PIPECAT_PY)
+    makefile = (ROOT / "Makefile").read_text()
+    cmake_args = next(
+        (line.split("?=", 1)[1].strip() for line in makefile.splitlines() if line.startswith("LLAMA_CMAKE_ARGS")), ""
+    )
+    log(
+        f">> adding {PIPECAT_VOICE_REQUIREMENTS.name} to {PIPECAT_VENV.relative_to(ROOT)}"
+        " (a minute with a cached llama.cpp wheel)"
+    )
+    pip = [str(PIPECAT_PY), "-m", "pip", "install", "--progress-bar", "off", "-r", str(PIPECAT_VOICE_REQUIREMENTS)]
+    done = subprocess.run(pip, env={**os.environ, "CMAKE_ARGS": cmake_args}, stdout=subprocess.PIPE, text=True)
+    for line in done.stdout.splitlines():
+        if line.startswith(("Collecting", "Building", "Successfully", "ERROR")):
+            log("   " + line)
+    if done.returncode != 0:
+        raise RuntimeError(f"pip install -r {PIPECAT_VOICE_REQUIREMENTS} failed:\n{done.stdout[-2000:]}")
+    subprocess.run(check, check=True)
+    return str(PIPECAT_PY)
 
 
 def idle_cpu() -> int:

@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import socket
 import statistics
 import subprocess
@@ -59,6 +60,7 @@ QUESTIONS = [
 FRAME_MS = 20
 RATE_HZ = 16000
 STAGES = ("vad", "asr", "llm", "tts")
+SYSTEMS = ("voxpipe", "pipecat")
 
 
 @dataclass
@@ -87,12 +89,14 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``voxpipe serve`` in a child process, with CPU and memory sampling."""
+    """``voxpipe serve`` (or ``command``, which prints a line with "serving" once it listens) in a child
+    process, with CPU and memory sampling."""
 
-    def __init__(self, config: Path, port: int, root: Path = ROOT) -> None:
+    def __init__(self, config: Path, port: int, root: Path = ROOT, command: list[str] | None = None) -> None:
         self.port = port
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--config", str(config.resolve()), "--port", str(port)],
+            command
+            or [sys.executable, "-m", "server", "serve", "--config", str(config.resolve()), "--port", str(port)],
             cwd=root,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -127,6 +131,44 @@ class ServerProcess:
             self.proc.wait(15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def server_command(system: str, config: dict[str, Any], port: int, extra: tuple[str, ...] = ()) -> list[str] | None:
+    """The child process serving ``system``: None for ``voxpipe serve``; for pipecat, ``bench/pc_voice.py``
+    in bench/.venv-pipecat (installed on first use) on voxpipe's models, LLM options, system prompt and
+    end-of-speech silence (pipecat's Whisper service has no beam or thread option: those stay pipecat's)."""
+    if system == "voxpipe":
+        return None
+    from bench.run_all import ensure_pipecat_voice_venv
+    from stages.engines.llama import LlamaLlm
+    from stages.engines.llama import default_model_path as gguf_path
+    from stages.engines.piper_tts import PiperTts
+    from stages.engines.whisper import default_model_path as whisper_path
+
+    python = ensure_pipecat_voice_venv()
+    stage = {e["name"]: e for e in config["pipeline"]}
+    vad, asr, llm = stage["vad"], stage["asr"], stage["llm"]
+    piper_options = {k: v for k, v in stage["tts"].items() if k in ("model_path", "config_path")}
+    defaults = LlamaLlm.Options()
+    options = {
+        "--whisper": asr.get("model_path") or whisper_path(),
+        "--gguf": llm.get("model_path") or gguf_path(),
+        "--voice": PiperTts(PiperTts.Options(**piper_options, warm_up=False)).model_path,
+        "--system-prompt": config.get("session", {}).get("system_prompt", ""),
+        "--stop-secs": vad.get("end_complete_ms", vad.get("end_ms", 200)) / 1000,
+        **{f"--{k.replace('_', '-')}": llm.get(k, getattr(defaults, k)) for k in PIPECAT_LLM_OPTIONS},
+    }
+    return [
+        python,
+        str(ROOT / "bench" / "pc_voice.py"),
+        "--port",
+        str(port),
+        *(str(x) for kv in options.items() for x in kv),
+        *extra,
+    ]
+
+
+PIPECAT_LLM_OPTIONS = ("n_ctx", "n_threads", "max_tokens", "temperature", "top_p", "repeat_penalty")
 
 
 async def play_turn(
@@ -278,9 +320,14 @@ class Probe:
 
 @contextlib.asynccontextmanager
 async def server_under_test(
-    config_path: Path, config: dict[str, Any], in_process: bool, root: Path = ROOT
+    config_path: Path,
+    config: dict[str, Any],
+    in_process: bool,
+    root: Path = ROOT,
+    system: str = "voxpipe",
+    server_args: tuple[str, ...] = (),
 ) -> AsyncIterator[tuple[str, Probe]]:
-    """The real server: a ``voxpipe serve`` child process, or ``serve()`` in this event loop."""
+    """The real server: a ``voxpipe serve`` (or pipecat) child process, or ``serve()`` in this event loop."""
     if in_process:
         from server.app import serve
         from server.config import parse_config
@@ -289,7 +336,8 @@ async def server_under_test(
         async with serve(parse_config(data, str(config_path)), log=lambda text: print("   server: " + text)) as running:
             yield running.url, Probe(psutil.Process())
         return
-    server = ServerProcess(config_path, free_port(), root)
+    port = free_port()
+    server = ServerProcess(config_path, port, root, server_command(system, config, port, server_args))
     try:
         await server.ready()
         yield f"ws://127.0.0.1:{server.port}/ws", Probe(server.ps)
@@ -305,10 +353,12 @@ async def run_turns(
     timeout_s: float,
     in_process: bool,
     root: Path = ROOT,
+    system: str = "voxpipe",
+    server_args: tuple[str, ...] = (),
 ) -> tuple[list[TurnResult], float, Probe]:
     """The turns through the server; returns them, the server's CPU % and the probe."""
     turns: list[TurnResult] = []
-    async with server_under_test(config_path, config, in_process, root) as (url, probe):
+    async with server_under_test(config_path, config, in_process, root, system, server_args) as (url, probe):
         samplers = [asyncio.create_task(probe.sample_memory())]
         if in_process:
             samplers.append(asyncio.create_task(probe.sample_loop_lag()))
@@ -345,7 +395,18 @@ def main() -> int:
     parser.add_argument(
         "--server-root", default=str(ROOT), help="checkout to run the server from (A/B against another branch)"
     )
+    parser.add_argument(
+        "--system", choices=SYSTEMS, default="voxpipe", help="pipecat: bench/pc_voice.py on the same models and client"
+    )
+    parser.add_argument(
+        "--pipecat-args", default="", help='more bench/pc_voice.py options: "--beam-size 1 --whisper-threads 2"'
+    )
+    parser.add_argument("--tag", default="", help="appended to the result file's name")
     args = parser.parse_args()
+    if args.pipecat_args and args.system != "pipecat":
+        parser.error("--pipecat-args needs --system pipecat")
+    if args.in_process and args.system != "voxpipe":
+        parser.error("--in-process runs voxpipe only")
 
     config = yaml.safe_load(Path(args.config).read_text())
     tts_entry = next(e for e in config["pipeline"] if e.get("engine") == "piper")
@@ -359,7 +420,17 @@ def main() -> int:
 
     load_before = os.getloadavg()[0]
     turns, cpu_pct, probe = asyncio.run(
-        run_turns(Path(args.config), config, questions, speech, args.timeout_s, args.in_process, Path(args.server_root))
+        run_turns(
+            Path(args.config),
+            config,
+            questions,
+            speech,
+            args.timeout_s,
+            args.in_process,
+            Path(args.server_root),
+            args.system,
+            tuple(shlex.split(args.pipecat_args)),
+        )
     )
     summary = summarize(turns)
     heard = sum(words(t.transcript) == words(t.question) for t in turns)
@@ -376,12 +447,15 @@ def main() -> int:
     print_table(summary, extra)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"voice_to_voice-{datetime.now():%Y-%m-%d-%H%M}.json"
+    suffix = "".join(f"-{t}" for t in (args.system if args.system != "voxpipe" else "", args.tag) if t)
+    path = out_dir / f"voice_to_voice-{datetime.now():%Y-%m-%d-%H%M}{suffix}.json"
+    system = {} if args.system == "voxpipe" else {"system": args.system, "pipecat_args": args.pipecat_args}
     path.write_text(
         json.dumps(
             {
                 "when": datetime.now().isoformat(timespec="seconds"),
                 "command": " ".join(sys.argv),
+                **system,
                 "mode": "in-process" if args.in_process else "child process",
                 "server_root": args.server_root,
                 "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
