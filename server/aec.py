@@ -145,13 +145,10 @@ class EchoCanceller:
         end = self.written_until
         if shift <= 0 or end <= start:
             return
-        held = self.ring[np.arange(start, end) % self.ring.size].copy()
+        held = self.ring[np.arange(start, end) % self.ring.size].copy()  # at most the ring: no self-overlap
         self._zero(start, end)
-        self.written_until = start + shift
-        if held.size >= self.ring.size - shift:
-            held = held[: max(0, self.ring.size - shift)]
-        self.ring[np.arange(start + shift, start + shift + held.size) % self.ring.size] = held
-        self.written_until = start + shift + held.size
+        self.ring[np.arange(start + shift, end + shift) % self.ring.size] = held
+        self.written_until = end + shift
 
     def _zero(self, start: int, end: int) -> None:
         count = min(end - start, self.ring.size)

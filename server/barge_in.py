@@ -213,9 +213,8 @@ class BargeIn:
     def _agent_words(self, agent_turns: list[int]) -> list[str]:
         """The last words of what the paused agent turns have sent out (their echo can only be of those)."""
         out: list[str] = []
-        timelines = self.session.playhead.timelines
         for turn in agent_turns:
-            timeline = timelines.get(turn)
+            timeline = self.session.playhead.timeline(turn)
             if timeline is not None:
                 for start_ms, text, _ms in timeline.segments:
                     if start_ms <= timeline.released_ms:

@@ -106,8 +106,9 @@ class LlamaLlm:
         self._free = [(model, []) for model in models]
         loaded = time.monotonic()
         if self.options.warm_up:
-            for _ in models:  # each copy once (taken in turn from the free list)
-                self._complete([{"role": "user", "content": "Hi"}], lambda _delta: True, threading.Event(), 1)
+            hello = [{"role": "user", "content": "Hi"}]
+            for model in models:  # each copy by name: _take would hand the warm one out again
+                self._stream(model, hello, lambda _delta: True, threading.Event(), 1)
         log(
             f"voxpipe: llama.cpp ready in {time.monotonic() - started:.1f} s "
             f"(load {loaded - started:.1f} s, warm-up {time.monotonic() - loaded:.1f} s, "
