@@ -229,6 +229,7 @@ async def eot(voice: Voice, n: int) -> dict[str, Any]:
             t0 = time.monotonic() + 0.05
             pause_from, pause_to = t0 + (lead.size + a.size) / RATE_HZ, t0 + (lead.size + a.size + gap.size) / RATE_HZ
             sender = asyncio.create_task(stream(c, audio, t0=t0))
+            start = len(c.received)
             ends = []
             while not sender.done() or not ends:
                 try:
@@ -242,8 +243,14 @@ async def eot(voice: Voice, n: int) -> dict[str, Any]:
             await sender
             early = [e for e in ends if pause_from < e < pause_to + 0.1]
             mid_sentence += bool(early)
+            heard = [x["text"] for x in c.received[start:] if x["type"] == "transcript" and x["final"]]
             details.append(
-                {"text": f"{first} ... {rest}", "pause_ms": round(pause_s * 1000), "ended_in_pause": bool(early)}
+                {
+                    "text": f"{first} ... {rest}",
+                    "pause_ms": round(pause_s * 1000),
+                    "ended_in_pause": bool(early),
+                    "heard": heard,  # the final transcripts: a turn ended in the pause shows its first half
+                }
             )
             await settle(c)
         delays: list[float] = []
@@ -351,7 +358,15 @@ async def barge(voice: Voice, n: int) -> dict[str, Any]:
     }
 
 
-async def echo(voice: Voice, turns: int) -> dict[str, Any]:
+def verdicts() -> dict[str, float]:
+    """The server's barge-in decisions so far, by verdict (the bench runs the server in process)."""
+    from server.barge_in import BARGE_INS_TOTAL
+
+    names = ("words", "backchannel", "nothing", "unsure_words", "echo_words", "undecided_voice", "long_voice")
+    return {name: BARGE_INS_TOTAL.get(verdict=name) for name in names}
+
+
+async def echo(voice: Voice, turns: int, canceller: dict[str, Any]) -> dict[str, Any]:
     rng = np.random.default_rng(3)
     lines = [
         "Welcome, traveller.",
@@ -363,11 +378,13 @@ async def echo(voice: Voice, turns: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for rt60 in (0.3, 0.6):
         rir = room_response(rt60, rng.uniform(40, 80), seed=int(rt60 * 10))
-        async with room(config(), canceller=True, rir=rir, clip_drive=1.5, echo_db=0.0, send_acks=True) as (r, srv):
+        options = {"rir": rir, "clip_drive": 1.5, "echo_db": 0.0, "send_acks": True}
+        async with room(config(), canceller=True, canceller_options=canceller, **options) as (r, srv):
             (session,) = srv.sessions.values()
             aec = session.echo_canceller
             assert aec is not None, "the echo canceller is not on (pip install livekit)"
             barge_ins = pauses = 0
+            verdicts_before = verdicts()
             started = time.monotonic()
             for i in range(turns):
                 await r.client.send({"type": "say", "text": lines[i % len(lines)]})
@@ -378,14 +395,19 @@ async def echo(voice: Voice, turns: int) -> dict[str, Any]:
                 barge_ins += sum(1 for x in msgs if x["type"] == "interrupted")
                 pauses += sum(1 for x in msgs if x["type"] == "agent_paused")
             echo_s = time.monotonic() - started
+            decided = {k: v - verdicts_before[k] for k, v in verdicts().items() if v > verdicts_before[k]}
             erle_db = 10 * math.log10(aec.energy_in / max(aec.energy_out, 1.0))
             person = voice.say("Hold on a second, I need to ask you about the quest.", dbfs=PERSON_DBFS)
+            verdicts_before = verdicts()
             latencies = await double_talk_turns(r, AGENT_LINE, person, turns, delay_s=0.8)
+            person_decided = {k: v - verdicts_before[k] for k, v in verdicts().items() if v > verdicts_before[k]}
             hit = [x for x in latencies if x is not None]
             out[f"rt60_{int(rt60 * 1000)}ms"] = {
                 "echo_only_barge_ins": barge_ins,
                 "echo_only_pauses": pauses,
+                "echo_only_verdicts": decided,  # what decided each pause (server/barge_in.py's counter)
                 "person_interrupted": len(hit),
+                "person_verdicts": person_decided,
                 "turns": turns,
                 "onset_to_interrupted_ms": {"p50": percentile(hit, 50), "p90": percentile(hit, 90)},
                 "erle_db_echo_only": round(erle_db, 1),
@@ -408,7 +430,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         print(json.dumps({k: v for k, v in result["barge"].items() if k != "raw"}, indent=1), flush=True)
     if "echo" in only:
         print(">> echo", flush=True)
-        result["echo"] = await echo(voice, min(args.trials, 20))
+        result["echo"] = await echo(voice, min(args.trials, 20), json.loads(args.canceller))
         print(json.dumps(result["echo"], indent=1), flush=True)
     return result
 
@@ -416,6 +438,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="", help="eot,barge,echo (default: all)")
+    parser.add_argument("--canceller", default="{}", help="echo_canceller options, JSON: '{\"residual_gate_db\": 0}'")
     parser.add_argument("--trials", type=int, default=30, help="overlaps per kind (eot and echo use up to 20)")
     res = asyncio.run(main(parser.parse_args()))
     RESULTS.mkdir(exist_ok=True)

@@ -11,6 +11,10 @@ by then with no words decided (a client that stopped its mic mid-utterance sends
 the agent goes on, and that turn's final transcript is judged as if the pause still held.
 ``immediate``: voice sustained for ``barge_in_min_ms`` interrupts at once, no pause.
 
+Tiny Whisper reads words into sounds that have none (a hum as "in a month", a laugh as "Aha"): words it
+was unsure of (mean token log-probability under ``UNSURE_LOGPROB``) decide nothing either; a later,
+surer partial can still cut, and so can voice that goes on for ``max_pause_ms``.
+
 Clients that play the agent through speakers with no echo cancellation (``echo_words``): what is left
 of the agent's echo after the server's canceller (a reverberant room leaves 8-19 dB of it: the linear
 filter of AEC3 is ~50 ms long) is heard as the agent's own words. Words that are mostly among the ones
@@ -42,11 +46,18 @@ EARLY_PARTIAL_MS = 200.0
 # Echo: this share of the heard words is among the agent's last ``ECHO_RECENT_WORDS`` released words
 ECHO_WORDS_SHARE = 0.6
 ECHO_RECENT_WORDS = 30
+# Whisper's mean token log-probability below which its words are taken as a misreading of a sound: its own
+# threshold for a failed decode (faster-whisper's log_prob_threshold). Measured on Piper's voice: real
+# interruptions' finals -0.08 to -0.31, their partials after the first -0.2 to -1.03 (the next one then
+# sure); misread hums -0.56 to -1.65 ("in a month.", "and I'm"). At -0.8 "Actually" (-0.96) waited a partial.
+UNSURE_LOGPROB = -1.0
 VOICE_GONE_MS = 100.0  # silence after which the voice over the agent counts as stopped
 AUDIO_STALLED_MS = 250.0  # no audio at all for this long (a mic stopped mid-utterance): no voice either
 
 
 _VOWEL = re.compile(r"[aeiouy]")
+# "ha ha", "hahaha", "heh", "hehe", "aha": a laugh, not words
+_LAUGH = re.compile(r"(?:h[aeio]){2,}h?|hah?|heh|a+ha+h?")
 
 
 def words_of(text: str) -> list[str]:
@@ -54,8 +65,9 @@ def words_of(text: str) -> list[str]:
 
 
 def is_hum(word: str) -> bool:
-    """ "mmm", "hmm", "mhm", "shh", and what tiny Whisper makes of a hum ("nmr"): no vowel, not a word."""
-    return _VOWEL.search(word) is None
+    """ "mmm", "hmm", "mhm", "shh", and what tiny Whisper makes of a hum ("nmr", "mmo"): no vowel, or the
+    "mm" no English word starts with; or a laugh ("ha", "aha", "hehe"). Not words."""
+    return _VOWEL.search(word) is None or word.startswith("mm") or _LAUGH.fullmatch(word) is not None
 
 
 def is_echo(heard: list[str], agent_words: list[str]) -> bool:
@@ -177,8 +189,9 @@ class BargeIn:
             if item.turn != self.resumed_over or not item.final:
                 return False
             self.resumed_over = None  # the agent went on already: words are a turn of their own
-            return self._verdict(item.text, [t.id for t in self.session.turns.responding(before=item.turn)]) != "words"
-        heard = self._verdict(item.text, pause.agent_turns)
+            agents = [t.id for t in self.session.turns.responding(before=item.turn)]
+            return self._verdict(item.text, agents, item.logprob) != "words"
+        heard = self._verdict(item.text, pause.agent_turns, item.logprob)
         early = not item.final and (self.session.clock() - pause.started_at) * 1000.0 < EARLY_PARTIAL_MS
         if heard == "words" and early:
             pause.heard = pause.heard or "nothing"  # decoding has begun; the next words decide
@@ -203,9 +216,14 @@ class BargeIn:
             else:
                 self._clear()
 
-    def _verdict(self, text: str, agent_turns: list[int]) -> Verdict:
+    def _verdict(self, text: str, agent_turns: list[int], logprob: float | None) -> Verdict:
         heard = verdict(text, self.backchannels)
-        if heard == "words" and self.echo_words and is_echo(words_of(text), self._agent_words(agent_turns)):
+        if heard != "words":
+            return heard
+        if logprob is not None and logprob < UNSURE_LOGPROB:
+            BARGE_INS_TOTAL.inc(verdict="unsure_words")
+            return "nothing"
+        if self.echo_words and is_echo(words_of(text), self._agent_words(agent_turns)):
             BARGE_INS_TOTAL.inc(verdict="echo_words")
             return "nothing"
         return heard

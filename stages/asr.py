@@ -28,12 +28,25 @@ from vocab.errors import StageError
 from vocab.options import require
 
 
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """A decode's words and how sure the backend was of them (mean log-probability per token)."""
+
+    text: str
+    logprob: float | None = None
+
+
+def heard(result: str | Heard) -> Heard:
+    return result if isinstance(result, Heard) else Heard(result)
+
+
 class AsrBackend(Backend, Protocol):
     kind: ClassVar[str]  # "asr"
     rate_hz: int | None  # rate it needs, or None for any
 
-    async def transcribe(self, pcm: bytes, *, rate_hz: int, final: bool, ctx: StageContext) -> str:
-        """Text of the whole utterance so far. Runs heavy work off the event loop; cancellable."""
+    async def transcribe(self, pcm: bytes, *, rate_hz: int, final: bool, ctx: StageContext) -> str | Heard:
+        """Text of the whole utterance so far (with its confidence, if the backend knows it). Runs heavy
+        work off the event loop; cancellable."""
         ...
 
 
@@ -69,7 +82,7 @@ class AsrStage(BaseStage):
         self.last_partial: str | None = None
         self.partials_sent = 0
         # speculative final: its task, and received_bytes / trailing silence when it started
-        self.pause_task: asyncio.Task[str | None] | None = None
+        self.pause_task: asyncio.Task[Heard | None] | None = None
         self.pause_at_bytes = 0
         self.pause_silence_ms = 0.0
 
@@ -132,14 +145,14 @@ class AsrStage(BaseStage):
             covers_ms = self.received_bytes / bytes_per_ms
             self.pause_task = self.ctx.spawn(self._speculate(self.turn or 0, bytes(self.buffer), covers_ms))
 
-    async def _speculate(self, turn: int, pcm: bytes, covers_ms: float) -> str | None:
+    async def _speculate(self, turn: int, pcm: bytes, covers_ms: float) -> Heard | None:
         try:
-            text = await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=True, ctx=self.ctx)
+            words = heard(await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=True, ctx=self.ctx))
         except StageError:
             return None  # the real final decode will run (and report a persistent failure)
         if self.turn == turn:  # still this utterance: tell the VAD whether its words sound finished
-            self.ctx.turn_hints[turn] = (covers_ms, sounds_complete(text))
-        return text
+            self.ctx.turn_hints[turn] = (covers_ms, sounds_complete(words.text))
+        return words
 
     def _maybe_partial(self, out: Emitter) -> None:
         urgent = self.turn in self.ctx.urgent_turns
@@ -157,12 +170,12 @@ class AsrStage(BaseStage):
 
     async def _partial(self, turn: int, pcm: bytes, out: Emitter) -> None:
         try:
-            text = await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=False, ctx=self.ctx)
+            words = heard(await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=False, ctx=self.ctx))
         except StageError as exc:
             if exc.code == "busy":
                 return  # shed under load (finals go first): a partial less, not an error for the user
             raise
-        text = text.strip()
+        text = words.text.strip()
         # An urgent turn's first partial goes out even with no words ("nothing said" decides too), and its
         # repeats go out too: words heard again a decode later confirm an interruption ("Wait." twice
         # decides at the second partial instead of waiting ~400 ms for the words to change).
@@ -172,7 +185,7 @@ class AsrStage(BaseStage):
         if (text or first_urgent) and news and self.turn == turn and self.ctx.is_live(turn):
             self.last_partial = text
             self.partials_sent += 1
-            await out.emit(Transcription(turn, text, final=False))
+            await out.emit(Transcription(turn, text, final=False, logprob=words.logprob))
 
     async def finish(self, turn: int, out: Emitter) -> None:
         if turn != self.turn:
@@ -185,12 +198,13 @@ class AsrStage(BaseStage):
         pcm = bytes(self.buffer)
         self.buffer.clear()
         self.turn = None
-        text: str | None = None
+        words: Heard | None = None
         if pause_task is not None and not pause_task.cancelled():
-            text = await pause_task  # decoded at the pause, with no voice since: the final transcript
-        if text is None and pcm:
-            text = await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=True, ctx=self.ctx)
-        await out.emit(Transcription(turn, (text or "").strip(), final=True))
+            words = await pause_task  # decoded at the pause, with no voice since: the final transcript
+        if words is None and pcm:
+            words = heard(await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=True, ctx=self.ctx))
+        words = words or Heard("")
+        await out.emit(Transcription(turn, words.text.strip(), final=True, logprob=words.logprob))
 
     async def close(self) -> None:
         self._cancel_partial()

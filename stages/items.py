@@ -89,6 +89,9 @@ class Transcription:
     turn: int
     text: str
     final: bool
+    # mean log-probability per token of the words (Whisper's avg_logprob): how sure the ASR was, for the
+    # barge-in decision; None when the backend does not say. Not sent to the client.
+    logprob: float | None = None
 
     @property
     def downstream(self) -> bool:

@@ -198,10 +198,12 @@ async def room(
     aec: bool | None = False,
     send_acks: bool = True,
     canceller: bool = False,
+    canceller_options: dict[str, Any] | None = None,
     **room_options: Any,
 ) -> AsyncIterator[tuple[Room, Any]]:
-    """A server and one client in a room; ``canceller`` turns the server's echo canceller on (else the guard alone)."""
-    config = {**config, "echo_canceller": {"enabled": canceller}}
+    """A server and one client in a room; ``canceller`` turns the server's echo canceller on (else the guard
+    alone), with ``canceller_options`` (config.yaml's ``echo_canceller`` keys)."""
+    config = {**config, "echo_canceller": {**(canceller_options or {}), "enabled": canceller}}
     audio_in: dict[str, Any] = {"format": "pcm16", "rate": RATE_HZ, "channels": 1}
     if aec is not None:
         audio_in["aec"] = aec

@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from stages.asr import Heard
 from stages.base import BaseStage, Emitter, NothingToLoad, StageContext
 from stages.items import Item
 from vocab.options import require
@@ -60,8 +61,9 @@ class EnergyVad(NothingToLoad):
 class DurationAsr(NothingToLoad):
     """Final text: ``"heard <ms> milliseconds at <dBFS> decibels"``; partials: ``"hearing <ms> milliseconds"``.
 
-    Audio shorter than ``short_ms`` "says" ``short_text`` instead (a "yeah", or "" for a cough), partials too.
-    A partial of audio shorter than ``early_ms`` "says" ``early_text`` (Whisper's "Bye." in a breath).
+    Audio shorter than ``short_ms`` "says" ``short_text`` instead (a "yeah", or "" for a cough), partials too,
+    as sure of it as ``short_logprob`` (None: the backend does not say). A partial of audio shorter than
+    ``early_ms`` "says" ``early_text`` (Whisper's "Bye." in a breath).
     """
 
     kind: ClassVar[str] = "asr"
@@ -71,6 +73,7 @@ class DurationAsr(NothingToLoad):
         delay_ms: float = 0.0  # simulated decode time
         short_ms: float = 0.0
         short_text: str = ""
+        short_logprob: float | None = None
         early_ms: float = 0.0
         early_text: str = ""
 
@@ -78,18 +81,19 @@ class DurationAsr(NothingToLoad):
         self.delay_s = options.delay_ms / 1000
         self.short_ms = options.short_ms
         self.short_text = options.short_text
+        self.short_logprob = options.short_logprob
         self.early_ms = options.early_ms
         self.early_text = options.early_text
         self.rate_hz: int | None = None
 
-    async def transcribe(self, pcm: bytes, *, rate_hz: int, final: bool, ctx: StageContext) -> str:
+    async def transcribe(self, pcm: bytes, *, rate_hz: int, final: bool, ctx: StageContext) -> str | Heard:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         ms = round(len(pcm) * 500 / rate_hz)
         if not final and ms < self.early_ms:
             return self.early_text
         if ms < self.short_ms:
-            return self.short_text
+            return Heard(self.short_text, self.short_logprob)
         if not final:
             return f"hearing {ms} milliseconds"
         return f"heard {ms} milliseconds at {round(dbfs(pcm))} decibels"

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from stages.asr import Heard
 from stages.base import StageContext
 from stages.executor import SHEDDABLE, URGENT, BoundedExecutor
 from vocab.errors import ConfigError, StageError
@@ -123,7 +124,7 @@ class WhisperAsr:
         floor = np.full((computed.shape[0], missing), computed.max() - 2.0, dtype=computed.dtype)
         return np.concatenate([computed, floor], axis=1)
 
-    def _decode_short(self, audio: np.ndarray, language: str, final: bool) -> str | None:
+    def _decode_short(self, audio: np.ndarray, language: str, final: bool) -> Heard | None:
         """Decode in a window just longer than the audio; None when the result looks like a loop."""
         from faster_whisper.transcribe import get_compression_ratio
 
@@ -149,12 +150,12 @@ class WhisperAsr:
         text: str = tokenizer.decode(tokens).strip()
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         if result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < LOW_LOGPROB:
-            return ""
+            return Heard("")
         if len(tokens) >= budget or get_compression_ratio(text) > COMPRESSION_RATIO_LIMIT or repeats(text):
             return None
-        return text
+        return Heard(text, float(avg_logprob))
 
-    def _decode_stock(self, audio: np.ndarray, language: str, final: bool) -> str:
+    def _decode_stock(self, audio: np.ndarray, language: str, final: bool) -> Heard:
         segments, _info = self.model.transcribe(
             audio,
             language=language,
@@ -163,28 +164,32 @@ class WhisperAsr:
             vad_filter=False,
             condition_on_previous_text=False,
         )
-        return " ".join(segment.text.strip() for segment in segments).strip()
+        heard = list(segments)
+        text = " ".join(segment.text.strip() for segment in heard).strip()
+        logprobs = [segment.avg_logprob for segment in heard]
+        return Heard(text, float(min(logprobs)) if logprobs else None)  # as sure as its least sure segment
 
-    def _decode(self, audio: np.ndarray, language: str, final: bool) -> str:
+    def _decode(self, audio: np.ndarray, language: str, final: bool) -> Heard:
         if self.options.window_s < STOCK_WINDOW_S and audio.size / RATE_HZ < STOCK_WINDOW_S - 1.0:
-            text = self._decode_short(audio, language, final)
-            if text is not None:
-                return text
+            words = self._decode_short(audio, language, final)
+            if words is not None:
+                return words
             if not final:
-                return ""  # a looping partial is skipped; only a final is worth the 30 s window
+                return Heard("")  # a looping partial is skipped; only a final is worth the 30 s window
         return self._decode_stock(audio, language, final)
 
-    def _transcribe(self, pcm: bytes, language: str, final: bool) -> str:
+    def _transcribe(self, pcm: bytes, language: str, final: bool) -> Heard:
         try:
             audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
             if audio.size == 0 or float(np.abs(audio).max()) < SILENCE_PEAK:
-                return ""  # Whisper "hears" words in digital silence ("you")
+                return Heard("")  # Whisper "hears" words in digital silence ("you")
             return self._decode(audio, language, final)
         except Exception as exc:
             raise StageError(f"whisper failed: {exc}", code="asr_failed") from exc
 
-    async def transcribe(self, pcm: bytes, *, rate_hz: int, final: bool, ctx: StageContext) -> str:
-        """Text of ``pcm`` (16 kHz); off the event loop, in line with other sessions' decodes (finals first)."""
+    async def transcribe(self, pcm: bytes, *, rate_hz: int, final: bool, ctx: StageContext) -> Heard:
+        """Text of ``pcm`` (16 kHz) and Whisper's mean token log-probability; off the event loop, in line with
+        other sessions' decodes (finals first)."""
         if rate_hz != RATE_HZ:
             raise StageError(f"whisper takes {RATE_HZ} Hz audio, got {rate_hz} Hz", code="asr_failed")
         if self.model is None:

@@ -34,6 +34,10 @@ BACKCHANNELS = frozenset({("yeah",), ("uh", "huh"), ("mm", "hmm"), ("okay",)})
         ("NMR.", "backchannel"),  # what tiny Whisper made of a "mm-hmm"
         ("Hmm, yeah.", "backchannel"),
         ("Turn off the TV.", "words"),
+        ("MMO.", "backchannel"),  # no English word starts with "mm"
+        ("Ha ha.", "backchannel"),  # a laugh
+        ("Aha!", "backchannel"),
+        ("He said hi.", "words"),
     ],
 )
 def test_the_words_decide(text: str, expected: str) -> None:
@@ -109,6 +113,22 @@ async def test_a_backchannel_or_a_cough_pauses_the_agent_then_it_goes_on(said: s
         assert user_kinds[-1] == "turn_end"
         session = next(iter(srv.sessions.values()))
         assert [m["role"] for m in session.history.messages()] == ["assistant"]  # the say; no "yeah" turn
+
+
+@pytest.mark.parametrize(("logprob", "cut"), [(-1.1, False), (-0.3, True), (None, True)])
+async def test_words_the_asr_was_unsure_of_do_not_cut_the_agent(logprob: float | None, cut: bool) -> None:
+    # tiny Whisper's reading of a "mm-hmm" (bench/turn_taking.py): words, but at a low log-probability
+    config = words_config("in a month")
+    config["pipeline"][1]["short_logprob"] = logprob
+    async with running_server(config) as srv, Client.connect(srv.url) as c:
+        agent = await agent_speaking(c)
+        ended = ("turn_end", "interrupted")
+        msgs = await talk_over(c, tone(200) + silence(1500), lambda x: x["turn"] == agent and x["type"] in ended)
+        kinds = of_turn(msgs, agent)
+        heard = [x["text"] for x in c.received if x["type"] == "transcript" and x["turn"] != agent]
+        assert "in a month" in heard, heard
+        assert kinds[-1] == ("interrupted" if cut else "turn_end"), kinds
+        assert ("agent_resumed" in kinds) is not cut
 
 
 async def test_words_in_the_first_partial_alone_do_not_cut_the_agent() -> None:

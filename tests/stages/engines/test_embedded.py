@@ -146,14 +146,15 @@ async def test_the_vad_stage_cuts_an_utterance_from_24_khz_audio(speech_16k: byt
 
 
 async def test_whisper_transcribes_piper_speech(whisper: WhisperAsr, speech_16k: bytes) -> None:
-    text = await whisper.transcribe(speech_16k, rate_hz=16000, final=True, ctx=context())
-    assert words(text) == words(SENTENCE)
+    heard = await whisper.transcribe(speech_16k, rate_hz=16000, final=True, ctx=context())
+    assert words(heard.text) == words(SENTENCE)
+    assert heard.logprob is not None
+    assert -0.6 < heard.logprob < 0  # sure of clear speech
 
 
 async def test_whisper_partial_of_the_first_half(whisper: WhisperAsr, speech_16k: bytes) -> None:
     half = speech_16k[: len(speech_16k) // 2 // 2 * 2]
-    text = await whisper.transcribe(half, rate_hz=16000, final=False, ctx=context())
-    heard = words(text)
+    heard = words((await whisper.transcribe(half, rate_hz=16000, final=False, ctx=context())).text)
     assert heard
     assert heard[0] == "please"
     assert len(heard) < len(words(SENTENCE))
@@ -163,10 +164,12 @@ async def test_whisper_short_window_matches_the_stock_30_s_window(speech_16k: by
     stock = WhisperAsr(WhisperAsr.Options(window_s=30, warm_up=False))
     stock.load(print)
     try:
-        text = await stock.transcribe(speech_16k, rate_hz=16000, final=True, ctx=context())
+        heard = await stock.transcribe(speech_16k, rate_hz=16000, final=True, ctx=context())
     finally:
         stock.executor.shutdown()
-    assert words(text) == words(SENTENCE)
+    assert words(heard.text) == words(SENTENCE)
+    assert heard.logprob is not None
+    assert heard.logprob < 0
 
 
 def test_a_run_of_words_heard_twice_is_a_loop() -> None:
@@ -179,7 +182,7 @@ def test_a_run_of_words_heard_twice_is_a_loop() -> None:
 
 
 async def test_whisper_hears_nothing_in_silence_and_refuses_other_rates(whisper: WhisperAsr) -> None:
-    assert await whisper.transcribe(silence(1000), rate_hz=16000, final=True, ctx=context()) == ""
+    assert (await whisper.transcribe(silence(1000), rate_hz=16000, final=True, ctx=context())).text == ""
     with pytest.raises(StageError):
         await whisper.transcribe(silence(1000, 8000), rate_hz=8000, final=True, ctx=context())
 
