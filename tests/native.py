@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -17,9 +18,12 @@ import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+
+from tests.client import test_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(tempfile.gettempdir()) / "voxpipe-native-builds"
@@ -179,3 +183,41 @@ def read_wav(path: Path) -> WavInfo:
             peak=int(np.max(np.abs(samples))) if samples.size else 0,
             rms_dbfs=20 * np.log10(rms / 32768.0) if rms > 0 else -120.0,
         )
+
+
+def backchannel_config() -> dict[str, Any]:
+    """The server in barge_in "words" mode on the test engines (as tests/server/test_barge_in.py): a tone
+    shorter than 400 ms "says" "yeah" (a backchannel), so a short tone over the agent pauses it and then
+    resumes it; the tone TTS speaks 100 ms per word, with no gaps."""
+    return test_config(
+        pipeline=[
+            {"name": "vad", "engine": "energy", "start_ms": 60, "end_ms": 200},
+            {"name": "asr", "engine": "duration_asr", "short_ms": 400, "short_text": "yeah"},
+            {"name": "llm", "engine": "echo", "delay_ms": 5},
+            {"name": "tts", "engine": "tone", "word_ms": 100, "gap_ms": 0},
+        ],
+        session={"barge_in": "words", "barge_in_window_ms": 400},
+    )
+
+
+PAUSED = re.compile(
+    r"pause: turn (?P<turn>\d+), paused with (?P<played>\d+) samples played and (?P<buffered>\d+) buffered, "
+    r"resumed (?P<ms>\d+) ms later with (?P<while_paused>-?\d+) played while paused"
+)
+PLAYED = re.compile(r"pause: received (?P<received>\d+) samples, played (?P<played>\d+), in order (?P<in_order>yes|no)")
+
+
+def check_held(output: str, rate_hz: int, words: int = 40) -> None:
+    """A harness's ``--pause`` lines: it held its playback from ``agent_paused`` to ``agent_resumed`` (with
+    audio buffered to hold), then played every sample of the agent's ``words`` (100 ms each), in order."""
+    paused = PAUSED.search(output)
+    assert paused, f"no pause line (agent_paused and agent_resumed both handled) in:\n{output}"
+    assert int(paused["buffered"]) > 0, "nothing was buffered at the pause: the hold was not put to the test"
+    assert int(paused["played"]) > 0, "the pause came before any playback"
+    assert int(paused["while_paused"]) == 0, f"{paused['while_paused']} samples played while paused"
+    assert int(paused["ms"]) > 50, "the pause lasted long enough for playback to have moved on"
+    played = PLAYED.search(output)
+    assert played, f"no playback line in:\n{output}"
+    expected = words * rate_hz // 10
+    assert (int(played["received"]), int(played["played"])) == (expected, expected), "all received, all played"
+    assert played["in_order"] == "yes", "played from where it paused: every sample once, in order"

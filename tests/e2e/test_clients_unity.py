@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.client import running_server, test_config
-from tests.native import ROOT, build_cached, read_wav, require_tools, run_harness
+from tests.native import ROOT, backchannel_config, build_cached, check_held, read_wav, require_tools, run_harness
 from tests.proxy import cuttable_proxy
 from tests.resuming import check_backoff, check_new_session, check_resumed, run_with_a_drop
 from tests.services import redis_server
@@ -50,6 +50,19 @@ async def test_harness_fails_loudly_when_a_check_does_not_hold(harness_exe: Path
     assert run.returncode == 1, run.output
     assert "FAIL: server error unknown_stage" in run.output
     assert "FAIL: say: no audio received" in run.output
+
+
+@pytest.mark.timeout(180)
+async def test_harness_holds_its_playback_while_the_agent_is_paused_and_loses_none(
+    harness_exe: Path, tmp_path: Path
+) -> None:
+    # a short tone over the agent ("yeah" to the test ASR): agent_paused, then agent_resumed
+    async with running_server(backchannel_config()) as srv:
+        args = ["mono", str(harness_exe), srv.url, str(tmp_path / "x.wav"), "--rate", "24000", "--pause"]
+        run = await run_harness(args)
+    assert run.returncode == 0, run.output
+    assert "OK: all checks held" in run.output
+    check_held(run.output, rate_hz=24000)
 
 
 async def test_harness_exits_2_when_it_cannot_connect(harness_exe: Path, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 // Console harness for VoxpipeClient: proves the client against a running voxpipe server.
-//   mono harness.exe ws://127.0.0.1:8765/ws out.wav [--rate 24000] [--drop [--rewind N]]
+//   mono harness.exe ws://127.0.0.1:8765/ws out.wav [--rate 24000] [--drop [--rewind N]] [--pause]
 // 1. say  -> every audio chunk of the turn until turn_end (seq 0,1,2..., one turn) -> out.wav
 // 2. text -> prints the streamed reply, then waits for turn_end
 // 3. a long say, interrupt after its first audio -> interrupted arrives, and no audio / turn_end of
@@ -8,6 +8,12 @@
 //    to drop (the test cuts it); the client resumes on its own ("reconnecting:", "resume:" lines), the
 //    cut turn's interrupted is replayed, and a new text is answered ("reply after resume: ...").
 //    --rewind N makes the resume ask for N already-handled messages again: they must be ignored.
+// 5. (--pause; the server in barge_in "words" mode, a test ASR that hears "yeah" in short audio) a long say played
+//    through VoxpipePlayback by a simulated sound card (10 ms blocks on a real-time clock); after 30 chunks it
+//    streams a short tone as the mic (200 ms, then 1.5 s of silence, in real time): the server pauses the agent
+//    (agent_paused), hears a backchannel and resumes it (agent_resumed). Prints "pause: ..." lines: the samples
+//    played between the two events (0: held), what was buffered at the pause, and that every sample received
+//    was played, in order, once the turn ended.
 // Last line before the verdict: "handled: <session_seq of every message handled that a resume could replay
 // (all but audio and fatal errors), in order>".
 // Exit code 0 only when every check held; 1 with "FAIL: ..." lines otherwise; 2 when it could not run.
@@ -16,6 +22,7 @@ using System.Collections.Concurrent;
 using System.Collections.Generic;
 using System.Diagnostics;
 using System.IO;
+using System.Threading;
 using Voxpipe;
 
 static class Harness
@@ -27,26 +34,31 @@ static class Harness
     static readonly List<Tuple<string, long, bool>> Handled = new List<Tuple<string, long, bool>>();
 
     sealed class TurnEnded { public int Turn; }
+    // agent_paused / agent_resumed, with the playback as it stood when the event arrived (network thread)
+    sealed class PauseEvent { public int Turn; public bool Resumed; public long Played; public int Buffered; public double AtMs; }
+    static VoxpipePlayback player;           // step 5 only: fed by the client's callbacks, as a game's would be
+    static readonly Stopwatch Since = Stopwatch.StartNew();
     sealed class ClosedEvent { public Exception Failure; }
 
     static int Main(string[] args)
     {
         if (args.Length < 2)
         {
-            Console.Error.WriteLine("usage: harness.exe WS_URL OUT.wav [--rate HZ]");
+            Console.Error.WriteLine("usage: harness.exe WS_URL OUT.wav [--rate HZ] [--drop [--rewind N]] [--pause]");
             return 2;
         }
         int rate = 16000, rewind = 0;
-        bool drop = false;
+        bool drop = false, pause = false;
         for (int i = 2; i < args.Length; i++)
         {
             if (args[i] == "--rate" && i + 1 < args.Length) rate = int.Parse(args[++i]);
             else if (args[i] == "--rewind" && i + 1 < args.Length) rewind = int.Parse(args[++i]);
             else if (args[i] == "--drop") drop = true;
+            else if (args[i] == "--pause") pause = true;
         }
         try
         {
-            return Run(new Uri(args[0]), args[1], rate, drop, rewind);
+            return Run(new Uri(args[0]), args[1], rate, drop, rewind, pause);
         }
         catch (Exception exc)
         {
@@ -55,7 +67,7 @@ static class Harness
         }
     }
 
-    static int Run(Uri url, string wavPath, int rate, bool drop, int rewind)
+    static int Run(Uri url, string wavPath, int rate, bool drop, int rewind, bool pause)
     {
         client = new VoxpipeClient(new VoxpipeOptions { InputRate = 16000, OutputRate = rate, ResumeRewindMessages = rewind });
         client.Message += m =>
@@ -68,6 +80,11 @@ static class Harness
         };
         client.Reconnecting += e => Events.Add(e);
         client.Reconnected += e => Events.Add(e);
+        // The playback first, on the network thread (a game's audio thread would read it meanwhile); then the record.
+        client.Audio += e => { var p = player; if (p != null) p.Write(e.Turn, e.Samples); };
+        client.AgentPaused += turn => OnPause(turn, false);
+        client.AgentResumed += turn => OnPause(turn, true);
+        client.Interrupted += e => { var p = player; if (p != null) p.Flush(e.Turn); };
         client.Audio += e => Events.Add(e);
         client.Reply += e => Events.Add(e);
         client.TurnEnd += t => Events.Add(new TurnEnded { Turn = t });
@@ -85,6 +102,7 @@ static class Harness
         TextReply();
         InterruptLongSay();
         if (drop) DropAndResume();
+        if (pause) PauseAndResume(ready.OutputRate);
 
         client.CloseAsync().GetAwaiter().GetResult();
         client.Dispose();
@@ -120,6 +138,7 @@ static class Harness
         if (e is ReplyEvent) return ((ReplyEvent)e).Turn;
         if (e is TurnEnded) return ((TurnEnded)e).Turn;
         if (e is InterruptedEvent) return ((InterruptedEvent)e).Turn;
+        if (e is PauseEvent) return ((PauseEvent)e).Turn;
         return -1;
     }
 
@@ -334,6 +353,167 @@ static class Harness
         }
         Console.WriteLine("reply after resume: " + reply.ToString().Trim());
         Console.WriteLine("resume: replayed " + client.ReplayedMessages + ", ignored " + client.IgnoredDuplicates + " already handled");
+    }
+
+    // ------------------------------------------------------------ 5. a backchannel over the agent: held, then on
+
+    // network thread: note what had played when the event came (before acting on it), then hold or go on
+    static void OnPause(int turn, bool resumed)
+    {
+        var p = player;
+        var e = new PauseEvent { Turn = turn, Resumed = resumed, AtMs = Since.Elapsed.TotalMilliseconds };
+        if (p != null)
+        {
+            e.Played = p.TotalPlayed;
+            e.Buffered = p.Buffered;
+            if (resumed) p.Resume();
+            else p.Pause();
+        }
+        Events.Add(e);
+    }
+
+    // A sound card: pulls 10 ms blocks from the playback on a real-time clock and keeps what it played.
+    sealed class SoundCard
+    {
+        public readonly List<short> Played = new List<short>();
+        readonly VoxpipePlayback playback;
+        readonly int rate;
+        readonly Thread thread;
+        readonly AutoResetEvent pulled = new AutoResetEvent(false);
+        volatile bool stop;
+
+        public SoundCard(VoxpipePlayback playback, int rate)
+        {
+            this.playback = playback;
+            this.rate = rate;
+            thread = new Thread(Run) { IsBackground = true };
+            thread.Start();
+        }
+
+        void Run()
+        {
+            var block = new float[rate / 100];
+            var clock = Stopwatch.StartNew();
+            long frames = 0;
+            while (!stop)
+            {
+                long due = (long)(clock.Elapsed.TotalMilliseconds * rate / 1000);
+                for (; frames + block.Length <= due; frames += block.Length)
+                {
+                    int n = playback.Read(block, 1, 1.0);
+                    lock (Played) for (int i = 0; i < n; i++) Played.Add((short)Math.Round(block[i] * 32768f));
+                }
+                pulled.Set();
+                Thread.Sleep(2);   // the device's period; nothing waits on it but the clock
+            }
+        }
+
+        /// Until `done()` holds after a pull, or `timeoutMs` passed; true when it held.
+        public bool WaitFor(Func<bool> done, int timeoutMs)
+        {
+            var clock = Stopwatch.StartNew();
+            while (!done())
+            {
+                int left = timeoutMs - (int)clock.ElapsedMilliseconds;
+                if (left <= 0) return false;
+                pulled.WaitOne(left);
+            }
+            return true;
+        }
+
+        public void Stop() { stop = true; thread.Join(); }
+    }
+
+    // The mic: `voiceMs` of a 440 Hz tone, then `quietMs` of silence, in 20 ms frames paced to real time.
+    static Thread Talk(int voiceMs, int quietMs)
+    {
+        var thread = new Thread(() =>
+        {
+            const int rate = 16000, frame = rate / 50;
+            int total = (voiceMs + quietMs) * rate / 1000;
+            var clock = Stopwatch.StartNew();
+            for (int start = 0; start < total; start += frame)
+            {
+                var samples = new short[Math.Min(frame, total - start)];
+                for (int i = 0; i < samples.Length; i++)
+                {
+                    int n = start + i;
+                    if (n < voiceMs * rate / 1000) samples[i] = (short)(0.3 * 32767 * Math.Sin(2 * Math.PI * 440 * n / rate));
+                }
+                client.SendAudio(samples);
+                int dueMs = (start + frame) * 1000 / rate;
+                int wait = dueMs - (int)clock.ElapsedMilliseconds;
+                if (wait > 0) Thread.Sleep(wait);   // real time: the mic makes 20 ms of audio every 20 ms
+            }
+        }) { IsBackground = true };
+        thread.Start();
+        return thread;
+    }
+
+    static void PauseAndResume(int rate)
+    {
+        var playback = new VoxpipePlayback(rate * 10);
+        var card = new SoundCard(playback, rate);
+        player = playback;
+        var words = new List<string>();
+        for (int i = 0; i < 40; i++) words.Add("word");
+        client.Say(string.Join(" ", words));   // 4 s of agent speech
+        int turn = -1, chunks = 0, interrupted = 0;
+        var received = new List<short>();
+        PauseEvent paused = null, resumed = null;
+        Thread mic = null;
+        var lastAck = Stopwatch.StartNew();
+        while (true)
+        {
+            var e = Next(10000);
+            if (e == null) { Failures.Add("pause: no turn_end within 10 s"); break; }
+            if (e is ErrorEvent) break;
+            if (turn < 0 && e is AudioEvent) turn = TurnOf(e);
+            if (turn < 0 || TurnOf(e) != turn) continue;   // the user's "yeah" turn: not answered, not played
+            var audio = e as AudioEvent;
+            if (audio != null)
+            {
+                received.AddRange(audio.Samples);
+                if (++chunks == 30) mic = Talk(200, 1500);   // 600 ms sent, ~400 ms played: talk over it
+            }
+            var pe = e as PauseEvent;
+            if (pe != null && !pe.Resumed && paused == null) paused = pe;
+            if (pe != null && pe.Resumed && resumed == null) resumed = pe;
+            if (e is InterruptedEvent) { interrupted++; break; }
+            if (e is TurnEnded) break;
+            if (lastAck.ElapsedMilliseconds >= 100 && playback.PlayingTurn == turn)
+            {
+                lastAck.Restart();
+                client.Played(turn, playback.PlayedSamples * 1000.0 / rate);
+            }
+        }
+        bool drained = card.WaitFor(() => playback.TotalPlayed >= received.Count && playback.Buffered == 0, 10000);
+        card.Stop();
+        player = null;
+        if (mic != null) mic.Join(5000);
+        short[] played;
+        lock (card.Played) played = card.Played.ToArray();
+
+        Check(paused != null, "pause: no agent_paused for turn " + turn);
+        Check(resumed != null, "pause: no agent_resumed for turn " + turn);
+        Check(interrupted == 0, "pause: turn " + turn + " was interrupted");
+        Check(drained, "pause: the playback did not drain within 10 s of turn_end");
+        if (paused != null && resumed != null)
+        {
+            long whilePaused = resumed.Played - paused.Played;
+            Console.WriteLine("pause: turn " + turn + ", paused with " + paused.Played + " samples played and " + paused.Buffered +
+                              " buffered, resumed " + (resumed.AtMs - paused.AtMs).ToString("0") + " ms later with " + whilePaused +
+                              " played while paused");
+            Check(resumed.AtMs > paused.AtMs, "pause: agent_resumed came before agent_paused");
+            Check(paused.Buffered > 0, "pause: nothing was buffered at agent_paused (nothing to hold)");
+            Check(whilePaused == 0, "pause: " + whilePaused + " samples played while the agent was paused");
+        }
+        int same = 0;   // how far the samples played match the samples received, one for one
+        while (same < played.Length && same < received.Count && played[same] == received[same]) same++;
+        bool inOrder = same == played.Length && same == received.Count;
+        Console.WriteLine("pause: received " + received.Count + " samples, played " + played.Length + ", in order " + (inOrder ? "yes" : "no"));
+        Check(played.Length == received.Count, "pause: " + played.Length + " samples played of " + received.Count + " received");
+        Check(inOrder, "pause: the samples played differ from those received from sample " + same);
     }
 
     static void ReportHandled()

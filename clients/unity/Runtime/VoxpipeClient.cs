@@ -11,6 +11,8 @@
 // highest handled is ignored (ResumeState). While it is away, audio and played acks are dropped (they would
 // be stale), other messages wait in the queue and go after the new ready. A resume the server refuses
 // (resume_failed) gives a new session: Reconnected says so (Resumed false), the conversation is lost.
+// Agent pause (wire contract, "Agent pause"): AgentPaused means hold playback, keeping the buffer; then
+// AgentResumed (play on from there) or Interrupted (flush). VoxpipePlayback does both.
 using System;
 using System.Collections.Generic;
 using System.IO;
@@ -94,6 +96,10 @@ namespace Voxpipe
         public event Action<AudioEvent> Audio;
         public event Action<InterruptedEvent> Interrupted;
         public event Action<int> TurnEnd;
+        public event Action<int> AgentPaused;                       // voice over the agent (turn): hold playback,
+                                                                    // keeping the buffer, while the words decide
+        public event Action<int> AgentResumed;                      // a backchannel or no words (turn): play on
+                                                                    // from where it was held; nothing was cut
         public event Action<ErrorEvent> Error;                      // going_away and resume_failed are not raised
                                                                     // here: they become Reconnecting / Reconnected
         public event Action<VadEvent> Vad;
@@ -579,6 +585,14 @@ namespace Voxpipe
                 case "turn_end":
                     var turnEnd = TurnEnd;
                     if (turnEnd != null) turnEnd(Int(msg, "turn"));
+                    break;
+                case "agent_paused":
+                    var agentPaused = AgentPaused;
+                    if (agentPaused != null) agentPaused(Int(msg, "turn"));
+                    break;
+                case "agent_resumed":
+                    var agentResumed = AgentResumed;
+                    if (agentResumed != null) agentResumed(Int(msg, "turn"));
                     break;
                 case "error":
                     var error = Error;

@@ -1,15 +1,16 @@
 // VoxpipeNpc: a thin Unity sample around VoxpipeClient. Put it on a GameObject with an AudioSource.
 // - Captures the default Microphone, sends 20 ms PCM16 frames (audio_in.aec = false: Unity's Microphone
 //   has no echo canceller, so the server's echo guard keeps the NPC's own voice from interrupting it).
-// - Plays the agent through OnAudioFilterRead from a lock-protected ring buffer (streaming, no AudioClip
-//   per chunk), flushes that buffer on `interrupted`, and acks what was actually played (`played`).
+// - Plays the agent through OnAudioFilterRead from VoxpipePlayback (Runtime/: a lock-protected ring buffer,
+//   streaming, no AudioClip per chunk): holds it on `agent_paused` (the buffer kept) and plays on from there
+//   on `agent_resumed`, flushes it on `interrupted` (which also ends a pause), and acks what was actually
+//   played (`played`).
 // - Client events arrive on a network thread; anything that touches Unity objects is queued to Update.
 // - A dropped socket resumes on its own (VoxpipeClient); a refused resume starts a new session.
 // Not compiled by the repository's tests (it needs UnityEngine); the core it uses is.
 using System;
 using System.Collections.Concurrent;
 using System.Collections.Generic;
-using System.Threading;
 using UnityEngine;
 using Voxpipe;
 
@@ -37,17 +38,9 @@ public sealed class VoxpipeNpc : MonoBehaviour
     float[] micScratch = new float[0];
     readonly List<short> micPending = new List<short>();
 
-    // playback: written by the network thread, read by the audio thread
-    readonly object ringLock = new object();
-    float[] ring;
-    int ringRead, ringCount;
+    // playback: written by the network thread, read by the audio thread (VoxpipePlayback locks)
+    VoxpipePlayback playback;
     int outputRate, serverOutRate;
-    double resamplePos;                      // fractional read position when the rates differ
-    readonly HashSet<int> cutTurns = new HashSet<int>();
-    // which turn the sample at the ring's read position belongs to, as (turn, samples) runs
-    readonly Queue<int[]> turnRuns = new Queue<int[]>();
-    int playingTurn = -1;
-    long playedSamples;                      // of playingTurn, at serverOutRate; read by Update for acks
     float nextAckTime;
 
     async void Start()
@@ -55,7 +48,7 @@ public sealed class VoxpipeNpc : MonoBehaviour
         outputRate = AudioSettings.outputSampleRate;
         // The protocol allows 8/16/24/48 kHz; ask for the device rate when allowed, else 48 kHz + resampling.
         serverOutRate = (outputRate == 48000 || outputRate == 24000 || outputRate == 16000) ? outputRate : 48000;
-        ring = new float[(int)(serverOutRate * playbackBufferSeconds)];
+        playback = new VoxpipePlayback((int)(serverOutRate * playbackBufferSeconds));
 
         micDevice = Microphone.devices.Length > 0 ? Microphone.devices[0] : null;
         int minRate, maxRate;
@@ -74,8 +67,12 @@ public sealed class VoxpipeNpc : MonoBehaviour
             InputRate = micRate, OutputRate = serverOutRate,
             Aec = clientHasEchoCancellation, SystemPrompt = systemPrompt,
         });
-        client.Audio += OnAudio;
-        client.Interrupted += e => { Flush(e.Turn); mainThread.Enqueue(() => Subtitle = e.Text); };
+        client.Audio += e => playback.Write(e.Turn, e.Samples);   // network thread; the playback locks
+        // Voice over the NPC: hold its playback (the buffer kept) while the server decides; a backchannel or a
+        // cough resumes it where it was, real words interrupt it (the flush also ends the pause).
+        client.AgentPaused += turn => playback.Pause();
+        client.AgentResumed += turn => playback.Resume();
+        client.Interrupted += e => { playback.Flush(e.Turn); mainThread.Enqueue(() => Subtitle = e.Text); };
         client.Reply += e => mainThread.Enqueue(() =>
         {
             if (e.Turn != subtitleTurn) { subtitleTurn = e.Turn; Subtitle = ""; }
@@ -87,7 +84,7 @@ public sealed class VoxpipeNpc : MonoBehaviour
         client.Reconnecting += e => mainThread.Enqueue(() => Debug.Log("voxpipe reconnecting (attempt " + e.Attempt + "): " + e.Reason));
         client.Reconnected += e =>
         {
-            if (!e.Resumed) lock (ringLock) { cutTurns.Clear(); ringCount = 0; turnRuns.Clear(); }  // turn ids restart
+            if (!e.Resumed) playback.Clear();   // turn ids restart (and a pause of the old session ends)
             mainThread.Enqueue(() => Debug.Log(e.Resumed ? "voxpipe resumed " + e.Session
                                                          : "voxpipe: new session " + e.Session + " (" + e.FailureCode + "), the NPC forgot the conversation"));
         };
@@ -110,10 +107,11 @@ public sealed class VoxpipeNpc : MonoBehaviour
         while (mainThread.TryDequeue(out action)) action();
         if (client == null || client.Ready == null) return;
         PumpMicrophone();
+        int playingTurn = playback.PlayingTurn;
         if (Time.unscaledTime >= nextAckTime && playingTurn >= 0)
         {
             nextAckTime = Time.unscaledTime + 0.1f;
-            client.Played(playingTurn, Interlocked.Read(ref playedSamples) * 1000.0 / serverOutRate);
+            client.Played(playingTurn, playback.PlayedSamples * 1000.0 / serverOutRate);   // none grows while held
         }
     }
 
@@ -134,68 +132,13 @@ public sealed class VoxpipeNpc : MonoBehaviour
         }
     }
 
-    // network thread
-    void OnAudio(AudioEvent e)
-    {
-        lock (ringLock)
-        {
-            if (cutTurns.Contains(e.Turn)) return;   // belt and braces: the server sends none after interrupted
-            int n = Math.Min(e.Samples.Length, ring.Length - ringCount);   // overflow: drop the newest
-            int write = (ringRead + ringCount) % ring.Length;
-            for (int i = 0; i < n; i++) ring[(write + i) % ring.Length] = e.Samples[i] / 32768f;
-            ringCount += n;
-            turnRuns.Enqueue(new[] { e.Turn, n });
-        }
-    }
-
-    // network thread
-    void Flush(int turn)
-    {
-        lock (ringLock)
-        {
-            cutTurns.Add(turn);
-            ringCount = 0;
-            turnRuns.Clear();
-            resamplePos = 0;
-        }
-    }
-
-    // audio thread: fill `data` (interleaved, `channels`) from the ring, resampling serverOutRate -> outputRate
+    // audio thread: fill `data` (interleaved, `channels`) from the playback, resampling serverOutRate -> outputRate;
+    // silence while it is held (agent_paused) or empty
     void OnAudioFilterRead(float[] data, int channels)
     {
-        double step = (double)serverOutRate / outputRate;
-        lock (ringLock)
-        {
-            for (int i = 0; i < data.Length; i += channels)
-            {
-                float sample = 0f;
-                if (ringCount > 0)
-                {
-                    sample = ring[ringRead];
-                    resamplePos += step;
-                    int consumed = (int)resamplePos;
-                    resamplePos -= consumed;
-                    Consume(Math.Min(consumed, ringCount));
-                }
-                for (int c = 0; c < channels; c++) data[i + c] = sample;
-            }
-        }
-    }
-
-    void Consume(int n)
-    {
-        ringRead = (ringRead + n) % ring.Length;
-        ringCount -= n;
-        while (n > 0 && turnRuns.Count > 0)
-        {
-            var run = turnRuns.Peek();
-            if (run[0] != playingTurn) { playingTurn = run[0]; Interlocked.Exchange(ref playedSamples, 0); }
-            int take = Math.Min(n, run[1]);
-            run[1] -= take;
-            n -= take;
-            Interlocked.Add(ref playedSamples, take);
-            if (run[1] == 0) turnRuns.Dequeue();
-        }
+        var p = playback;
+        if (p != null) p.Read(data, channels, (double)serverOutRate / outputRate);
+        else Array.Clear(data, 0, data.Length);
     }
 
     /// Call from gameplay: the NPC speaks a line, or the player typed something.

@@ -111,6 +111,7 @@ void UVoxpipeNpcComponent::OnSocketEnded(int32 Code, const FString& Why)
     {
         Attempt = 0;
         Wave->ResetAudio();  // the turn in flight was cut at what was played; no more of it comes
+        SetHeld(false);
         PlayingTurn = -1;
         QueuedBytesOfTurn = 0;
     }
@@ -182,10 +183,21 @@ void UVoxpipeNpcComponent::HandleMessage(const TArray<uint8>& Bytes)
         Wave->QueueAudio(reinterpret_cast<const uint8*>(M.pcm.data()), NumBytes);  // PCM16, host order
         QueuedBytesOfTurn += NumBytes;
     }
+    else if (M.type == "agent_paused")
+    {
+        SetHeld(true);  // hold where it is; what Wave has queued stays for agent_resumed
+        OnAgentPaused.Broadcast(M.turn);
+    }
+    else if (M.type == "agent_resumed")
+    {
+        SetHeld(false);  // a backchannel or a cough: on from where it was held, nothing lost
+        OnAgentResumed.Broadcast(M.turn);
+    }
     else if (M.type == "interrupted")
     {
         CutTurns.Add(M.turn);
         Wave->ResetAudio();  // flush what is buffered: the player hears the cut at once
+        SetHeld(false);      // the turn a pause held is over; the next one plays
         QueuedBytesOfTurn = 0;
         PlayingTurn = -1;
     }
@@ -201,6 +213,14 @@ void UVoxpipeNpcComponent::HandleMessage(const TArray<uint8>& Bytes)
     {
         UE_LOG(LogTemp, Warning, TEXT("voxpipe %s: %s"), UTF8_TO_TCHAR(M.code.c_str()), UTF8_TO_TCHAR(M.message.c_str()));
     }
+}
+
+// Paused, the audio component pulls nothing from Wave, so its queue (and the played count below) stands still.
+void UVoxpipeNpcComponent::SetHeld(bool bHold)
+{
+    if (bHeld == bHold) return;
+    bHeld = bHold;
+    Speaker->SetPaused(bHold);
 }
 
 void UVoxpipeNpcComponent::StartMicrophone()
@@ -244,7 +264,7 @@ void UVoxpipeNpcComponent::TickComponent(float DeltaTime, ELevelTick TickType, F
     if (AckTimer >= 0.1f && PlayingTurn >= 0)
     {
         AckTimer = 0.f;
-        // Played = handed to the wave minus what it still holds.
+        // Played = handed to the wave minus what it still holds (unchanged while held).
         const int64 PlayedBytes = QueuedBytesOfTurn - Wave->GetAvailableAudioByteCount();
         SendFrame({voxpipe::played(PlayingTurn, PlayedBytes * 500.0 / OutRate, voxpipe::Framing::Msgpack)});
     }

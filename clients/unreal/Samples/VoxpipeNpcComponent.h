@@ -1,7 +1,8 @@
 // Sample (not built by the repository's tests): a voice NPC component for Unreal Engine 5.3+.
 // Transport: Unreal's IWebSocket (WebSockets module), binary frames carrying msgpack via the
-// engine-free voxpipe_protocol.hpp. Playback: USoundWaveProcedural fed as audio arrives, reset on
-// `interrupted`. Mic: Audio::FAudioCapture (AudioCaptureCore), resampled to 16 kHz, sent from Tick.
+// engine-free voxpipe_protocol.hpp. Playback: USoundWaveProcedural fed as audio arrives, held (the
+// UAudioComponent paused, its queued audio kept) on `agent_paused` and played on from there on
+// `agent_resumed`, reset on `interrupted` (which also ends a pause). Mic: Audio::FAudioCapture (AudioCaptureCore), resampled to 16 kHz, sent from Tick.
 // Resume: a dropped socket (or going_away) reconnects with hello.resume after a backoff, using the same
 // voxpipe::ResumeState as the C++ core (replayed duplicates ignored; resume_failed -> a new session).
 #pragma once
@@ -21,6 +22,7 @@ class UAudioComponent;
 class USoundWaveProcedural;
 
 DECLARE_DYNAMIC_MULTICAST_DELEGATE_TwoParams(FVoxpipeTextEvent, int32, Turn, const FString&, Text);
+DECLARE_DYNAMIC_MULTICAST_DELEGATE_OneParam(FVoxpipeTurnEvent, int32, Turn);
 
 UCLASS(ClassGroup = (Audio), meta = (BlueprintSpawnableComponent))
 class UVoxpipeNpcComponent : public UActorComponent
@@ -45,6 +47,14 @@ public:
 
     UPROPERTY(BlueprintAssignable, Category = "Voxpipe")
     FVoxpipeTextEvent OnTranscript;   // what the player said (final transcripts)
+
+    // The player spoke over the NPC: its voice is held (not cut) while the server decides, e.g. to show a
+    // "listening" pose. Then OnAgentResumed (a backchannel or a cough: it goes on) or the turn is interrupted.
+    UPROPERTY(BlueprintAssignable, Category = "Voxpipe")
+    FVoxpipeTurnEvent OnAgentPaused;
+
+    UPROPERTY(BlueprintAssignable, Category = "Voxpipe")
+    FVoxpipeTurnEvent OnAgentResumed;
 
     // After a drop: Turn is 1 when the conversation was resumed, 0 when a new session started; Text the session id.
     UPROPERTY(BlueprintAssignable, Category = "Voxpipe")
@@ -72,6 +82,7 @@ private:
     void OpenSocket(bool bResume);
     void OnSocketEnded(int32 Code, const FString& Why);
     void CloseSocket();
+    void SetHeld(bool bHold);
 
     TSharedPtr<IWebSocket> Socket;
     TArray<uint8> Partial;                     // fragments of the binary frame being received
@@ -92,6 +103,7 @@ private:
     int32 PlayingTurn = -1;
     int64 QueuedBytesOfTurn = 0;               // bytes of PlayingTurn handed to Wave
     TSet<int32> CutTurns;
+    bool bHeld = false;                        // agent_paused: Speaker paused, Wave keeps what is queued
     float AckTimer = 0.f;
 
     Audio::FAudioCapture Capture;

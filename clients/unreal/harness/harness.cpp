@@ -1,5 +1,5 @@
 // Console harness for voxpipe::Client: proves the C++ core against a running voxpipe server.
-//   ./harness ws://127.0.0.1:8765/ws out.wav [--rate 24000] [--json] [--drop [--rewind N]]
+//   ./harness ws://127.0.0.1:8765/ws out.wav [--rate 24000] [--json] [--drop [--rewind N]] [--pause]
 // 1. say  -> every audio chunk of the turn until turn_end (seq 0,1,2..., one turn) -> out.wav
 // 2. text -> prints the streamed reply, then waits for turn_end
 // 3. a long say, interrupt after its first audio -> interrupted arrives, and no audio / turn_end of
@@ -8,11 +8,19 @@
 //    connection to drop (the test cuts it); the client resumes on its own ("reconnecting:", "resume:"
 //    lines), the cut turn's interrupted is replayed, and a new text is answered ("reply after resume: ...").
 //    --rewind N makes the resume ask for N already-handled messages again: they must be ignored.
+// 5. (--pause; the server in barge_in "words" mode, a test ASR that hears "yeah" in short audio) a long say played
+//    through voxpipe::Playback by a simulated sound card (10 ms blocks on a real-time clock); after 30 chunks it
+//    streams a short tone as the mic (200 ms, then 1.5 s of silence, in real time): the server pauses the agent
+//    (agent_paused), hears a backchannel and resumes it (agent_resumed). Prints "pause: ..." lines: the samples
+//    played between the two events (0: held), what was buffered at the pause, and that every sample received
+//    was played, in order, once the turn ended.
 // Last line before the verdict: "handled: <session_seq of every message handled that a resume could replay
 // (all but audio and fatal errors), in order>".
 // Exit code 0 only when every check held; 1 with "FAIL: ..." lines otherwise; 2 when it could not run.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -23,10 +31,12 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
 #include "../Source/VoxpipeCore/voxpipe_client.hpp"
+#include "../Source/VoxpipeCore/voxpipe_playback.hpp"
 
 using Clock = std::chrono::steady_clock;
 using voxpipe::Message;
@@ -61,6 +71,10 @@ std::vector<std::string> failures;
 std::mutex handled_mu;
 std::vector<std::tuple<std::string, std::int64_t, bool>> handled;
 std::string current_session;  // guarded by handled_mu
+// step 5 only: fed by on_message on the I/O thread, as a game's player would be
+std::mutex player_mu;
+voxpipe::Playback* player = nullptr;  // guarded by player_mu
+const Clock::time_point since = Clock::now();
 
 void check(bool ok, const std::string& what) {
     if (!ok) failures.push_back(what);
@@ -268,6 +282,170 @@ void drop_and_resume(voxpipe::Client& client) {
               << " already handled" << std::endl;
 }
 
+// ------------------------------------------------------------ 5. a backchannel over the agent: held, then on
+
+// I/O thread: the playback first (a game's audio thread would read it meanwhile). agent_paused / agent_resumed
+// note what had played when they came (before acting on them) in raw "played_then", "buffered_then", "at_ms".
+void to_player(Message& m) {
+    if (m.type == "agent_paused" || m.type == "agent_resumed") m.raw["at_ms"] = ms_since(since);
+    std::lock_guard<std::mutex> lock(player_mu);
+    if (!player) return;
+    if (m.type == "audio") {
+        player->write(m.turn, m.pcm);
+    } else if (m.type == "interrupted") {
+        player->flush(m.turn);
+    } else if (m.type == "agent_paused" || m.type == "agent_resumed") {
+        m.raw["played_then"] = player->total_played();
+        m.raw["buffered_then"] = player->buffered();
+        if (m.type == "agent_paused") player->pause();
+        else player->resume();
+    }
+}
+
+// A sound card: pulls 10 ms blocks from the playback on a real-time clock and keeps what it played.
+class SoundCard {
+public:
+    SoundCard(voxpipe::Playback& playback, int rate) : playback_(playback), rate_(rate), thread_([this] { run(); }) {}
+    ~SoundCard() { stop(); }
+
+    // Until `done()` holds after a pull, or `timeout` passed; true when it held.
+    template <class Done>
+    bool wait_for(Done done, std::chrono::milliseconds timeout) {
+        std::unique_lock<std::mutex> lock(mu_);
+        return cv_.wait_for(lock, timeout, done);
+    }
+
+    void stop() {
+        stop_ = true;
+        if (thread_.joinable()) thread_.join();
+    }
+
+    std::vector<std::int16_t> played() {
+        std::lock_guard<std::mutex> lock(mu_);
+        return played_;
+    }
+
+private:
+    void run() {
+        std::vector<std::int16_t> block(std::size_t(rate_ / 100));
+        auto start = Clock::now();
+        std::int64_t frames = 0;
+        while (!stop_) {
+            auto due = std::int64_t(ms_since(start) * rate_ / 1000);
+            for (; frames + std::int64_t(block.size()) <= due; frames += std::int64_t(block.size())) {
+                std::size_t n = playback_.read(block.data(), block.size());
+                std::lock_guard<std::mutex> lock(mu_);
+                played_.insert(played_.end(), block.begin(), block.begin() + std::ptrdiff_t(n));
+            }
+            cv_.notify_all();
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));  // the device's period: the clock paces it
+        }
+    }
+
+    voxpipe::Playback& playback_;
+    int rate_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::vector<std::int16_t> played_;
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
+};
+
+// The mic: `voice_ms` of a 440 Hz tone, then `quiet_ms` of silence, in 20 ms frames paced to real time.
+std::thread talk(voxpipe::Client& client, int voice_ms, int quiet_ms) {
+    return std::thread([&client, voice_ms, quiet_ms] {
+        const int rate = 16000, frame = rate / 50;
+        const int total = (voice_ms + quiet_ms) * rate / 1000, voiced = voice_ms * rate / 1000;
+        auto start = Clock::now();
+        std::vector<std::int16_t> samples;
+        for (int at = 0; at < total; at += frame) {
+            samples.assign(std::size_t(std::min(frame, total - at)), 0);
+            for (std::size_t i = 0; i < samples.size(); ++i) {
+                int n = at + int(i);
+                if (n < voiced) samples[i] = std::int16_t(0.3 * 32767 * std::sin(2 * 3.14159265358979323846 * 440 * n / rate));
+            }
+            client.send_audio(samples.data(), samples.size());
+            // real time: the mic makes 20 ms of audio every 20 ms
+            std::this_thread::sleep_until(start + std::chrono::milliseconds((at + frame) * 1000 / rate));
+        }
+    });
+}
+
+void pause_and_resume(voxpipe::Client& client, int rate) {
+    voxpipe::Playback playback(std::size_t(rate) * 10);
+    SoundCard card(playback, rate);
+    {
+        std::lock_guard<std::mutex> lock(player_mu);
+        player = &playback;
+    }
+    std::string words = "word";
+    for (int i = 1; i < 40; ++i) words += " word";
+    client.say(words);  // 4 s of agent speech
+    int turn = -1, chunks = 0, interrupted = 0;
+    std::vector<std::int16_t> received;
+    std::optional<Message> paused, resumed;
+    std::thread mic;
+    auto last_ack = Clock::now();
+    while (true) {
+        auto m = next(std::chrono::seconds(10));
+        if (!m) { failures.push_back("pause: no turn_end within 10 s"); break; }
+        if (m->type == "error") break;
+        if (turn < 0 && m->type == "audio") turn = m->turn;
+        if (turn < 0 || m->turn != turn) continue;  // the user's "yeah" turn: not answered, not played
+        if (m->type == "audio") {
+            received.insert(received.end(), m->pcm.begin(), m->pcm.end());
+            if (++chunks == 30) mic = talk(client, 200, 1500);  // 600 ms sent, ~400 ms played: talk over it
+        } else if (m->type == "agent_paused" && !paused) {
+            paused = m;
+        } else if (m->type == "agent_resumed" && !resumed) {
+            resumed = m;
+        } else if (m->type == "interrupted") {
+            ++interrupted;
+            break;
+        } else if (m->type == "turn_end") {
+            break;
+        }
+        if (ms_since(last_ack) >= 100 && playback.playing_turn() == turn) {
+            last_ack = Clock::now();
+            client.played(turn, playback.played_samples() * 1000.0 / rate);
+        }
+    }
+    bool drained = card.wait_for([&] { return playback.total_played() >= std::int64_t(received.size()) && playback.buffered() == 0; },
+                                 std::chrono::seconds(10));
+    card.stop();
+    {
+        std::lock_guard<std::mutex> lock(player_mu);
+        player = nullptr;
+    }
+    if (mic.joinable()) mic.join();
+    auto played = card.played();
+
+    check(bool(paused), "pause: no agent_paused for turn " + std::to_string(turn));
+    check(bool(resumed), "pause: no agent_resumed for turn " + std::to_string(turn));
+    check(interrupted == 0, "pause: turn " + std::to_string(turn) + " was interrupted");
+    check(drained, "pause: the playback did not drain within 10 s of turn_end");
+    if (paused && resumed) {
+        auto played_at_pause = paused->raw["played_then"].get<std::int64_t>();
+        auto buffered_at_pause = paused->raw["buffered_then"].get<std::int64_t>();
+        auto while_paused = resumed->raw["played_then"].get<std::int64_t>() - played_at_pause;
+        double after_ms = resumed->raw["at_ms"].get<double>() - paused->raw["at_ms"].get<double>();
+        std::cout << "pause: turn " << turn << ", paused with " << played_at_pause << " samples played and " << buffered_at_pause
+                  << " buffered, resumed " << std::int64_t(std::lround(after_ms)) << " ms later with " << while_paused
+                  << " played while paused" << std::endl;
+        check(after_ms > 0, "pause: agent_resumed came before agent_paused");
+        check(buffered_at_pause > 0, "pause: nothing was buffered at agent_paused (nothing to hold)");
+        check(while_paused == 0, "pause: " + std::to_string(while_paused) + " samples played while the agent was paused");
+    }
+    std::size_t same = 0;  // how far the samples played match the samples received, one for one
+    while (same < played.size() && same < received.size() && played[same] == received[same]) ++same;
+    bool in_order = same == played.size() && same == received.size();
+    std::cout << "pause: received " << received.size() << " samples, played " << played.size() << ", in order "
+              << (in_order ? "yes" : "no") << std::endl;
+    check(played.size() == received.size(),
+          "pause: " + std::to_string(played.size()) + " samples played of " + std::to_string(received.size()) + " received");
+    check(in_order, "pause: the samples played differ from those received from sample " + std::to_string(same));
+}
+
 void report_handled(const std::string& last_session) {
     std::set<std::pair<std::string, std::int64_t>> seen;
     std::string non_audio;
@@ -283,19 +461,20 @@ void report_handled(const std::string& last_session) {
 
 int main(int argc, char** argv) {
     if (argc < 3) {
-        std::cerr << "usage: harness WS_URL OUT.wav [--rate HZ] [--json]" << std::endl;
+        std::cerr << "usage: harness WS_URL OUT.wav [--rate HZ] [--json] [--drop [--rewind N]] [--pause]" << std::endl;
         return 2;
     }
     std::string url = argv[1], wav = argv[2];
     voxpipe::HelloOptions options;
     voxpipe::Framing framing = voxpipe::Framing::Msgpack;
     voxpipe::ResumeOptions resume;
-    bool drop = false;
+    bool drop = false, pause = false;
     for (int i = 3; i < argc; ++i) {
         std::string arg = argv[i];
         if (arg == "--rate" && i + 1 < argc) options.out_rate = std::atoi(argv[++i]);
         else if (arg == "--json") framing = voxpipe::Framing::Json;
         else if (arg == "--drop") drop = true;
+        else if (arg == "--pause") pause = true;
         else if (arg == "--rewind" && i + 1 < argc) resume.rewind_messages = std::atoi(argv[++i]);
     }
     try {
@@ -306,7 +485,9 @@ int main(int argc, char** argv) {
                 // audio and fatal errors (going_away) are numbered but never replayed: kept apart from the record
                 handled.emplace_back(current_session, m.session_seq, m.type == "audio" || (m.type == "error" && m.fatal));
             }
-            inbox.push(m);
+            Message copy = m;
+            to_player(copy);
+            inbox.push(std::move(copy));
         };
         client.on_reconnecting = [](int attempt, int delay_ms, const std::string& reason) {
             Message m;
@@ -351,6 +532,7 @@ int main(int argc, char** argv) {
         text_reply(client);
         interrupt_long_say(client);
         if (drop) drop_and_resume(client);
+        if (pause) pause_and_resume(client, ready.out_rate);
         client.close();
         report_handled(current_session);  // the I/O thread has stopped
     } catch (const std::exception& exc) {
