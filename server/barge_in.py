@@ -51,6 +51,10 @@ ECHO_RECENT_WORDS = 30
 # interruptions' finals -0.08 to -0.31, their partials after the first -0.2 to -1.03 (the next one then
 # sure); misread hums -0.56 to -1.65 ("in a month.", "and I'm"). At -0.8 "Actually" (-0.96) waited a partial.
 UNSURE_LOGPROB = -1.0
+# With no echo cancellation at the client, what is left of the agent's echo is read as garbled words near
+# -0.8..-1.0 (bench/turn_taking.py --only echo, RT60 600 ms: 12 of 20 echo decisions); a person's words are
+# surer: a stricter bar costs them a partial at most.
+UNSURE_LOGPROB_ECHO = -0.8
 VOICE_GONE_MS = 100.0  # silence after which the voice over the agent counts as stopped
 AUDIO_STALLED_MS = 250.0  # no audio at all for this long (a mic stopped mid-utterance): no voice either
 
@@ -220,7 +224,7 @@ class BargeIn:
         heard = verdict(text, self.backchannels)
         if heard != "words":
             return heard
-        if logprob is not None and logprob < UNSURE_LOGPROB:
+        if logprob is not None and logprob < (UNSURE_LOGPROB_ECHO if self.echo_words else UNSURE_LOGPROB):
             BARGE_INS_TOTAL.inc(verdict="unsure_words")
             return "nothing"
         if self.echo_words and is_echo(words_of(text), self._agent_words(agent_turns)):
