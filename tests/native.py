@@ -91,13 +91,24 @@ class HarnessRun:
 async def run_harness(args: list[str], timeout_s: float = 60.0) -> HarnessRun:
     """Run a harness without blocking the event loop (the server under test runs in the same loop)."""
     proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdout is not None
+    out = bytearray()
+
+    async def read_all() -> None:
+        assert proc.stdout is not None
+        while chunk := await proc.stdout.read(4096):
+            out.extend(chunk)
+        await proc.wait()
+
     try:
-        stdout, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await read_all()
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise AssertionError(f"{args[0]} did not finish within {timeout_s} s") from None
-    output = stdout.decode(errors="replace")
+        so_far = out.decode(errors="replace")
+        raise AssertionError(f"{args[0]} did not finish within {timeout_s} s; its output so far:\n{so_far}") from None
+    output = out.decode(errors="replace")
     print(output)
     return HarnessRun(proc.returncode if proc.returncode is not None else -1, output)
 

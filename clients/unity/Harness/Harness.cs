@@ -104,7 +104,8 @@ static class Harness
         if (drop) DropAndResume();
         if (pause) PauseAndResume(ready.OutputRate);
 
-        client.CloseAsync().GetAwaiter().GetResult();
+        // bounded: a close handshake the server never answers is a failure, not a hang
+        if (!client.CloseAsync().Wait(10000)) Failures.Add("close: no closing handshake within 10 s");
         client.Dispose();
         ReportHandled();
         if (Failures.Count == 0)
@@ -458,6 +459,7 @@ static class Harness
         var words = new List<string>();
         for (int i = 0; i < 40; i++) words.Add("word");
         client.Say(string.Join(" ", words));   // 4 s of agent speech
+        Console.WriteLine("pause: say sent");   // progress, so a hang shows where it stopped
         int turn = -1, chunks = 0, interrupted = 0;
         var received = new List<short>();
         PauseEvent paused = null, resumed = null;
@@ -474,7 +476,7 @@ static class Harness
             if (audio != null)
             {
                 received.AddRange(audio.Samples);
-                if (++chunks == 30) mic = Talk(200, 1500);   // 600 ms sent, ~400 ms played: talk over it
+                if (++chunks == 30) { mic = Talk(200, 1500); Console.WriteLine("pause: talking over turn " + turn); }   // 600 ms sent, ~400 ms played
             }
             var pe = e as PauseEvent;
             if (pe != null && !pe.Resumed && paused == null) paused = pe;
@@ -487,6 +489,7 @@ static class Harness
                 client.Played(turn, playback.PlayedSamples * 1000.0 / rate);
             }
         }
+        Console.WriteLine("pause: the turn is over; draining the playback");
         bool drained = card.WaitFor(() => playback.TotalPlayed >= received.Count && playback.Buffered == 0, 10000);
         card.Stop();
         player = null;
