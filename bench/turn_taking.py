@@ -366,6 +366,11 @@ def verdicts() -> dict[str, float]:
     return {name: BARGE_INS_TOTAL.get(verdict=name) for name in names}
 
 
+def decided_since(before: dict[str, float]) -> dict[str, float]:
+    """The decisions made since ``verdicts()`` returned ``before``, by verdict (only those that happened)."""
+    return {k: v - before[k] for k, v in verdicts().items() if v > before[k]}
+
+
 async def echo(voice: Voice, turns: int, canceller: dict[str, Any]) -> dict[str, Any]:
     rng = np.random.default_rng(3)
     lines = [
@@ -395,12 +400,12 @@ async def echo(voice: Voice, turns: int, canceller: dict[str, Any]) -> dict[str,
                 barge_ins += sum(1 for x in msgs if x["type"] == "interrupted")
                 pauses += sum(1 for x in msgs if x["type"] == "agent_paused")
             echo_s = time.monotonic() - started
-            decided = {k: v - verdicts_before[k] for k, v in verdicts().items() if v > verdicts_before[k]}
+            decided = decided_since(verdicts_before)
             erle_db = 10 * math.log10(aec.energy_in / max(aec.energy_out, 1.0))
             person = voice.say("Hold on a second, I need to ask you about the quest.", dbfs=PERSON_DBFS)
             verdicts_before = verdicts()
             latencies = await double_talk_turns(r, AGENT_LINE, person, turns, delay_s=0.8)
-            person_decided = {k: v - verdicts_before[k] for k, v in verdicts().items() if v > verdicts_before[k]}
+            person_decided = decided_since(verdicts_before)
             hit = [x for x in latencies if x is not None]
             out[f"rt60_{int(rt60 * 1000)}ms"] = {
                 "echo_only_barge_ins": barge_ins,

@@ -137,6 +137,7 @@ class BargeIn:
     ) -> None:
         self.session = session
         self.echo_words = echo_words  # the client plays the agent aloud with no echo cancellation
+        self.unsure_logprob = UNSURE_LOGPROB_ECHO if echo_words else UNSURE_LOGPROB
         self.mode = mode
         self.backchannels = frozenset(tuple(words_of(b)) for b in backchannels if words_of(b))
         self.window_ms = window_ms
@@ -224,7 +225,7 @@ class BargeIn:
         heard = verdict(text, self.backchannels)
         if heard != "words":
             return heard
-        if logprob is not None and logprob < (UNSURE_LOGPROB_ECHO if self.echo_words else UNSURE_LOGPROB):
+        if logprob is not None and logprob < self.unsure_logprob:
             BARGE_INS_TOTAL.inc(verdict="unsure_words")
             return "nothing"
         if self.echo_words and is_echo(words_of(text), self._agent_words(agent_turns)):

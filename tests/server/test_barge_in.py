@@ -70,6 +70,23 @@ def words_config(short_text: str = "yeah", **session: Any) -> dict[str, Any]:
     )
 
 
+def without_client_aec(short_text: str) -> dict[str, Any]:
+    """``words_config`` with the server's canceller and guard off: what the words decide, alone."""
+    return {**words_config(short_text), "echo_canceller": {"enabled": False}, "echo_guard": {"enabled": False}}
+
+
+def hello_aec(aec: bool) -> dict[str, Any]:
+    return {"audio_in": {"format": "pcm16", "rate": 16000, "channels": 1, "aec": aec}}
+
+
+async def short_voice_over_the_agent(c: Client) -> tuple[int, list[str]]:
+    """200 ms of voice over the agent, then silence, until its turn ends either way: (turn, its message types)."""
+    agent = await agent_speaking(c)
+    ended = ("turn_end", "interrupted")
+    msgs = await talk_over(c, tone(200) + silence(1500), lambda x: x["turn"] == agent and x["type"] in ended)
+    return agent, of_turn(msgs, agent)
+
+
 async def agent_speaking(c: Client) -> int:
     await c.send({"type": "say", "text": " ".join(["word"] * 40)})  # 4 s of agent speech
     first = await c.recv_type("audio")
@@ -122,14 +139,10 @@ async def test_a_backchannel_or_a_cough_pauses_the_agent_then_it_goes_on(said: s
 async def test_words_the_asr_was_unsure_of_do_not_cut_the_agent(logprob: float | None, aec: bool, cut: bool) -> None:
     # tiny Whisper's reading of a "mm-hmm" (bench/turn_taking.py): words, but at a low log-probability; a
     # client with no echo cancellation (its mic carries the agent's residual echo) gets a stricter bar
-    config = {**words_config("in a month"), "echo_canceller": {"enabled": False}, "echo_guard": {"enabled": False}}
+    config = without_client_aec("in a month")
     config["pipeline"][1]["short_logprob"] = logprob
-    hello = {"audio_in": {"format": "pcm16", "rate": 16000, "channels": 1, "aec": aec}}
-    async with running_server(config) as srv, Client.connect(srv.url, hello=hello) as c:
-        agent = await agent_speaking(c)
-        ended = ("turn_end", "interrupted")
-        msgs = await talk_over(c, tone(200) + silence(1500), lambda x: x["turn"] == agent and x["type"] in ended)
-        kinds = of_turn(msgs, agent)
+    async with running_server(config) as srv, Client.connect(srv.url, hello=hello_aec(aec)) as c:
+        agent, kinds = await short_voice_over_the_agent(c)
         heard = [x["text"] for x in c.received if x["type"] == "transcript" and x["turn"] != agent]
         assert "in a month" in heard, heard
         assert kinds[-1] == ("interrupted" if cut else "turn_end"), kinds
@@ -171,13 +184,9 @@ async def test_the_agent_s_own_words_heard_back_do_not_cut_it_when_the_client_ha
     aec: bool,
 ) -> None:
     # the "user" says the agent's own words (its echo, as a speakerphone plays it back)
-    config = {**words_config("word word"), "echo_canceller": {"enabled": False}, "echo_guard": {"enabled": False}}
-    hello = {"audio_in": {"format": "pcm16", "rate": 16000, "channels": 1, "aec": aec}}
-    async with running_server(config) as srv, Client.connect(srv.url, hello=hello) as c:
-        agent = await agent_speaking(c)
-        ended = ("turn_end", "interrupted")
-        msgs = await talk_over(c, tone(200) + silence(1500), lambda x: x["turn"] == agent and x["type"] in ended)
-        kinds = of_turn(msgs, agent)
+    config = without_client_aec("word word")
+    async with running_server(config) as srv, Client.connect(srv.url, hello=hello_aec(aec)) as c:
+        _agent, kinds = await short_voice_over_the_agent(c)
         assert "agent_paused" in kinds
         if aec:  # the client cancels its echo: these are the user's words
             assert kinds[-1] == "interrupted"
