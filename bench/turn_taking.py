@@ -371,6 +371,52 @@ def decided_since(before: dict[str, float]) -> dict[str, float]:
     return {k: v - before[k] for k, v in verdicts().items() if v > before[k]}
 
 
+def event(msg: dict[str, Any]) -> str:
+    """One message, short, for a post-mortem trace (audio: its turn only)."""
+    what = msg.get("event") or msg.get("text") or ""
+    return f"{msg['type']}:{msg.get('turn')}" + (f":{what}" if what and msg["type"] != "audio" else "")
+
+
+def trace_of(msgs: list[dict[str, Any]]) -> list[str]:
+    """Messages, short, for a post-mortem (a run of audio chunks of one turn: the first only)."""
+    first = [x["type"] != "audio" or j == 0 or msgs[j - 1].get("turn") != x["turn"] for j, x in enumerate(msgs)]
+    return [event(x) for x, keep in zip(msgs, first, strict=True) if keep]
+
+
+async def said_in_room(r: Any, text: str, *, quiet_frames: int = 20) -> list[dict[str, Any]]:
+    """The agent says ``text`` into the room; its messages until every turn is over (the echo's own turns
+    too) and the mic has sent ``quiet_frames`` more frames with none open, so the next line starts alone."""
+    await r.client.send({"type": "say", "text": text})
+    msgs: list[dict[str, Any]] = []
+    while True:
+        while not msgs or open_turns(msgs):
+            try:
+                msgs += await r.until({"turn_end", "interrupted"}, timeout_s=20)
+            except TimeoutError:
+                print(f"   stuck at {r.now():.1f} s, turns open: {sorted(open_turns(msgs))}", trace_of(msgs[-40:]))
+                raise
+        await r.mic_frames(quiet_frames)  # the echo's tail (delay, reverberation) reaches the mic after turn_end
+        while not r.messages.empty():
+            msgs.append(r.messages.get_nowait())
+        if not open_turns(msgs):
+            return msgs
+
+
+def open_turns(msgs: list[dict[str, Any]]) -> set[int]:
+    seen = {x["turn"] for x in msgs if x.get("turn") is not None}
+    return seen - {x["turn"] for x in msgs if x["type"] in ("turn_end", "interrupted")}
+
+
+def turn_fates(msgs: list[dict[str, Any]]) -> tuple[int | None, set[int], set[int]]:
+    """(the said turn, the turns interrupted, user turns answered): the said turn is the first with audio
+    and no user input of its own; a user turn (a vad or transcript message) with a ``reply`` was answered."""
+    user = {x["turn"] for x in msgs if x["type"] in ("vad", "transcript")}
+    said = next((x["turn"] for x in msgs if x["type"] == "audio" and x["turn"] not in user), None)
+    cut = {x["turn"] for x in msgs if x["type"] == "interrupted"}
+    answered = {x["turn"] for x in msgs if x["type"] == "reply" and x["turn"] in user}
+    return said, cut, answered
+
+
 async def echo(voice: Voice, turns: int, canceller: dict[str, Any]) -> dict[str, Any]:
     rng = np.random.default_rng(3)
     lines = [
@@ -388,27 +434,33 @@ async def echo(voice: Voice, turns: int, canceller: dict[str, Any]) -> dict[str,
             (session,) = srv.sessions.values()
             aec = session.echo_canceller
             assert aec is not None, "the echo canceller is not on (pip install livekit)"
-            barge_ins = pauses = 0
+            barge_ins = pauses = echo_answered = 0
+            trace: list[list[Any]] = []  # the messages of each echo-only turn that saw an interruption
             verdicts_before = verdicts()
             started = time.monotonic()
             for i in range(turns):
-                await r.client.send({"type": "say", "text": lines[i % len(lines)]})
-                msgs = await r.until({"turn_end", "interrupted"}, timeout_s=60)
-                await r.mic_frames(20)
-                while not r.messages.empty():
-                    msgs.append(r.messages.get_nowait())
-                barge_ins += sum(1 for x in msgs if x["type"] == "interrupted")
-                pauses += sum(1 for x in msgs if x["type"] == "agent_paused")
+                msgs = await said_in_room(r, lines[i % len(lines)])
+                said, cut, answered = turn_fates(msgs)
+                barge_ins += said in cut
+                echo_answered += len(answered)
+                pauses += sum(1 for x in msgs if x["type"] == "agent_paused" and x["turn"] == said)
+                if cut or answered:
+                    trace.append([i, *trace_of(msgs)])
             echo_s = time.monotonic() - started
             decided = decided_since(verdicts_before)
             erle_db = 10 * math.log10(aec.energy_in / max(aec.energy_out, 1.0))
             person = voice.say("Hold on a second, I need to ask you about the quest.", dbfs=PERSON_DBFS)
             verdicts_before = verdicts()
+            start = len(r.client.received)
             latencies = await double_talk_turns(r, AGENT_LINE, person, turns, delay_s=0.8)
             person_decided = decided_since(verdicts_before)
+            person_heard = [  # what the ASR made of each voice in the person's turns (partials marked "…")
+                x["text"] + ("" if x["final"] else "…") for x in r.client.received[start:] if x["type"] == "transcript"
+            ]
             hit = [x for x in latencies if x is not None]
             out[f"rt60_{int(rt60 * 1000)}ms"] = {
-                "echo_only_barge_ins": barge_ins,
+                "echo_only_barge_ins": barge_ins,  # of the agent's turns, those its own echo cut
+                "echo_only_answered": echo_answered,  # user turns made of the echo that the agent answered
                 "echo_only_pauses": pauses,
                 "echo_only_verdicts": decided,  # what decided each pause (server/barge_in.py's counter)
                 "person_interrupted": len(hit),
@@ -417,6 +469,8 @@ async def echo(voice: Voice, turns: int, canceller: dict[str, Any]) -> dict[str,
                 "onset_to_interrupted_ms": {"p50": percentile(hit, 50), "p90": percentile(hit, 90)},
                 "erle_db_echo_only": round(erle_db, 1),
                 "canceller_cpu_per_session": round(aec.cpu_s / max(echo_s, 1e-9), 4),
+                "echo_only_trace": trace,
+                "person_heard": person_heard,
             }
     return out
 

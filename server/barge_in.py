@@ -18,7 +18,13 @@ surer partial can still cut, and so can voice that goes on for ``max_pause_ms``.
 Clients that play the agent through speakers with no echo cancellation (``echo_words``): what is left
 of the agent's echo after the server's canceller (a reverberant room leaves 8-19 dB of it: the linear
 filter of AEC3 is ~50 ms long) is heard as the agent's own words. Words that are mostly among the ones
-the agent just said are its echo, not the user's: they decide nothing, like a cough.
+the agent just said are its echo, not the user's: they decide nothing, like a cough. Their echo outlasts the
+agent's turn: its last ``lead_ms`` play after ``turn_end``, and the room rings on. A voice that starts then
+(``ECHO_TAIL_MS`` after the agent's audio stopped playing) is judged the same way once its words are in:
+what is not real words ends that turn unanswered (else the agent answers its own echo). And the echo
+that is left opens voice after voice over the agent: each pause, found false, resumes into more echo (the
+agent stutters). After ``MAX_FALSE_PAUSES`` false pauses in one agent turn, voice over it pauses it only
+once it has lasted ``window_ms`` (a person who goes on talking), and words decide from its start as ever.
 """
 
 from __future__ import annotations
@@ -55,6 +61,13 @@ UNSURE_LOGPROB = -1.0
 # -0.8..-1.0 (bench/turn_taking.py --only echo, RT60 600 ms: 12 of 20 echo decisions); a person's words are
 # surer: a stricter bar costs them a partial at most.
 UNSURE_LOGPROB_ECHO = -0.8
+# A voice this soon after the agent's audio stopped playing at the client may be its echo: the acoustic
+# path (40-80 ms), the room's reverberation (RT60 300-600 ms: the residual's loud part) and the VAD's onset
+ECHO_TAIL_MS = 600.0
+# False pauses of one agent turn (no real words came) after which, for clients with no echo cancellation,
+# voice over it pauses the agent only once it lasts ``window_ms`` (bench/turn_taking.py --only echo: RT60
+# 600 ms made 66 pauses in 20 short lines, each resuming into its own echo)
+MAX_FALSE_PAUSES = 2
 VOICE_GONE_MS = 100.0  # silence after which the voice over the agent counts as stopped
 AUDIO_STALLED_MS = 250.0  # no audio at all for this long (a mic stopped mid-utterance): no voice either
 
@@ -110,6 +123,15 @@ def _talking(pause: _Pause, now: float) -> bool:
 
 
 @dataclass(slots=True)
+class _Watch:
+    """A user turn over the agent whose final words decide, with no pause held: the agent resumed before
+    they came, or its turn was over (its echo's tail). Real words are a turn of their own."""
+
+    user_turn: int
+    agent_turns: list[int]
+
+
+@dataclass(slots=True)
 class _Pause:
     user_turn: int
     agent_turns: list[int]
@@ -119,6 +141,7 @@ class _Pause:
     silent_ms: float = 0.0  # trailing silence of the user's latest audio
     audio_at: float = 0.0  # session clock when the user's latest audio arrived
     started_at: float = 0.0  # session clock when the pause began
+    held: bool = True  # the agent's audio is held (else words decide while it goes on, until ``window_ms``)
 
 
 class BargeIn:
@@ -144,12 +167,13 @@ class BargeIn:
         self.max_pause_ms = max_pause_ms
         self.min_voiced_ms = min_voiced_ms
         self.pause: _Pause | None = None
-        self.resumed_over: int | None = None  # a user turn the agent resumed over before its words came
+        self.watches: dict[int, _Watch] = {}  # user turns over the agent whose words decide with no pause
+        self.false_pauses: dict[int, int] = {}  # agent turn -> pauses that found no real words
 
     @property
     def watching(self) -> bool:
         """Whether transcripts matter to the floor now (hot path: a cheap check)."""
-        return self.pause is not None or self.resumed_over is not None
+        return self.pause is not None or bool(self.watches)
 
     # ------------------------------------------------------------ what the stages say
 
@@ -158,20 +182,38 @@ class BargeIn:
         if self.mode != "words" or self.pause is not None:
             return
         agents = [t.id for t in self.session.turns.responding(before=user_turn)]
+        now = self.session.clock()
         if not agents:
+            tail = self._echo_tail()
+            if tail:  # the agent's audio is over, its echo may not be: the words will tell
+                self.watches[user_turn] = _Watch(user_turn, tail)
+            return
+        self.session.ctx.urgent_turns.add(user_turn)
+        pause = self.pause = _Pause(user_turn, agents, [], audio_at=now, started_at=now, held=False)
+        if self.echo_words and max(self.false_pauses.get(t, 0) for t in agents) >= MAX_FALSE_PAUSES:
+            # most likely its echo again: the agent goes on unless the voice does
+            pause.timers = [asyncio.get_running_loop().call_later(self.window_ms / 1000.0, self._hold, user_turn, True)]
+        else:
+            self._hold(user_turn)
+
+    def _hold(self, user_turn: int, delayed: bool = False) -> None:
+        """Hold the agent's audio for the voice of ``user_turn``: at once, or (``delayed``) if it went on."""
+        pause = self.pause
+        if pause is None or pause.user_turn != user_turn or pause.held:
             return
         session = self.session
-        session.playhead.pause(session.clock())
-        session.ctx.urgent_turns.add(user_turn)
-        for turn in agents:
+        now = session.clock()
+        if delayed and not _talking(pause, now):
+            return  # the voice stopped before the window: its words decide, the agent never paused
+        session.playhead.pause(now)
+        for turn in pause.agent_turns:
             session.outbox.control(m.AgentPaused(turn=turn))
         loop = asyncio.get_running_loop()
-        timers = [
+        pause.timers = [
             loop.call_later(self.window_ms / 1000.0, self._window_over, user_turn),
             loop.call_later(self.max_pause_ms / 1000.0, self._too_long, user_turn),
         ]
-        now = session.clock()
-        self.pause = _Pause(user_turn, agents, timers, audio_at=now, started_at=now)
+        pause.held = True
 
     def speech_ended(self, user_turn: int) -> None:
         if self.pause is not None and self.pause.user_turn == user_turn:
@@ -191,13 +233,10 @@ class BargeIn:
         """Words of the paused-over turn decide. True: the turn was a backchannel and is over (drop it)."""
         pause = self.pause
         if pause is None or item.turn != pause.user_turn:
-            if item.turn != self.resumed_over or not item.final:
-                return False
-            self.resumed_over = None  # the agent went on already: words are a turn of their own
-            agents = [t.id for t in self.session.turns.responding(before=item.turn)]
-            return self._verdict(item.text, agents, item.logprob) != "words"
+            watch = self.watches.get(item.turn)
+            return False if watch is None else self._watched(watch, item)
         heard = self._verdict(item.text, pause.agent_turns, item.logprob)
-        early = not item.final and (self.session.clock() - pause.started_at) * 1000.0 < EARLY_PARTIAL_MS
+        early = not item.final and self._early(pause.started_at)
         if heard == "words" and early:
             pause.heard = pause.heard or "nothing"  # decoding has begun; the next words decide
             return False
@@ -210,16 +249,30 @@ class BargeIn:
         self._resume(heard)
         return True
 
+    def _watched(self, watch: _Watch, item: Transcription) -> bool:
+        """The final words of a watched user turn: anything but real words ends it (True: drop it)."""
+        if not item.final:
+            return False
+        del self.watches[watch.user_turn]
+        heard = self._verdict(item.text, watch.agent_turns, item.logprob)
+        if heard != "words":
+            BARGE_INS_TOTAL.inc(verdict=heard)
+        return heard != "words"
+
+    def _early(self, started_at: float) -> bool:
+        return (self.session.clock() - started_at) * 1000.0 < EARLY_PARTIAL_MS
+
     def turn_gone(self, turn: int) -> None:
         """A turn ended (or was cut): a pause it held or was held for is over."""
-        if turn == self.resumed_over:
-            self.resumed_over = None
+        self.false_pauses.pop(turn, None)
+        self.watches.pop(turn, None)
         pause = self.pause
         if pause is not None and (turn == pause.user_turn or turn in pause.agent_turns):
             if turn == pause.user_turn:
                 self._resume(pause.heard or "nothing")
-            else:
-                self._clear()
+            elif self._clear() is not None and not pause.held:
+                # the agent finished under a voice it did not pause for: that voice's words decide still
+                self.watches[pause.user_turn] = _Watch(pause.user_turn, pause.agent_turns)
 
     def _verdict(self, text: str, agent_turns: list[int], logprob: float | None) -> Verdict:
         heard = verdict(text, self.backchannels)
@@ -232,6 +285,16 @@ class BargeIn:
             BARGE_INS_TOTAL.inc(verdict="echo_words")
             return "nothing"
         return heard
+
+    def _echo_tail(self) -> list[int]:
+        """Ended agent turns whose echo may still reach the mic now (clients with no echo cancellation)."""
+        if not self.echo_words or self.mode != "words":
+            return []
+        playhead = self.session.playhead
+        audible_until = playhead.playing_until + playhead.client_delay_s + ECHO_TAIL_MS / 1000.0
+        if self.session.clock() > audible_until:
+            return []
+        return [turn for turn, line in playhead.timelines.items() if line.ended and line.released_ms > 0][-2:]
 
     def _agent_words(self, agent_turns: list[int]) -> list[str]:
         """The last words of what the paused agent turns have sent out (their echo can only be of those)."""
@@ -264,7 +327,7 @@ class BargeIn:
             self._interrupt(counted=True)
         elif not pause.voice_ended:  # quiet, yet the utterance is open (no audio since): the agent goes on
             self._resume(pause.heard or "nothing")
-            self.resumed_over = user_turn
+            self.watches[user_turn] = _Watch(user_turn, pause.agent_turns)
 
     def _interrupt(self, *, counted: bool = False) -> None:
         pause = self._clear()
@@ -279,7 +342,11 @@ class BargeIn:
         if pause is None:
             return
         BARGE_INS_TOTAL.inc(verdict=heard)
+        if not pause.held:
+            return  # the agent never stopped
         session = self.session
+        for turn in pause.agent_turns:
+            self.false_pauses[turn] = self.false_pauses.get(turn, 0) + 1
         session.playhead.resume(session.clock())
         for turn in pause.agent_turns:
             if turn in session.turns.live:

@@ -18,6 +18,7 @@ partials early and often (``urgent_min_audio_ms``, ``urgent_interval_ms``).
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -36,8 +37,16 @@ class Heard:
     logprob: float | None = None
 
 
+_SAYS_SOMETHING = re.compile(r"\w")
+
+
 def heard(result: str | Heard) -> Heard:
-    return result if isinstance(result, Heard) else Heard(result)
+    """A backend's answer as ``Heard``, stripped; punctuation alone (Whisper's ". . . ." for a noise) is no words."""
+    words = result if isinstance(result, Heard) else Heard(result)
+    text = words.text.strip()
+    if not _SAYS_SOMETHING.search(text):
+        return Heard("", words.logprob) if words.text else words
+    return words if text == words.text else Heard(text, words.logprob)
 
 
 class AsrBackend(Backend, Protocol):

@@ -64,6 +64,7 @@ class Room:
     mic_in: list[np.ndarray] = field(default_factory=list)  # every mic frame sent (echo + person), for ERLE
     held: np.ndarray | None = None  # agent_paused: the queued playback not yet played, kept for agent_resumed
     _sent: asyncio.Event = field(default_factory=asyncio.Event)  # set after each mic frame
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)  # the speaker's and the mic's
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -81,6 +82,7 @@ class Room:
                 pcm = np.frombuffer(msg["data"], dtype="<i2").astype(float)
                 start = max(self.speaker_end, now)  # a player queues what arrives
                 i = int(start * RATE_HZ)
+                self._room_for(i + pcm.size)
                 self.played[i : i + pcm.size] = pcm
                 self.speaker_end = start + pcm.size / RATE_HZ
                 self.turn_pos.setdefault(msg["turn"], (start, 0))
@@ -91,6 +93,7 @@ class Room:
                 self.speaker_end = now
             elif msg["type"] == "agent_resumed" and self.held is not None:  # and plays it on from here
                 i = int(max(self.speaker_end, now) * RATE_HZ)
+                self._room_for(i + self.held.size)
                 self.played[i : i + self.held.size] = self.held
                 self.speaker_end = i / RATE_HZ + self.held.size / RATE_HZ
                 self.held = None
@@ -99,6 +102,13 @@ class Room:
                 self.speaker_end = now
                 self.held = None
             await self.messages.put(msg)
+
+    def _room_for(self, samples: int) -> None:
+        """Grow the playback record (a long bench outlasts its first 300 s)."""
+        if samples > self.played.size:
+            grown = np.zeros(max(samples, 2 * self.played.size), dtype=np.float32)
+            grown[: self.played.size] = self.played
+            self.played = grown
 
     async def mic(self) -> None:
         """Every 20 ms, on a deadline clock: the echo of what played, plus the person when talking."""
@@ -133,7 +143,8 @@ class Room:
         out = np.zeros(count)
         lo = max(start, 0)
         if lo < start + count:
-            out[lo - start :] = self.played[lo : start + count]
+            part = self.played[lo : start + count]  # nothing was ever played past the record's end
+            out[lo - start : lo - start + part.size] = part
         if self.clip_drive > 0:
             out = 32767 * np.tanh(out / 32767 * self.clip_drive) / self.clip_drive
         return out
@@ -149,13 +160,22 @@ class Room:
         """Until the mic has sent ``count`` more 20 ms frames (the room's time moves on)."""
         target = len(self.mic_in) + count
         while len(self.mic_in) < target:
+            self.check()
             self._sent.clear()
             await self._sent.wait()
+
+    def check(self) -> None:
+        """Raise what ended the speaker's or the mic's task (a room that stopped hearing must not look quiet)."""
+        for task in self.tasks:
+            if task.done():
+                task.result()
+                raise RuntimeError(f"the room's {task.get_name()} task ended")
 
     async def until(self, kinds: set[str], turn: int | None = None, timeout_s: float = 30.0) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout_s
         while True:
+            self.check()
             async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
                 msg = await self.messages.get()
             out.append(msg)
@@ -209,13 +229,13 @@ async def room(
         audio_in["aec"] = aec
     async with running_server(config) as srv, Client.connect(srv.url, hello={"audio_in": audio_in}) as c:
         r = Room(c, send_acks=send_acks, **room_options)
-        tasks = [asyncio.create_task(r.receive()), asyncio.create_task(r.mic())]
+        r.tasks = [asyncio.create_task(r.receive(), name="speaker"), asyncio.create_task(r.mic(), name="mic")]
         try:
             yield r, srv
         finally:
-            for task in tasks:
+            for task in r.tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*r.tasks, return_exceptions=True)
 
 
 def session_guard(srv: Any) -> EchoGuard | None:

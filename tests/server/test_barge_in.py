@@ -263,3 +263,45 @@ async def test_voice_with_no_agent_speaking_is_just_a_turn() -> None:
         msgs = await c.turn()
         assert "agent_paused" not in [x["type"] for x in msgs]
         assert any(x["type"] == "reply" for x in msgs)
+
+
+@pytest.mark.parametrize(("aec", "voice_ms", "answered"), [(False, 200, False), (True, 200, True), (False, 600, True)])
+async def test_a_voice_in_the_echo_s_tail_is_answered_only_for_real_words(
+    aec: bool, voice_ms: int, answered: bool
+) -> None:
+    # the agent's turn is over, but its last audio still plays (and rings in the room): with no echo
+    # cancellation at the client a "yeah" (its echo, most likely) then is not answered; real words are,
+    # and so is anything from a client that cancels its echo
+    async with running_server(without_client_aec("yeah")) as srv, Client.connect(srv.url, hello=hello_aec(aec)) as c:
+        await c.send({"type": "say", "text": "word word word"})
+        agent = (await c.recv_type("turn_end"))["turn"]
+        msgs = await talk_over(
+            c, tone(voice_ms) + silence(600), lambda x: x["type"] == "turn_end" and x["turn"] != agent
+        )
+        user = msgs[-1]["turn"]
+        await c.quiet(0.3)
+        user_kinds = [x["type"] for x in c.received if x.get("turn") == user]
+        assert ("reply" in user_kinds) is answered, user_kinds
+        assert "agent_paused" not in [x["type"] for x in c.received]  # nothing was left to pause
+
+
+async def test_after_two_false_pauses_a_short_voice_no_longer_pauses_the_agent() -> None:
+    # a client with no echo cancellation: each echo that opens a voice over the agent pauses it for
+    # nothing; from the third on in one turn, a voice pauses the agent only if it lasts the window
+    config = without_client_aec("")
+    config["pipeline"][1]["short_ms"] = 700  # a voice's audio includes the pre-roll and the end's silence
+    async with running_server(config) as srv, Client.connect(srv.url, hello=hello_aec(False)) as c:
+        agent = await agent_speaking(c)
+        for _ in range(2):
+            await talk_over(c, tone(200) + silence(400), lambda x: x["type"] == "agent_resumed")
+        start = len(c.received)
+        await talk_over(c, tone(200) + silence(400), lambda x: x["type"] == "turn_end" and x["turn"] != agent)
+        assert "agent_paused" not in of_turn(c.received[start:], agent)  # short: the agent went on
+        start = len(c.received)
+        msgs = await talk_over(
+            c, tone(1500) + silence(300), lambda x: x["turn"] == agent and x["type"] == "interrupted"
+        )
+        paused = next(x for x in msgs if x["type"] == "agent_paused")
+        voice = next(x for x in c.received[start:] if x["type"] == "vad" and x["event"] == "speech_start")
+        assert paused["_at"] - voice["_at"] >= 0.35  # held once the voice lasted the 400 ms window
+        assert of_turn(c.received, agent)[-1] == "interrupted"

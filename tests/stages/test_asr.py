@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from stages.asr import AsrStage, Options
+from stages.asr import AsrStage, Heard, Options, heard
 from stages.base import StageContext
 from stages.items import Item, SpeechAudio, Transcription
 from tests.client import silence, tone
@@ -114,3 +114,11 @@ async def test_pause_decoding_off_decodes_at_the_end() -> None:
     await feed(stage, out, speech_then_pause(300))
     await stage.finish(1, out)
     assert backend.calls == [(800.0, True)]
+
+
+def test_punctuation_alone_is_no_words() -> None:
+    # Whisper writes ". . . . ." for a noise: no words, so no turn to answer
+    assert heard(Heard(" . . . . ", -0.4)) == Heard("", -0.4)
+    assert heard("...") == Heard("")
+    assert heard(" Wait. ") == Heard("Wait.")
+    assert heard(Heard("2 plus 2?", -0.1)) == Heard("2 plus 2?", -0.1)
