@@ -205,9 +205,7 @@ async def settle_turns(c: Client, timeout_s: float = 30.0) -> None:
     trial's ``say`` is not queued behind it."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        seen = {x["turn"] for x in c.received if x.get("turn") is not None}
-        done = {x["turn"] for x in c.received if x["type"] in ("turn_end", "interrupted")}
-        if seen <= done:
+        if not open_turns(c.received):
             return
         with contextlib.suppress(TimeoutError):
             await c.recv(max(0.01, deadline - time.monotonic()))

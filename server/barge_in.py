@@ -123,15 +123,6 @@ def _talking(pause: _Pause, now: float) -> bool:
 
 
 @dataclass(slots=True)
-class _Watch:
-    """A user turn over the agent whose final words decide, with no pause held: the agent resumed before
-    they came, or its turn was over (its echo's tail). Real words are a turn of their own."""
-
-    user_turn: int
-    agent_turns: list[int]
-
-
-@dataclass(slots=True)
 class _Pause:
     user_turn: int
     agent_turns: list[int]
@@ -167,7 +158,9 @@ class BargeIn:
         self.max_pause_ms = max_pause_ms
         self.min_voiced_ms = min_voiced_ms
         self.pause: _Pause | None = None
-        self.watches: dict[int, _Watch] = {}  # user turns over the agent whose words decide with no pause
+        # user turns over the agent whose final words decide, with no pause held (the agent resumed before
+        # they came, or its turn was over: its echo's tail) -> the agent turns their echo would be of
+        self.watches: dict[int, list[int]] = {}
         self.false_pauses: dict[int, int] = {}  # agent turn -> pauses that found no real words
 
     @property
@@ -186,7 +179,7 @@ class BargeIn:
         if not agents:
             tail = self._echo_tail()
             if tail:  # the agent's audio is over, its echo may not be: the words will tell
-                self.watches[user_turn] = _Watch(user_turn, tail)
+                self.watches[user_turn] = tail
             return
         self.session.ctx.urgent_turns.add(user_turn)
         pause = self.pause = _Pause(user_turn, agents, [], audio_at=now, started_at=now, held=False)
@@ -233,8 +226,7 @@ class BargeIn:
         """Words of the paused-over turn decide. True: the turn was a backchannel and is over (drop it)."""
         pause = self.pause
         if pause is None or item.turn != pause.user_turn:
-            watch = self.watches.get(item.turn)
-            return False if watch is None else self._watched(watch, item)
+            return item.turn in self.watches and self._watched(item)
         heard = self._verdict(item.text, pause.agent_turns, item.logprob)
         early = not item.final and self._early(pause.started_at)
         if heard == "words" and early:
@@ -249,12 +241,12 @@ class BargeIn:
         self._resume(heard)
         return True
 
-    def _watched(self, watch: _Watch, item: Transcription) -> bool:
-        """The final words of a watched user turn: anything but real words ends it (True: drop it)."""
+    def _watched(self, item: Transcription) -> bool:
+        """The final words of a watched user turn: anything but real words ends it (True: drop it); real
+        words are a turn of their own."""
         if not item.final:
             return False
-        del self.watches[watch.user_turn]
-        heard = self._verdict(item.text, watch.agent_turns, item.logprob)
+        heard = self._verdict(item.text, self.watches.pop(item.turn), item.logprob)
         if heard != "words":
             BARGE_INS_TOTAL.inc(verdict=heard)
         return heard != "words"
@@ -272,7 +264,7 @@ class BargeIn:
                 self._resume(pause.heard or "nothing")
             elif self._clear() is not None and not pause.held:
                 # the agent finished under a voice it did not pause for: that voice's words decide still
-                self.watches[pause.user_turn] = _Watch(pause.user_turn, pause.agent_turns)
+                self.watches[pause.user_turn] = pause.agent_turns
 
     def _verdict(self, text: str, agent_turns: list[int], logprob: float | None) -> Verdict:
         heard = verdict(text, self.backchannels)
@@ -288,7 +280,7 @@ class BargeIn:
 
     def _echo_tail(self) -> list[int]:
         """Ended agent turns whose echo may still reach the mic now (clients with no echo cancellation)."""
-        if not self.echo_words or self.mode != "words":
+        if not self.echo_words:
             return []
         playhead = self.session.playhead
         audible_until = playhead.playing_until + playhead.client_delay_s + ECHO_TAIL_MS / 1000.0
@@ -327,7 +319,7 @@ class BargeIn:
             self._interrupt(counted=True)
         elif not pause.voice_ended:  # quiet, yet the utterance is open (no audio since): the agent goes on
             self._resume(pause.heard or "nothing")
-            self.watches[user_turn] = _Watch(user_turn, pause.agent_turns)
+            self.watches[user_turn] = pause.agent_turns
 
     def _interrupt(self, *, counted: bool = False) -> None:
         pause = self._clear()

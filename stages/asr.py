@@ -45,7 +45,7 @@ def heard(result: str | Heard) -> Heard:
     words = result if isinstance(result, Heard) else Heard(result)
     text = words.text.strip()
     if not _SAYS_SOMETHING.search(text):
-        return Heard("", words.logprob) if words.text else words
+        text = ""
     return words if text == words.text else Heard(text, words.logprob)
 
 
@@ -184,7 +184,7 @@ class AsrStage(BaseStage):
             if exc.code == "busy":
                 return  # shed under load (finals go first): a partial less, not an error for the user
             raise
-        text = words.text.strip()
+        text = words.text
         # An urgent turn's first partial goes out even with no words ("nothing said" decides too), and its
         # repeats go out too: words heard again a decode later confirm an interruption ("Wait." twice
         # decides at the second partial instead of waiting ~400 ms for the words to change).
@@ -213,7 +213,7 @@ class AsrStage(BaseStage):
         if words is None and pcm:
             words = heard(await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=True, ctx=self.ctx))
         words = words or Heard("")
-        await out.emit(Transcription(turn, words.text.strip(), final=True, logprob=words.logprob))
+        await out.emit(Transcription(turn, words.text, final=True, logprob=words.logprob))
 
     async def close(self) -> None:
         self._cancel_partial()
