@@ -6,7 +6,9 @@ cheap enough to run on every pause transcript (the ASR's speculative decode): an
 unfinished when it ends on a word that needs a continuation (an article, a preposition, a conjunction,
 a filler, a hanging auxiliary, unless a question that opened as one closes on it), on a preposition
 and a demonstrative (a clipped "about the" heard as "about this"), with no closing mark after more than
-a few words (Whisper closes what it heard as a sentence), or trails off ("...", "-"). Otherwise it sounds finished.
+a few words (Whisper closes what it heard as a sentence), on a request's verb that needs its object ("Could
+you please translate?": Whisper marks the pause before "good morning into Spanish" as a question), or trails
+off ("...", "-"). Otherwise it sounds finished.
 Chosen over an audio turn-taking model: none that ships its weights in a package on the index was found
 (LiveKit's and pipecat's detectors download theirs from a model hub at run time).
 """
@@ -38,6 +40,16 @@ HANGING_AUXILIARIES: frozenset[str] = frozenset(
     )
 )
 SHORT_ANSWER_WORDS = 3
+# Verbs a request cannot end on: what to translate, tell or send comes next ("Could you please translate?",
+# "Can you send", "Please book"). Verbs a request may end on ("help", "repeat", "stop", "explain") are not here.
+NEEDS_OBJECT: frozenset[str] = frozenset(
+    (
+        *("translate", "tell", "show", "give", "send", "bring", "book", "buy", "order", "find", "put", "set"),
+        *("make", "schedule", "add", "remind", "play", "read", "open", "cancel", "text", "email", "describe"),
+        *("recommend", "suggest", "spell", "fetch"),
+    )
+)
+REQUEST_OPENERS: frozenset[str] = frozenset(("can", "could", "would", "will"))
 QUESTION_OPENERS: frozenset[str] = frozenset(("what", "how", "who", "where", "when", "which", "why", "whose"))
 PREPOSITIONS: frozenset[str] = frozenset(("about", "in", "on", "at", "for", "with", "to", "of", "from", "by", "near"))
 DEMONSTRATIVES: frozenset[str] = frozenset(("this", "that"))
@@ -47,6 +59,11 @@ _TRAILING_OFF = re.compile(r"(\.\.\.|…|-|—|,)\s*$")
 
 def last_words(text: str, n: int = 2) -> list[str]:
     return _WORD.findall(text.lower())[-n:]
+
+
+def _requests(words: list[str]) -> bool:
+    """A request: "please" in it, or opening "can / could / would / will you"."""
+    return "please" in words or (len(words) >= 2 and words[0] in REQUEST_OPENERS and words[1] == "you")
 
 
 def sounds_complete(text: str) -> bool:
@@ -66,6 +83,8 @@ def sounds_complete(text: str) -> bool:
         # "How many legs does a spider have?": a question that opens as one may close on its auxiliary
         asks = stripped.endswith("?") and (words[0] in QUESTION_OPENERS or words[0] in HANGING_AUXILIARIES)
         return asks or len(words) <= SHORT_ANSWER_WORDS
+    if last in NEEDS_OBJECT and _requests(words):
+        return False  # "Could you please translate?": Whisper closes the pause before the object
     if len(words) >= 2 and words[-2] in PREPOSITIONS and last in DEMONSTRATIVES:
         return False  # "about this", "in that": most often a clipped "about the", "in the"
     # Whisper ends what it heard as a sentence with a mark; a cut-off clause often has none

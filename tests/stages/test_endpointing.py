@@ -19,6 +19,9 @@ from stages.endpointing import sounds_complete
         "Book it for next Friday.",
         "How many legs does a spider have?",  # a question closing on its auxiliary
         "Do you know what it does?",
+        "Can you help?",  # a request may end on a verb that needs no object
+        "What did you set?",  # not a request: a question closes on its verb
+        "I read.",
         "",  # no words (a cough): nothing to wait for
     ],
 )
@@ -39,6 +42,9 @@ def test_finished(text: str) -> None:
         "Well, I'm",
         "and then...",
         "The weather in",
+        "Could you please translate?",  # the request's object comes after the pause
+        "Can you send",
+        "Please book.",
     ],
 )
 def test_unfinished(text: str) -> None:
