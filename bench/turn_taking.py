@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from stages.resample import resample  # noqa: E402
 from tests.client import Client, running_server  # noqa: E402
-from tests.room import RATE_HZ, double_talk_turns, rms_dbfs, room, room_response  # noqa: E402
+from tests.room import RATE_HZ, double_talk_turns, open_turns, quiet_room, rms_dbfs, room, room_response  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PERSON_DBFS = -26.0  # a person at a headset or desk mic
@@ -369,40 +369,26 @@ def decided_since(before: dict[str, float]) -> dict[str, float]:
     return {k: v - before[k] for k, v in verdicts().items() if v > before[k]}
 
 
-def event(msg: dict[str, Any]) -> str:
-    """One message, short, for a post-mortem trace (audio: its turn only)."""
+def event(msg: dict[str, Any], t0: float) -> str:
+    """One message, short, for a post-mortem trace (audio: its turn only), and when it came (s after ``t0``)."""
     what = msg.get("event") or msg.get("text") or ""
-    return f"{msg['type']}:{msg.get('turn')}" + (f":{what}" if what and msg["type"] != "audio" else "")
+    at = f"@{msg['_at'] - t0:.2f}" if "_at" in msg else ""
+    return f"{msg['type']}:{msg.get('turn')}" + (f":{what}" if what and msg["type"] != "audio" else "") + at
 
 
 def trace_of(msgs: list[dict[str, Any]]) -> list[str]:
-    """Messages, short, for a post-mortem (a run of audio chunks of one turn: the first only)."""
+    """Messages, short, for a post-mortem (a run of audio chunks of one turn: the first only), timed from
+    the first."""
     first = [x["type"] != "audio" or j == 0 or msgs[j - 1].get("turn") != x["turn"] for j, x in enumerate(msgs)]
-    return [event(x) for x, keep in zip(msgs, first, strict=True) if keep]
+    t0 = msgs[0].get("_at", 0.0) if msgs else 0.0
+    return [event(x, t0) for x, keep in zip(msgs, first, strict=True) if keep]
 
 
-async def said_in_room(r: Any, text: str, *, quiet_frames: int = 20) -> list[dict[str, Any]]:
+async def said_in_room(r: Any, text: str) -> list[dict[str, Any]]:
     """The agent says ``text`` into the room; its messages until every turn is over (the echo's own turns
-    too) and the mic has sent ``quiet_frames`` more frames with none open, so the next line starts alone."""
+    too) and the room is quiet, so the next line starts alone."""
     await r.client.send({"type": "say", "text": text})
-    msgs: list[dict[str, Any]] = []
-    while True:
-        while not msgs or open_turns(msgs):
-            try:
-                msgs += await r.until({"turn_end", "interrupted"}, timeout_s=20)
-            except TimeoutError:
-                print(f"   stuck at {r.now():.1f} s, turns open: {sorted(open_turns(msgs))}", trace_of(msgs[-40:]))
-                raise
-        await r.mic_frames(quiet_frames)  # the echo's tail (delay, reverberation) reaches the mic after turn_end
-        while not r.messages.empty():
-            msgs.append(r.messages.get_nowait())
-        if not open_turns(msgs):
-            return msgs
-
-
-def open_turns(msgs: list[dict[str, Any]]) -> set[int]:
-    seen = {x["turn"] for x in msgs if x.get("turn") is not None}
-    return seen - {x["turn"] for x in msgs if x["type"] in ("turn_end", "interrupted")}
+    return await quiet_room(r, [])
 
 
 def turn_fates(msgs: list[dict[str, Any]]) -> tuple[int | None, set[int], set[int]]:
@@ -469,6 +455,8 @@ async def echo(voice: Voice, turns: int, canceller: dict[str, Any]) -> dict[str,
                 "canceller_cpu_per_session": round(aec.cpu_s / max(echo_s, 1e-9), 4),
                 "echo_only_trace": trace,
                 "person_heard": person_heard,
+                "person_trace": trace_of(r.client.received[start:]),  # every message of the person's turns
+                "gated_frames": aec.gated_frames,
             }
     return out
 

@@ -268,27 +268,50 @@ async def echo_only_turns(r: Room, lines: list[str], turns: int) -> tuple[int, i
     return interrupted, starts, outcomes
 
 
+def open_turns(msgs: list[dict[str, Any]]) -> set[int]:
+    """Turns seen in ``msgs`` that have not ended (no ``turn_end`` or ``interrupted`` yet)."""
+    seen = {x["turn"] for x in msgs if x.get("turn") is not None}
+    return seen - {x["turn"] for x in msgs if x["type"] in ("turn_end", "interrupted")}
+
+
+async def quiet_room(
+    r: Room, msgs: list[dict[str, Any]], *, quiet_frames: int = 20, timeout_s: float = 20.0
+) -> list[dict[str, Any]]:
+    """``msgs`` and what follows, until every turn seen has ended (the agent's answer to the person's words
+    and turns made of the echo too) and the mic has sent ``quiet_frames`` more frames with none open: the
+    echo's tail (delay, reverberation) reaches the mic after ``turn_end``, and the next trial starts alone."""
+    while True:
+        while not msgs or open_turns(msgs):
+            try:
+                msgs += await r.until({"turn_end", "interrupted"}, timeout_s=timeout_s)
+            except TimeoutError as exc:
+                raise TimeoutError(f"at {r.now():.1f} s, turns still open: {sorted(open_turns(msgs))}") from exc
+        await r.mic_frames(quiet_frames)
+        while not r.messages.empty():
+            msgs.append(r.messages.get_nowait())
+        if not open_turns(msgs):
+            return msgs
+
+
 async def double_talk_turns(
     r: Room, line: str, voice: np.ndarray, turns: int, *, delay_s: float = 0.5
 ) -> list[float | None]:
     """A long say; ``delay_s`` into its playback a person talks. Returns ms from the person's first sample
-    (client clock) to ``interrupted`` arriving, per turn (None: not interrupted)."""
+    (client clock) to ``interrupted`` arriving, per turn (None: not interrupted). Each turn starts in a
+    quiet room: the answer to the person's words has been played out, its echo has died away."""
     latencies: list[float | None] = []
     for _ in range(turns):
         await r.client.send({"type": "say", "text": line})
-        first = await r.until({"audio"})
-        turn = first[-1]["turn"]
+        msgs = await r.until({"audio"})
+        turn = msgs[-1]["turn"]
         talk_at = r.speak(voice, delay_s=delay_s)
         try:
-            msgs = await r.until({"interrupted", "turn_end"}, turn=turn, timeout_s=60)
+            msgs += await r.until({"interrupted", "turn_end"}, turn=turn, timeout_s=60)
         finally:
             r.voice = None
         end = msgs[-1]
         latencies.append((r.now() - talk_at) * 1000 if end["type"] == "interrupted" else None)
-        await r.mic_frames(10)
-        with contextlib.suppress(TimeoutError):
-            while True:  # the person's own utterance becomes a turn: let it finish
-                await r.until({"turn_end", "interrupted"}, timeout_s=1.5)
+        await quiet_room(r, msgs, timeout_s=60)
     return latencies
 
 
