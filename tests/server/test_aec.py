@@ -124,6 +124,7 @@ def silenced_share(out: np.ndarray, person: np.ndarray) -> float:
     return float(quiet[loud].mean())
 
 
+@pytest.mark.models
 @pytest.mark.parametrize("rt60_s", [0.3, 0.6])
 def test_a_person_over_the_echo_is_not_gated_away(rt60_s: float) -> None:
     # the last 2.5 s of the agent's line, a person talks over it at the echo's level
@@ -135,7 +136,8 @@ def test_a_person_over_the_echo_is_not_gated_away(rt60_s: float) -> None:
     _, out, _ = through_room(EchoCancellerOptions(), jitter_ms=0, rt60_s=rt60_s, far=far, near=near)
     share_fixed, share = silenced_share(out_fixed, person), silenced_share(out, person)
     print(
-        f"RT60 {rt60_s}: the person's loud frames silenced: fixed gate {share_fixed:.0%}, following the room {share:.0%}"
+        f"RT60 {rt60_s}: the person's loud frames silenced: fixed gate {share_fixed:.0%}, "
+        f"following the room {share:.0%}"
     )
     # measured: 65 % -> 47 % at RT60 300 ms, 62 % -> 47 % at 600 (the rest: frames AEC3 ducked as deep as echo)
     assert share < share_fixed - 0.1
