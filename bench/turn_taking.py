@@ -433,6 +433,7 @@ async def echo(voice: Voice, turns: int, canceller: dict[str, Any]) -> dict[str,
             echo_s = time.monotonic() - started
             decided = decided_since(verdicts_before)
             erle_db = 10 * math.log10(aec.energy_in / max(aec.energy_out, 1.0))
+            echo_loss_db = aec.echo_loss_db  # what echo alone loses now (server/aec.py; barge_in trusts it)
             person = voice.say("Hold on a second, I need to ask you about the quest.", dbfs=PERSON_DBFS)
             verdicts_before = verdicts()
             start = len(r.client.received)
@@ -457,6 +458,7 @@ async def echo(voice: Voice, turns: int, canceller: dict[str, Any]) -> dict[str,
                 "person_heard": person_heard,
                 "person_trace": trace_of(r.client.received[start:]),  # every message of the person's turns
                 "gated_frames": aec.gated_frames,
+                "echo_loss_db": {"after_echo_only": round(echo_loss_db, 1), "at_end": round(aec.echo_loss_db, 1)},
             }
     return out
 
