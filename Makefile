@@ -15,8 +15,7 @@ BENCH_ARGS ?=
 # Portable AVX2 code, not -march=native: on a Xeon with AMX (Sapphire Rapids) the native build segfaulted in
 # llama_decode at the first generation (2026-12-02); the AVX2 build runs there and on any x86-64-v3 CPU.
 # pip caches the wheel without regard to these flags: after changing them, `pip cache remove llama_cpp_python`.
-LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
-	-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 PIP_PROGRESS := grep --line-buffered -E "^(Collecting|Building|Successfully|ERROR|error)" || true
 
 .PHONY: run test lint install install-test system-deps bench soak clean
