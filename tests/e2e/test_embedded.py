@@ -21,11 +21,11 @@ import pytest_asyncio
 import yaml
 
 from tests.embedded import require_models, words
+from tests.speech import spoken
 
 require_models()
 
 from stages.executor import SHEDDABLE  # noqa: E402
-from stages.resample import resample  # noqa: E402
 from tests.client import Client, noise, running_server, silence  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
 from vocab.errors import StageError  # noqa: E402
@@ -47,12 +47,6 @@ async def server() -> AsyncIterator[Any]:
         yield running
 
 
-def speak(server: Any, text: str) -> bytes:
-    """Speech for the test, made by the agent's own Piper voice and resampled to 16 kHz."""
-    piper = next(spec.factory.backend for spec in server.specs if spec.engine_name == "piper")
-    return resample(piper.synthesize_all(text), piper.rate_hz, 16000)
-
-
 def pcm_of(msgs: list[dict[str, Any]], turn: int) -> np.ndarray:
     return np.frombuffer(b"".join(m["data"] for m in msgs if m["type"] == "audio" and m["turn"] == turn), "<i2")
 
@@ -61,7 +55,7 @@ async def test_a_spoken_question_gets_a_spoken_answer(server: Any) -> None:
     sentence = "What is the capital of France?"
     async with Client.connect(server.url, hello=hello()) as c:
         assert c.ready["audio_out"]["rate"] == OUT_RATE_HZ
-        await c.stream_audio(silence(300) + speak(server, sentence) + silence(600), realtime=1.0)
+        await c.stream_audio(silence(300) + spoken(server, sentence) + silence(600), realtime=1.0)
         msgs = await c.turn(timeout=60)
     assert msgs[-1]["type"] == "turn_end"
     turn = msgs[-1]["turn"]
@@ -83,7 +77,7 @@ async def test_a_spoken_question_gets_a_spoken_answer(server: Any) -> None:
 
 
 async def test_speech_over_the_agent_interrupts_it_and_is_answered(server: Any) -> None:
-    question = speak(server, "Please tell me a joke.")
+    question = spoken(server, "Please tell me a joke.")
     async with Client.connect(server.url, hello=hello()) as c:
         await c.send({"type": "say", "text": "This is a long answer that keeps going for quite a while. " * 4})
         first = await c.recv_type("audio", timeout=30)
@@ -127,7 +121,7 @@ async def test_event_loop_lag_during_a_spoken_turn(server: Any) -> None:
             await asyncio.sleep(0.01)
             lags_ms.append((time.perf_counter() - start - 0.01) * 1000)
 
-    speech = speak(server, "Tell me about the moon.")
+    speech = spoken(server, "Tell me about the moon.")
     task = asyncio.create_task(probe())
     try:
         async with Client.connect(server.url, hello=hello()) as c:
@@ -154,7 +148,7 @@ async def test_a_whisper_line_full_of_other_sessions_partials_still_hears_every_
     executor = whisper.executor
     slots = executor.max_workers + whisper.options.max_waiting
     sentence = "What is the tallest mountain in the world?"
-    speech = speak(server, sentence)
+    speech = spoken(server, sentence)
     stop = asyncio.Event()
     busy_partials = 0  # of the loader's partials, shed for more urgent calls
 

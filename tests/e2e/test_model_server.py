@@ -25,13 +25,13 @@ import pytest_asyncio
 import yaml
 
 from tests.embedded import require_models, words
+from tests.speech import spoken
 
 require_models()
 for needed in ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings"):
     pytest.importorskip(needed, reason="llama-cpp-python's server extra is not installed (make install-test)")
 pytest.importorskip("opentelemetry.sdk", reason="the telemetry extra is not installed")
 
-from stages.resample import resample  # noqa: E402
 from tests.client import Client, running_server, silence, test_config  # noqa: E402
 from tests.model_server import NO_EOS, ModelServer, model_server, openai_llm  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
@@ -58,11 +58,6 @@ def embedded_with(llm: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def speak(server: Any, text: str) -> bytes:
-    piper = next(spec.factory.backend for spec in server.specs if spec.engine_name == "piper")
-    return resample(piper.synthesize_all(text), piper.rate_hz, 16000)
-
-
 def spans(server: Any, name: str) -> list[Any]:
     return [s for s in server.tracer.memory.get_finished_spans() if s.name == name]
 
@@ -73,7 +68,7 @@ async def test_a_spoken_turn_streams_through_the_model_server(llm_server: ModelS
         before = llm_server.requests()
         sentence = "What is the capital of France?"
         async with Client.connect(srv.url) as c:
-            await c.stream_audio(silence(300) + speak(srv, sentence) + silence(TRAILING_MS), realtime=1.0)
+            await c.stream_audio(silence(300) + spoken(srv, sentence) + silence(TRAILING_MS), realtime=1.0)
             msgs = await c.turn(timeout=90)
         attempts = spans(srv, "upstream.request")
     assert msgs[-1]["type"] == "turn_end", [m for m in msgs if m["type"] == "error"]
@@ -115,11 +110,11 @@ async def test_barge_in_cancels_the_http_stream_and_the_generation_stops(llm_ser
     async with running_server(config) as srv:
         disconnects = llm_server.disconnects()
         async with Client.connect(srv.url) as c:
-            question = speak(srv, "Count from one to one hundred.")
+            question = spoken(srv, "Count from one to one hundred.")
             await c.stream_audio(silence(300) + question + silence(TRAILING_MS), realtime=1.0)
             first = await c.recv_type("audio", timeout=60)
             turn = first["turn"]
-            barge = asyncio.create_task(c.stream_audio(speak(srv, "Stop, please wait a moment."), realtime=1.0))
+            barge = asyncio.create_task(c.stream_audio(spoken(srv, "Stop, please wait a moment."), realtime=1.0))
             got = await c.recv_until(lambda m: m["type"] == "interrupted" and m["turn"] == turn, timeout=30)
             deltas = len([m for m in c.received if m["type"] == "reply" and m.get("turn") == turn and m["text"]])
             # the model server notices the closed stream (at its next token) and says so in its log

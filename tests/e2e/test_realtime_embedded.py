@@ -17,10 +17,10 @@ import pytest_asyncio
 import yaml
 
 from tests.embedded import require_models, words
+from tests.speech import spoken
 
 require_models()
 
-from stages.resample import resample  # noqa: E402
 from tests.client import running_server, silence  # noqa: E402
 from tests.realtime import Events, audio_of, b64, sdk_connect, types  # noqa: E402
 from transports import g711  # noqa: E402
@@ -37,12 +37,6 @@ async def server() -> AsyncIterator[Any]:
         yield running
 
 
-def speak(server: Any, text: str, rate_hz: int) -> bytes:
-    """Speech for the test, made by the agent's own Piper voice, at ``rate_hz``."""
-    piper = next(spec.factory.backend for spec in server.specs if spec.engine_name == "piper")
-    return resample(piper.synthesize_all(text), piper.rate_hz, rate_hz)
-
-
 @pytest.mark.parametrize("dialect", ["ga", "beta"])
 async def test_a_spoken_question_gets_a_transcript_and_a_spoken_answer(server: Any, dialect: str) -> None:
     sentence = "What is the capital of France?"
@@ -51,7 +45,7 @@ async def test_a_spoken_question_gets_a_transcript_and_a_spoken_answer(server: A
         ev = Events(conn)
         created = (await ev.until_type("session.created"))[-1]
         assert created.session.model == "gpt-realtime"
-        await ev.send_audio(silence(300, 24000) + speak(server, sentence, 24000) + silence(800, 24000))
+        await ev.send_audio(silence(300, 24000) + spoken(server, sentence, 24000) + silence(800, 24000))
         turn = await ev.until_type("response.done", timeout=90)
     heard = next(e for e in turn if e.type == "conversation.item.input_audio_transcription.completed")
     assert words(heard.transcript) == words(sentence)
@@ -90,7 +84,7 @@ async def test_cancel_leaves_no_stale_audio(server: Any) -> None:
 
 async def test_g711_mu_law_round_trips_through_the_embedded_asr(server: Any) -> None:
     sentence = "Please tell me a joke."
-    narrow = speak(server, sentence, 8000)
+    narrow = spoken(server, sentence, 8000)
     pcmu = {"type": "audio/pcmu"}
     async with sdk_connect(server) as conn:
         ev = Events(conn)
