@@ -329,13 +329,11 @@ class BargeIn:
             self._interrupt(counted=True)
 
     def _too_long(self, user_turn: int) -> None:
-        pause = self.pause
-        if pause is None or pause.user_turn != user_turn:
+        if self._long_voice(user_turn):
             return
-        if _talking(pause, self.session.clock()):
-            BARGE_INS_TOTAL.inc(verdict="long_voice")
-            self._interrupt(counted=True)
-        elif not pause.voice_ended:  # quiet, yet the utterance is open (no audio since): the agent goes on
+        pause = self.pause
+        if pause is not None and pause.user_turn == user_turn and not pause.voice_ended:
+            # quiet, yet the utterance is open (no audio since): the agent goes on
             self._resume(pause.heard or "nothing")
             self.watches[user_turn] = pause.agent_turns
 
@@ -343,12 +341,15 @@ class BargeIn:
         canceller = self.session.echo_canceller
         return self.echo_words and canceller is not None and canceller.echo_loss_db >= WELL_CANCELLED_DB
 
-    def _long_voice(self, user_turn: int) -> None:
-        """Still talking over a well-cancelled echo: a person, whatever Whisper made of them."""
+    def _long_voice(self, user_turn: int) -> bool:
+        """Still talking (past ``max_pause_ms``, or ``ECHO_LONG_VOICE_MS`` over well-cancelled echo): a person,
+        whatever Whisper made of them. True: the agent was interrupted."""
         pause = self.pause
-        if pause is not None and pause.user_turn == user_turn and _talking(pause, self.session.clock()):
-            BARGE_INS_TOTAL.inc(verdict="long_voice")
-            self._interrupt(counted=True)
+        if pause is None or pause.user_turn != user_turn or not _talking(pause, self.session.clock()):
+            return False
+        BARGE_INS_TOTAL.inc(verdict="long_voice")
+        self._interrupt(counted=True)
+        return True
 
     def _interrupt(self, *, counted: bool = False) -> None:
         pause = self._clear()
