@@ -15,6 +15,9 @@ BENCH_ARGS ?=
 # Portable AVX2 code, not -march=native: on a Xeon with AMX (Sapphire Rapids) the native build segfaulted in
 # llama_decode at the first generation (2026-12-02); the AVX2 build runs there and on any x86-64-v3 CPU.
 # pip caches the wheel without regard to these flags: after changing them, `pip cache remove llama_cpp_python`.
+# Smart Turn v3.2's weights (stages/turn_model.py) ship inside this wheel; only its ONNX file is used, so it
+# is installed without its dependencies (deploy/Dockerfile pins the same one)
+SMART_TURN_WHEEL ?= pipecat-ai==1.14.0
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 PIP_PROGRESS := grep --line-buffered -E "^(Collecting|Building|Successfully|ERROR|error)" || true
 
@@ -45,8 +48,11 @@ $(RUN_STAMP): pyproject.toml
 	@$(PY) -m pip install --quiet --upgrade pip
 	@echo ">> installing voxpipe and the embedded models (first time: llama-cpp-python compiles, ~3 min on 2 cores)"
 	@CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --progress-bar off -e ".[embedded]" 2>&1 | $(PIP_PROGRESS)
+	@echo ">> installing Smart Turn's weights ($(SMART_TURN_WHEEL), without its dependencies)"
+	@$(PY) -m pip install --quiet --no-deps "$(SMART_TURN_WHEEL)"
 	@$(PY) -c "import server, stages, transports, vocab, llama_cpp, faster_whisper, piper, webrtcvad" \
 		|| { echo "!! install failed: see the pip output above"; exit 1; }
+	@$(PY) -c "from stages.turn_model import model_path; model_path()" || { echo "!! Smart Turn's weights missing"; exit 1; }
 	@touch $(RUN_STAMP)
 	@echo ">> installed"
 

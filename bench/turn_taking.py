@@ -164,10 +164,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+ASR_OPTIONS: dict[str, Any] = {}  # --asr: options over config.yaml's asr entry ('{"turn_model": "none"}')
+
+
 def pipeline(*, llm: bool = True) -> list[dict[str, Any]]:
     """config.yaml's pipeline, with the echo LLM in place of llama (its words do not matter here)."""
     stages: list[dict[str, Any]] = yaml.safe_load((ROOT / "config.yaml").read_text())["pipeline"]
-    out = [s for s in stages if s["engine"] != "llama"]
+    out = [{**s, **ASR_OPTIONS} if s["name"] == "asr" else s for s in stages if s["engine"] != "llama"]
     if llm:
         out.insert(2, {"name": "llm", "engine": "echo", "delay_ms": 5})
     return out
@@ -466,7 +469,9 @@ async def echo(voice: Voice, turns: int, canceller: dict[str, Any]) -> dict[str,
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     only = set(args.only.split(",")) if args.only else {"eot", "barge", "echo"}
     voice = Voice()
+    ASR_OPTIONS.update(json.loads(args.asr))
     result: dict[str, Any] = {"date": dt.datetime.now().isoformat(timespec="seconds"), "session": config()["session"]}
+    result["asr"] = next(s for s in pipeline() if s["name"] == "asr")
     if "eot" in only:
         print(">> end of turn", flush=True)
         result["eot"] = await eot(voice, min(args.trials, 20))
@@ -486,6 +491,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="", help="eot,barge,echo (default: all)")
     parser.add_argument("--canceller", default="{}", help="echo_canceller options, JSON: '{\"residual_gate_db\": 0}'")
+    parser.add_argument("--asr", default="{}", help="asr options over config.yaml's (JSON)")
     parser.add_argument("--trials", type=int, default=30, help="overlaps per kind (eot and echo use up to 20)")
     res = asyncio.run(main(parser.parse_args()))
     RESULTS.mkdir(exist_ok=True)

@@ -9,7 +9,9 @@ VAD), the utterance so far is decoded as a final right away. If the VAD then end
 no voice heard since, that decode *is* the final transcript, so the endpoint silence and the final
 decode overlap instead of adding up; if the user speaks again, it is dropped. Its text also tells the
 VAD whether the words sound finished (``stages/endpointing.py``; ``StageContext.turn_hints``), so the VAD
-waits after "a flight to" and not after "What time is it?".
+waits after "a flight to" and not after "What time is it?". With ``turn_model`` set, an audio turn model
+(``stages/turn_model.py``) scores the same audio beside that decode, and the words count as finished only
+when the voice sounds finished too (a misheard "lights in there." after "the lights in the").
 
 Urgent turns (``StageContext.urgent_turns``: voice over the agent, whose words decide a barge-in) get
 partials early and often (``urgent_min_audio_ms``, ``urgent_interval_ms``).
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from stages import turn_model
 from stages.base import Backend, BaseStage, Emitter, StageContext, StageKind
 from stages.endpointing import sounds_complete
 from stages.items import Item, SpeechAudio, Transcription
@@ -67,9 +71,13 @@ class Options:
     pause_decode_ms: float = 120.0  # trailing silence that starts a speculative final decode; 0 turns it off
     urgent_min_audio_ms: float = 240.0  # an urgent turn's first partial, after this much audio
     urgent_interval_ms: float = 160.0  # and its next ones this often
+    turn_model: str = "none"  # smart-turn: the voice must sound finished too (stages/turn_model.py)
+    turn_finished_prob: float = 0.3  # below this turn-model score the voice overrules finished words
 
     def validate(self) -> None:
         require(self.partial_interval_ms >= 0, "partial_interval_ms", "must be >= 0")
+        require(self.turn_model in turn_model.MODELS, "turn_model", f"must be one of {', '.join(turn_model.MODELS)}")
+        require(0 <= self.turn_finished_prob <= 1, "turn_finished_prob", "must be in 0..1")
         require(self.pause_decode_ms >= 0, "pause_decode_ms", "must be >= 0")
         require(self.max_utterance_ms >= 1000, "max_utterance_ms", "must be >= 1000")
 
@@ -81,6 +89,7 @@ class AsrStage(BaseStage):
         self.options = options
         self.backend = backend
         self.ctx = ctx
+        self.turn_model = turn_model.load(options.turn_model, lambda _line: None)  # loaded at start-up
         self.turn: int | None = None
         self.buffer = bytearray()
         self.received_bytes = 0  # of this utterance, at the backend's rate (the buffer may be trimmed)
@@ -155,12 +164,20 @@ class AsrStage(BaseStage):
             self.pause_task = self.ctx.spawn(self._speculate(self.turn or 0, bytes(self.buffer), covers_ms))
 
     async def _speculate(self, turn: int, pcm: bytes, covers_ms: float) -> Heard | None:
+        voice = None if self.turn_model is None else self.ctx.spawn(self.turn_model.finished_prob(pcm, self.rate_hz))
         try:
             words = heard(await self.backend.transcribe(pcm, rate_hz=self.rate_hz, final=True, ctx=self.ctx))
+            finished_prob = None if voice is None else await voice
         except StageError:
             return None  # the real final decode will run (and report a persistent failure)
-        if self.turn == turn:  # still this utterance: tell the VAD whether its words sound finished
-            self.ctx.turn_hints[turn] = (covers_ms, sounds_complete(words.text))
+        finally:
+            if voice is not None:
+                voice.cancel()
+        if self.turn == turn:  # still this utterance: tell the VAD whether its words (and voice) sound finished
+            finished = sounds_complete(words.text)
+            if finished_prob is not None:
+                finished = finished and finished_prob >= self.options.turn_finished_prob
+            self.ctx.turn_hints[turn] = (covers_ms, finished)
         return words
 
     def _maybe_partial(self, out: Emitter) -> None:
@@ -220,4 +237,8 @@ class AsrStage(BaseStage):
         self._drop_pause_decode()
 
 
-KIND: StageKind[AsrBackend] = StageKind("asr", "speech", "text", Options, AsrStage)
+def _load(options: Options, log: Callable[[str], None]) -> None:
+    turn_model.load(options.turn_model, log)
+
+
+KIND: StageKind[AsrBackend] = StageKind("asr", "speech", "text", Options, AsrStage, load=_load)

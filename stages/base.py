@@ -200,6 +200,8 @@ class StageKind(Generic[B]):
     output_type: str
     options: type[Any]
     stage: Callable[[Any, B, StageContext], Stage]
+    # what the kind itself loads once per process beside the backend (the ASR's turn model; kept until exit)
+    load: Callable[[Any, Callable[[str], None]], None] | None = None
 
 
 class KindFactory(Generic[B]):
@@ -216,6 +218,8 @@ class KindFactory(Generic[B]):
 
     def load(self, log: Callable[[str], None]) -> None:
         self.backend.load(log)
+        if self.kind.load is not None:
+            self.kind.load(self.options, log)
 
     def new_stage(self, ctx: StageContext) -> Stage:
         stage = self.kind.stage(self.options, self.backend, ctx)

@@ -9,8 +9,9 @@ and a demonstrative (a clipped "about the" heard as "about this"), with no closi
 a few words (Whisper closes what it heard as a sentence), on a request's verb that needs its object ("Could
 you please translate?": Whisper marks the pause before "good morning into Spanish" as a question), or trails
 off ("...", "-"). Otherwise it sounds finished.
-Chosen over an audio turn-taking model: none that ships its weights in a package on the index was found
-(LiveKit's and pipecat's detectors download theirs from a model hub at run time).
+The audio half is ``stages/turn_model.py`` (Smart Turn v3.2, whose weights now ship inside the
+``pipecat-ai`` wheel): with it on, the ASR stage counts words as finished only when the voice sounds
+finished too, which catches a misheard last word ("the lights in there." for "the lights in the").
 """
 
 from __future__ import annotations

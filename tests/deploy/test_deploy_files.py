@@ -145,6 +145,8 @@ def test_the_dockerfile_builds_the_wheels_once_and_runs_them_slim() -> None:
     assert stages["builder"][0][1].startswith("python:3.11")
     # llama-cpp-python compiles once, in the builder, with exactly the Makefile's options
     assert arg_defaults["LLAMA_CMAKE_ARGS"].strip('"') == makefile_value("LLAMA_CMAKE_ARGS")
+    # the same Smart Turn weights as `make install`, installed without pipecat's dependencies
+    assert arg_defaults["SMART_TURN_WHEEL"].strip('"') == makefile_value("SMART_TURN_WHEEL")
     builds = [rest for word, rest in stages["builder"] if word == "RUN" and "pip wheel" in rest]
     assert len(builds) == 1
     assert 'CMAKE_ARGS="$LLAMA_CMAKE_ARGS" pip wheel --wheel-dir /wheels' in builds[0]

@@ -6,10 +6,14 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import pytest
+
 from stages.asr import AsrStage, Heard, Options, heard
 from stages.base import StageContext
 from stages.items import Item, SpeechAudio, Transcription
 from tests.client import silence, tone
+from tests.room import piper_or_skip
+from tests.speech import said
 from tests.stage_context import stage_context
 
 RATE_HZ = 16000
@@ -122,3 +126,36 @@ def test_punctuation_alone_is_no_words() -> None:
     assert heard("...") == Heard("")
     assert heard(" Wait. ") == Heard("Wait.")
     assert heard(Heard("2 plus 2?", -0.1)) == Heard("2 plus 2?", -0.1)
+
+
+class FixedAsr(CountingAsr):
+    """Hears the same words in any audio."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(decode_s=0.0)
+        self.text = text
+
+    async def transcribe(self, pcm: bytes, *, rate_hz: int, final: bool, ctx: StageContext) -> str:
+        await super().transcribe(pcm, rate_hz=rate_hz, final=final, ctx=ctx)
+        return self.text
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("model", ["none", "smart-turn"])
+async def test_with_a_turn_model_the_voice_must_sound_finished_too(model: str) -> None:
+    """Whisper heard a whole sentence, but the voice stopped mid-sentence ("I was wondering if you could"):
+    the turn model's score keeps the VAD waiting."""
+    piper_or_skip()
+    tasks: set[asyncio.Task[Any]] = set()
+    options = Options(partial_interval_ms=0, pause_decode_ms=120, turn_model=model)
+    stage = AsrStage(options, FixedAsr("Yes."), context(tasks))
+    out = Collect()
+    voice = said("I was wondering if you could", RATE_HZ)
+    pieces = [(voice[i : i + 640], 0.0) for i in range(0, len(voice), 640)]
+    pieces += [(silence(20, RATE_HZ), 20.0 * (i + 1)) for i in range(8)]
+    await feed(stage, out, pieces)
+    assert stage.pause_task is not None
+    await stage.pause_task
+    covers_ms, finished = stage.ctx.turn_hints[1]
+    assert covers_ms == pytest.approx(len(voice) / 2 / RATE_HZ * 1000 + 120, abs=20)
+    assert finished is (model == "none")
