@@ -50,6 +50,8 @@ NEEDS_OBJECT: frozenset[str] = frozenset(
         *("recommend", "suggest", "spell", "fetch"),
     )
 )
+# ... as the verb: right after "you", "please" or "to" ("Can you recommend a good book?" ends on a noun)
+VERB_LEADS: frozenset[str] = frozenset(("you", "please", "to"))
 REQUEST_OPENERS: frozenset[str] = frozenset(("can", "could", "would", "will"))
 QUESTION_OPENERS: frozenset[str] = frozenset(("what", "how", "who", "where", "when", "which", "why", "whose"))
 PREPOSITIONS: frozenset[str] = frozenset(("about", "in", "on", "at", "for", "with", "to", "of", "from", "by", "near"))
@@ -65,6 +67,13 @@ def last_words(text: str, n: int = 2) -> list[str]:
 def _requests(words: list[str]) -> bool:
     """A request: "please" in it, or opening "can / could / would / will you"."""
     return "please" in words or (len(words) >= 2 and words[0] in REQUEST_OPENERS and words[1] == "you")
+
+
+def _verb_of_request(words: list[str]) -> bool:
+    """The last word is the request's verb: right after "you", "please" or "to", but not a question's
+    "what to read" (and not the noun of "a good book")."""
+    lead = words[-2] if len(words) >= 2 else ""
+    return lead in VERB_LEADS and not (lead == "to" and len(words) >= 3 and words[-3] in QUESTION_OPENERS)
 
 
 def sounds_complete(text: str) -> bool:
@@ -84,7 +93,7 @@ def sounds_complete(text: str) -> bool:
         # "How many legs does a spider have?": a question that opens as one may close on its auxiliary
         asks = stripped.endswith("?") and (words[0] in QUESTION_OPENERS or words[0] in HANGING_AUXILIARIES)
         return asks or len(words) <= SHORT_ANSWER_WORDS
-    if last in NEEDS_OBJECT and _requests(words):
+    if last in NEEDS_OBJECT and _requests(words) and _verb_of_request(words):
         return False  # "Could you please translate?": Whisper closes the pause before the object
     if len(words) >= 2 and words[-2] in PREPOSITIONS and last in DEMONSTRATIVES:
         return False  # "about this", "in that": most often a clipped "about the", "in the"

@@ -21,6 +21,9 @@ from stages.endpointing import sounds_complete
         "Do you know what it does?",
         "Can you help?",  # a request may end on a verb that needs no object
         "What did you set?",  # not a request: a question closes on its verb
+        "Can you recommend a good book?",  # "book" the noun, not the verb (voice_to_voice waited 1.2 s on it)
+        "Please cancel my order.",
+        "Could you tell me what to read?",
         "I read.",
         "",  # no words (a cough): nothing to wait for
     ],
@@ -45,6 +48,7 @@ def test_finished(text: str) -> None:
         "Could you please translate?",  # the request's object comes after the pause
         "Can you send",
         "Please book.",
+        "Could you ask them to send?",
     ],
 )
 def test_unfinished(text: str) -> None:
