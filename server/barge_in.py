@@ -25,10 +25,6 @@ what is not real words ends that turn unanswered (else the agent answers its own
 that is left opens voice after voice over the agent: each pause, found false, resumes into more echo (the
 agent stutters). After ``MAX_FALSE_PAUSES`` false pauses in one agent turn, voice over it pauses it only
 once it has lasted ``window_ms`` (a person who goes on talking), and words decide from its start as ever.
-Where the server's canceller takes echo alone down by ``WELL_CANCELLED_DB`` or more (a dry room), what
-is left of it rarely holds the VAD for long, while AEC3 leaves a person talking over the agent so garbled
-that Whisper reads no words in them ("You have been", "Thank you."): there a voice still going on
-``ECHO_LONG_VOICE_MS`` after it began is an interruption, whatever the words.
 """
 
 from __future__ import annotations
@@ -72,15 +68,6 @@ ECHO_TAIL_MS = 600.0
 # voice over it pauses the agent only once it lasts ``window_ms`` (bench/turn_taking.py --only echo: RT60
 # 600 ms made 66 pauses in 20 short lines, each resuming into its own echo)
 MAX_FALSE_PAUSES = 2
-# A voice over the agent still going on this long is a person taking the floor, once the canceller shows
-# the echo is well cancelled (bench/turn_taking.py --only echo, RT60 300 ms: voices over the echo lasted
-# 1.7-1.9 s, read as "You have been" and nothing, and were resumed over; the echo's own voices there:
-# 90th percentile 1.2 s, over longer lines than the bench's)
-ECHO_LONG_VOICE_MS = 1200.0
-# echo alone loses this much in the canceller (server/aec.py's echo_loss_db; bench/turn_taking.py --only
-# echo: 44 dB after the echo-only lines at RT60 300 ms, 18-22 dB at 600, where the rule then also fires on
-# some of the echo's own long voices)
-WELL_CANCELLED_DB = 20.0
 VOICE_GONE_MS = 100.0  # silence after which the voice over the agent counts as stopped
 AUDIO_STALLED_MS = 250.0  # no audio at all for this long (a mic stopped mid-utterance): no voice either
 
@@ -219,11 +206,6 @@ class BargeIn:
             loop.call_later(self.window_ms / 1000.0, self._window_over, user_turn),
             loop.call_later(self.max_pause_ms / 1000.0, self._too_long, user_turn),
         ]
-        if self._echo_well_cancelled():
-            since_s = now - pause.started_at
-            pause.timers.append(
-                loop.call_later(max(0.0, ECHO_LONG_VOICE_MS / 1000.0 - since_s), self._long_voice, user_turn)
-            )
         pause.held = True
 
     def speech_ended(self, user_turn: int) -> None:
@@ -337,13 +319,9 @@ class BargeIn:
             self._resume(pause.heard or "nothing")
             self.watches[user_turn] = pause.agent_turns
 
-    def _echo_well_cancelled(self) -> bool:
-        canceller = self.session.echo_canceller
-        return self.echo_words and canceller is not None and canceller.echo_loss_db >= WELL_CANCELLED_DB
-
     def _long_voice(self, user_turn: int) -> bool:
-        """Still talking (past ``max_pause_ms``, or ``ECHO_LONG_VOICE_MS`` over well-cancelled echo): a person,
-        whatever Whisper made of them. True: the agent was interrupted."""
+        """Still talking past ``max_pause_ms``: a person, whatever Whisper made of them. True: the agent was
+        interrupted."""
         pause = self.pause
         if pause is None or pause.user_turn != user_turn or not _talking(pause, self.session.clock()):
             return False

@@ -95,6 +95,7 @@ class Released:
 OnRelease = Callable[[Released], None]
 OnCut = Callable[[float], None]
 OnResume = Callable[[float, float], None]  # (paused_at, gap_s): what was queued at the client plays gap_s later
+OnPause = Callable[[float], None]  # (paused_at): the client holds what it has queued from then on
 
 
 class Playhead:
@@ -127,17 +128,27 @@ class Playhead:
         self._on_release: list[OnRelease] = []
         self._on_cut: list[OnCut] = []
         self._on_resume: list[OnResume] = []
+        self._on_pause: list[OnPause] = []
         self._ack_offsets: list[float] = []  # the last few: s the client plays later than predicted
         self.client_delay_s = 0.0
         self._frame_clock: float | None = None  # monotonic time of frame 0 of the track's clock
         self._frames = 0
 
-    def listen(self, *, on_release: OnRelease, on_cut: OnCut, on_resume: OnResume | None = None) -> None:
-        """Follow the timeline (the echo guard's reference): every release, every cut, every resume."""
+    def listen(
+        self,
+        *,
+        on_release: OnRelease,
+        on_cut: OnCut,
+        on_resume: OnResume | None = None,
+        on_pause: OnPause | None = None,
+    ) -> None:
+        """Follow the timeline (the echo guard's reference): every release, every cut, every pause and resume."""
         self._on_release.append(on_release)
         self._on_cut.append(on_cut)
         if on_resume is not None:
             self._on_resume.append(on_resume)
+        if on_pause is not None:
+            self._on_pause.append(on_pause)
 
     # ------------------------------------------------------------ producers (the last stage)
 
@@ -239,6 +250,8 @@ class Playhead:
         """Hold the agent's audio: nothing more leaves (the track plays silence) until ``resume``."""
         if self.paused_at is None:
             self.paused_at = now
+            for paused in self._on_pause:
+                paused(now)
 
     def resume(self, now: float) -> None:
         """Go on where the audio paused; the pause is not counted as played."""

@@ -86,7 +86,9 @@ def test_timing_jitter_does_not_break_the_canceller(rt60_s: float) -> None:
     jittered = [erle_db(EchoCancellerOptions(residual_gate_db=0), jitter_ms=5, rt60_s=rt60_s, seed=s) for s in range(3)]
     print(f"RT60 {rt60_s}: ERLE steady {steady:.1f} dB, with 5 ms of jitter {[round(x, 1) for x in jittered]}")
     assert steady > 8.0
-    assert min(jittered) > steady - 1.5
+    # a few dB move from one jitter draw to another (21.6-25.7 dB at RT60 600 ms with lead_ms 10, steady 25.2);
+    # losing the echo path, as following every jitter does, costs 12-18 dB (the next test)
+    assert min(jittered) > steady - 4.0
 
 
 def test_following_every_jitter_is_what_broke_it() -> None:
@@ -152,3 +154,29 @@ def test_the_gate_still_takes_the_echo_out(rt60_s: float) -> None:
     ungated = erle_db(EchoCancellerOptions(residual_gate_db=0), jitter_ms=0, rt60_s=rt60_s)
     print(f"RT60 {rt60_s}: ERLE with the gate {gated:.1f} dB, without {ungated:.1f} dB")
     assert gated > ungated + 3.0
+
+
+def test_a_pause_holds_the_reference_with_the_client() -> None:
+    """agent_paused: the client holds what it had queued, so the far end is silent until the resume, and
+    then plays on from there. Fed the held audio during the pause, AEC3 lost the echo path at every pause."""
+    head = Playhead(rate_hz=RATE_HZ, lead_ms=200, max_chunks=64, is_live=lambda _turn: True, clock=lambda: 0.0)
+    aec = EchoCanceller(EchoCancellerOptions(), head, in_rate_hz=RATE_HZ, now=0.0)
+    t = np.arange(int(0.4 * RATE_HZ)) / RATE_HZ
+    line = (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2")
+    aec._released(Released("tts", 1, 0, line.tobytes(), 0.0))  # 400 ms laid out from 0 (released ahead)
+
+    def reference_at(s: float) -> np.ndarray:
+        return np.frombuffer(aec._reference(aec._index(s)), dtype="<i2")
+
+    try:
+        head.pause(0.1)  # 300 ms of it are still queued at the client
+        assert np.array_equal(reference_at(0.05), line[800:960])  # played before the pause: kept
+        assert not reference_at(0.1).any()
+        assert not reference_at(0.35).any()  # laid out here, but held by the client
+        head.resume(0.7)  # 600 ms later: the held 300 ms play from 0.7 s
+        assert not reference_at(0.69).any()
+        assert np.array_equal(reference_at(0.7), line[1600:1760])
+        assert np.array_equal(reference_at(0.99), line[6240:6400])
+        assert not reference_at(1.0).any()
+    finally:
+        aec.close()
