@@ -33,14 +33,15 @@ from bench.turn_taking import COMPLETE, INCOMPLETE, NOISE_FLOOR_DBFS, RATE_HZ, V
 from stages import turn_model  # noqa: E402
 from stages.endpointing import sounds_complete  # noqa: E402
 from stages.engines.whisper import WhisperAsr  # noqa: E402
+from stages.registry import build_stage  # noqa: E402
 
 THRESHOLDS = (0.2, 0.3, 0.5)
 
 
 async def main(draws: int) -> dict[str, Any]:
     entry = next(s for s in yaml.safe_load((ROOT / "config.yaml").read_text())["pipeline"] if s["name"] == "asr")
-    whisper_keys = {"window_s", "beam_size", "cpu_threads", "compute_type", "model_path"}
-    asr = WhisperAsr(WhisperAsr.Options(**{k: v for k, v in entry.items() if k in whisper_keys}))
+    asr = build_stage(entry, "pipeline.asr").factory.backend  # config.yaml's whisper, its options split as served
+    assert isinstance(asr, WhisperAsr), "config.yaml's asr is not the embedded whisper"
     asr.load(print)
     model = turn_model.load("smart-turn", print)
     assert model is not None

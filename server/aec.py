@@ -161,7 +161,7 @@ class EchoCanceller:
             self.written_until = end
 
     def _paused(self, paused_at: float) -> None:
-        """The client holds what it had queued (up to ``lead_ms`` of audio released ahead): none of it plays
+        """The client holds what it had queued (up to the session's ``lead_ms``, released ahead): none of it plays
         until the resume, so the reference is silence from here, and the audio is kept for ``_resumed``.
 
         Left in place, AEC3 was fed the held audio as the far end while the speaker was silent, for the

@@ -311,23 +311,16 @@ class BargeIn:
             self._interrupt(counted=True)
 
     def _too_long(self, user_turn: int) -> None:
-        if self._long_voice(user_turn):
-            return
+        """``max_pause_ms`` after the pause: still talking is a person, whatever Whisper made of them."""
         pause = self.pause
-        if pause is not None and pause.user_turn == user_turn and not pause.voice_ended:
-            # quiet, yet the utterance is open (no audio since): the agent goes on
+        if pause is None or pause.user_turn != user_turn:
+            return
+        if _talking(pause, self.session.clock()):
+            BARGE_INS_TOTAL.inc(verdict="long_voice")
+            self._interrupt(counted=True)
+        elif not pause.voice_ended:  # quiet, yet the utterance is open (no audio since): the agent goes on
             self._resume(pause.heard or "nothing")
             self.watches[user_turn] = pause.agent_turns
-
-    def _long_voice(self, user_turn: int) -> bool:
-        """Still talking past ``max_pause_ms``: a person, whatever Whisper made of them. True: the agent was
-        interrupted."""
-        pause = self.pause
-        if pause is None or pause.user_turn != user_turn or not _talking(pause, self.session.clock()):
-            return False
-        BARGE_INS_TOTAL.inc(verdict="long_voice")
-        self._interrupt(counted=True)
-        return True
 
     def _interrupt(self, *, counted: bool = False) -> None:
         pause = self._clear()
