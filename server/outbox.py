@@ -129,6 +129,10 @@ class Outbox:
             if self._control:
                 message = self._control.popleft()
                 await self._send(message)
+                if type(message) is m.AgentPaused:
+                    playhead.told_paused(playhead.clock())
+                elif type(message) is m.AgentResumed:
+                    playhead.told_resumed(playhead.clock())
                 self._control_sent += 1
                 self._control_progress.set()
                 if type(message) is m.Error and message.fatal:

@@ -96,6 +96,11 @@ OnRelease = Callable[[Released], None]
 OnCut = Callable[[float], None]
 OnResume = Callable[[float, float], None]  # (paused_at, gap_s): what was queued at the client plays gap_s later
 OnPause = Callable[[float], None]  # (paused_at): the client holds what it has queued from then on
+# Pause and resume listeners hear of them when the client is told (``told_paused`` / ``told_resumed``, after the
+# writer sent ``agent_paused`` / ``agent_resumed``), not when decided: the client holds and plays on when the
+# message reaches it. Decision times put the held audio ``agent_paused``'s wait in the writer (0.2-1.5 ms,
+# against 0.3 ms for ``agent_resumed``) early at every resume, and the echo canceller's reference drifted
+# from the echo resume by resume (bench/turn_taking.py --only echo, RT60 600 ms). A WebRTC track holds at once.
 
 
 class Playhead:
@@ -129,6 +134,9 @@ class Playhead:
         self._on_cut: list[OnCut] = []
         self._on_resume: list[OnResume] = []
         self._on_pause: list[OnPause] = []
+        self._told_pause_at: float | None = None  # when the client was told of the pause now held
+        self._untold = ""  # "pause" / "resume": decided, the client not told yet (the writer sends it)
+        self._gap_s = 0.0  # the last resume's pause, decision to decision
         self._ack_offsets: list[float] = []  # the last few: s the client plays later than predicted
         self.client_delay_s = 0.0
         self._frame_clock: float | None = None  # monotonic time of frame 0 of the track's clock
@@ -250,8 +258,9 @@ class Playhead:
         """Hold the agent's audio: nothing more leaves (the track plays silence) until ``resume``."""
         if self.paused_at is None:
             self.paused_at = now
-            for paused in self._on_pause:
-                paused(now)
+            self._untold = "pause"
+            if self.track_attached:
+                self.told_paused(now)
 
     def resume(self, now: float) -> None:
         """Go on where the audio paused; the pause is not counted as played."""
@@ -260,13 +269,45 @@ class Playhead:
         paused_at = self.paused_at
         gap_s = max(0.0, now - paused_at)
         self.paused_at = None
+        self._held_for(gap_s)
+        self._gap_s = gap_s
+        if self._untold == "pause":
+            self._untold = ""  # never told: the client never held anything
+        elif self._told_pause_at is not None:
+            self._untold = "resume"
+            if self.track_attached:
+                self.told_resumed(now)
+        self.wake()
+
+    def told_paused(self, now: float) -> None:
+        """``agent_paused`` has left for the client at ``now`` (the first of a pause's): it holds from then on."""
+        if self._untold != "pause":
+            return
+        self._untold = ""
+        self._told_pause_at = now
+        for paused in self._on_pause:
+            paused(now)
+
+    def told_resumed(self, now: float) -> None:
+        """``agent_resumed`` has left at ``now``: what the client held plays on from then on."""
+        told_at = self._told_pause_at
+        if self._untold != "resume" or told_at is None:
+            return
+        self._untold = ""
+        self._told_pause_at = None
+        gap_s = max(0.0, now - told_at)
+        # the client's pause was this long, not the decisions' (the writer sends control before any audio,
+        # so nothing was released on the decided clock yet): what follows the held audio follows it at once
+        self._held_for(gap_s - self._gap_s)
+        for resumed in self._on_resume:
+            resumed(told_at, gap_s)
+
+    def _held_for(self, gap_s: float) -> None:
+        """The client held its audio ``gap_s`` (more): the pause is not played, its buffer still has to play."""
         for line in self.timelines.values():
             if not line.ended and line.first_released_at is not None:
                 line.paused_s += gap_s
-        self.playing_until += gap_s  # a client that paused its playback has its buffer still to play
-        for resumed in self._on_resume:
-            resumed(paused_at, gap_s)
-        self.wake()
+        self.playing_until += gap_s
 
     def attach_track(self, attached: bool) -> None:
         """A call's track pulls the audio from now on (True), or the WebSocket writer again (False)."""
@@ -305,6 +346,7 @@ class Playhead:
         self._queue.purge(lambda entry: entry[1] == turn)
         self.playing_until = now
         self.paused_at = None  # a pause ends with the turn it held
+        self._told_pause_at, self._untold = None, ""
         self._finish_timeline(turn)
         for cut in self._on_cut:
             cut(now)

@@ -169,11 +169,14 @@ def test_a_pause_holds_the_reference_with_the_client() -> None:
         return np.frombuffer(aec._reference(aec._index(s)), dtype="<i2")
 
     try:
-        head.pause(0.1)  # 300 ms of it are still queued at the client
+        head.pause(0.09)
+        head.told_paused(0.1)  # agent_paused left 10 ms later: 300 ms of it are still queued at the client
         assert np.array_equal(reference_at(0.05), line[800:960])  # played before the pause: kept
+        assert np.array_equal(reference_at(0.09), line[1440:1600])  # and until the client heard of it
         assert not reference_at(0.1).any()
         assert not reference_at(0.35).any()  # laid out here, but held by the client
-        head.resume(0.7)  # 600 ms later: the held 300 ms play from 0.7 s
+        head.resume(0.7)
+        head.told_resumed(0.7)  # 600 ms later: the held 300 ms play from 0.7 s
         assert not reference_at(0.69).any()
         assert np.array_equal(reference_at(0.7), line[1600:1760])
         assert np.array_equal(reference_at(0.99), line[6240:6400])

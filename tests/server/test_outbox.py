@@ -112,3 +112,31 @@ async def test_flush_control_does_not_wait_for_a_writer_that_has_stopped() -> No
         await waiting
     async with asyncio.timeout(1):
         await box.flush_control()  # and any later flush returns at once
+
+
+async def test_the_playhead_hears_when_the_client_was_told_of_a_pause() -> None:
+    """agent_paused / agent_resumed leaving the writer is when the client holds and plays on (the echo
+    canceller lays its reference by it)."""
+    live: dict[int, Any] = {1: None}
+    socket = Socket()
+    box = outbox(live, socket)
+    told: list[str] = []
+    box.playhead.listen(
+        on_release=lambda _r: None,
+        on_cut=lambda _now: None,
+        on_pause=lambda _at: told.append("paused"),
+        on_resume=lambda _at, _gap: told.append("resumed"),
+    )
+    box.playhead.pause(box.playhead.clock())
+    box.control(m.AgentPaused(turn=1))
+    writer = asyncio.create_task(box.run())
+    try:
+        await socket.wait_for(m.AgentPaused)
+        assert told == ["paused"]
+        box.playhead.resume(box.playhead.clock())
+        assert told == ["paused"]  # decided, not told yet
+        box.control(m.AgentResumed(turn=1))
+        await socket.wait_for(m.AgentResumed)
+    finally:
+        writer.cancel()
+    assert told == ["paused", "resumed"]

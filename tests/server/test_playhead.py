@@ -191,3 +191,52 @@ def test_spoken_text_of_a_streaming_clause_uses_the_speaking_rate_so_far() -> No
     # first clause: 10 characters in 650 ms; the second (20 chars) is still arriving: ~1300 ms long
     line = TurnAudio(1, released_ms=1000.0, segments=[(0.0, "aaaa bbbbb", 650.0), (650.0, "cccc dddd eeee fffff", 0.0)])
     assert line.spoken_text(650.0 + 650.0) == "aaaa bbbbb cccc dddd"
+
+
+def test_pause_listeners_hear_of_it_when_the_client_is_told() -> None:
+    """The client holds when ``agent_paused`` reaches it, not when the server decided: the listeners (the echo
+    canceller's reference) get the times the writer sent the messages, and nothing for a pause never told."""
+    head = playhead()
+    heard: list[tuple[str, float, float]] = []
+    head.listen(
+        on_release=lambda _r: None,
+        on_cut=lambda _now: None,
+        on_pause=lambda at: heard.append(("pause", at, 0.0)),
+        on_resume=lambda at, gap: heard.append(("resume", at, gap)),
+    )
+    head.pause(100.0)
+    assert heard == []
+    assert head.paused_at == 100.0
+    head.told_paused(100.0012)  # agent_paused left 1.2 ms after the decision
+    head.told_paused(100.0015)  # the same pause told for a second agent turn: once is enough
+    head.resume(100.5)
+    assert heard == [("pause", 100.0012, 0.0)]
+    head.told_resumed(100.5003)
+    kind, at, gap = heard[1]
+    assert (kind, at) == ("resume", 100.0012)
+    assert gap == pytest.approx(0.4991)
+    head.told_resumed(100.6)  # nothing to resume any more
+    head.pause(101.0)
+    head.resume(101.2)  # decided and undone before agent_paused left: the client never held anything
+    head.told_paused(101.21)
+    head.told_resumed(101.22)
+    head.pause(102.0)
+    head.told_paused(102.001)
+    head.drop_turn(1, 102.2)  # interrupted during the pause: the client flushes what it held
+    head.told_resumed(102.3)
+    assert heard[2:] == [("pause", 102.001, 0.0)]
+
+
+def test_a_track_holds_at_once() -> None:
+    head = playhead()
+    heard: list[float] = []
+    head.listen(
+        on_release=lambda _r: None,
+        on_cut=lambda _now: None,
+        on_pause=heard.append,
+        on_resume=lambda _at, gap: heard.append(gap),
+    )
+    head.attach_track(True)
+    head.pause(100.0)
+    head.resume(100.25)
+    assert heard == [100.0, 0.25]
