@@ -13,6 +13,7 @@ Pure logic with an injected clock: every method takes ``now``; the async waiting
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,8 +136,10 @@ class Playhead:
         self._on_resume: list[OnResume] = []
         self._on_pause: list[OnPause] = []
         self._told_pause_at: float | None = None  # when the client was told of the pause now held
-        self._untold = ""  # "pause" / "resume": decided, the client not told yet (the writer sends it)
-        self._gap_s = 0.0  # the last resume's pause, decision to decision
+        # decided, the client not told yet (the writer sends the messages in order): ("pause", 0) or ("resume",
+        # the pause decision to decision). A resume withdraws an untold pause, so at most a resume and the
+        # next pause wait: maxlen 2 holds them all.
+        self._untold: deque[tuple[str, float]] = deque(maxlen=2)
         self._ack_offsets: list[float] = []  # the last few: s the client plays later than predicted
         self.client_delay_s = 0.0
         self._frame_clock: float | None = None  # monotonic time of frame 0 of the track's clock
@@ -258,7 +261,7 @@ class Playhead:
         """Hold the agent's audio: nothing more leaves (the track plays silence) until ``resume``."""
         if self.paused_at is None:
             self.paused_at = now
-            self._untold = "pause"
+            self._untold.append(("pause", 0.0))
             if self.track_attached:
                 self.told_paused(now)
 
@@ -270,35 +273,35 @@ class Playhead:
         gap_s = max(0.0, now - paused_at)
         self.paused_at = None
         self._held_for(gap_s)
-        self._gap_s = gap_s
-        if self._untold == "pause":
-            self._untold = ""  # never told: the client never held anything
-        elif self._told_pause_at is not None:
-            self._untold = "resume"
+        if self._untold and self._untold[-1][0] == "pause":
+            self._untold.pop()  # never told: the client never held anything
+        else:
+            self._untold.append(("resume", gap_s))
             if self.track_attached:
                 self.told_resumed(now)
         self.wake()
 
     def told_paused(self, now: float) -> None:
         """``agent_paused`` has left for the client at ``now`` (the first of a pause's): it holds from then on."""
-        if self._untold != "pause":
-            return
-        self._untold = ""
+        if not self._untold or self._untold[0][0] != "pause":
+            return  # told already (a second agent turn's message), or withdrawn
+        self._untold.popleft()
         self._told_pause_at = now
         for paused in self._on_pause:
             paused(now)
 
     def told_resumed(self, now: float) -> None:
         """``agent_resumed`` has left at ``now``: what the client held plays on from then on."""
-        told_at = self._told_pause_at
-        if self._untold != "resume" or told_at is None:
+        if not self._untold or self._untold[0][0] != "resume":
+            return  # told already (a second agent turn's message), or withdrawn
+        _kind, decided_gap_s = self._untold.popleft()
+        told_at, self._told_pause_at = self._told_pause_at, None
+        if told_at is None:
             return
-        self._untold = ""
-        self._told_pause_at = None
         gap_s = max(0.0, now - told_at)
         # the client's pause was this long, not the decisions' (the writer sends control before any audio,
         # so nothing was released on the decided clock yet): what follows the held audio follows it at once
-        self._held_for(gap_s - self._gap_s)
+        self._held_for(gap_s - decided_gap_s)
         for resumed in self._on_resume:
             resumed(told_at, gap_s)
 
@@ -346,7 +349,8 @@ class Playhead:
         self._queue.purge(lambda entry: entry[1] == turn)
         self.playing_until = now
         self.paused_at = None  # a pause ends with the turn it held
-        self._told_pause_at, self._untold = None, ""
+        self._told_pause_at = None
+        self._untold.clear()
         self._finish_timeline(turn)
         for cut in self._on_cut:
             cut(now)

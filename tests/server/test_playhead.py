@@ -227,6 +227,38 @@ def test_pause_listeners_hear_of_it_when_the_client_is_told() -> None:
     assert heard[2:] == [("pause", 102.001, 0.0)]
 
 
+def test_a_pause_decided_before_the_last_resume_was_told_is_told_in_its_turn() -> None:
+    """A slow socket: the writer is still sending when the agent resumes and pauses again. The client hears
+    agent_resumed, then agent_paused (one per agent turn), in order; so do the listeners."""
+    head = playhead()
+    heard: list[tuple[str, float, float]] = []
+    head.listen(
+        on_release=lambda _r: None,
+        on_cut=lambda _now: None,
+        on_pause=lambda at: heard.append(("pause", at, 0.0)),
+        on_resume=lambda at, gap: heard.append(("resume", at, gap)),
+    )
+    head.pause(100.0)
+    head.told_paused(100.001)
+    head.resume(100.4)
+    head.pause(100.45)  # before agent_resumed left
+    head.told_resumed(100.5)
+    head.told_resumed(100.5001)  # the second agent turn's agent_resumed: that resume is told already
+    head.told_paused(100.5002)
+    head.told_paused(100.5003)
+    head.resume(100.9)
+    head.told_resumed(100.9004)
+    assert [(kind, round(at, 4)) for kind, at, _gap in heard] == [
+        ("pause", 100.001),
+        ("resume", 100.001),
+        ("pause", 100.5002),
+        ("resume", 100.5002),
+    ]
+    assert heard[1][2] == pytest.approx(0.499)
+    assert heard[3][2] == pytest.approx(0.4002)
+    assert head.paused_at is None
+
+
 def test_a_track_holds_at_once() -> None:
     head = playhead()
     heard: list[float] = []
