@@ -193,10 +193,8 @@ def test_spoken_text_of_a_streaming_clause_uses_the_speaking_rate_so_far() -> No
     assert line.spoken_text(650.0 + 650.0) == "aaaa bbbbb cccc dddd"
 
 
-def test_pause_listeners_hear_of_it_when_the_client_is_told() -> None:
-    """The client holds when ``agent_paused`` reaches it, not when the server decided: the listeners (the echo
-    canceller's reference) get the times the writer sent the messages, and nothing for a pause never told."""
-    head = playhead()
+def pauses_heard(head: Playhead) -> list[tuple[str, float, float]]:
+    """What the pause and resume listeners hear: ("pause", at, 0) and ("resume", told_at, gap_s)."""
     heard: list[tuple[str, float, float]] = []
     head.listen(
         on_release=lambda _r: None,
@@ -204,6 +202,14 @@ def test_pause_listeners_hear_of_it_when_the_client_is_told() -> None:
         on_pause=lambda at: heard.append(("pause", at, 0.0)),
         on_resume=lambda at, gap: heard.append(("resume", at, gap)),
     )
+    return heard
+
+
+def test_pause_listeners_hear_of_it_when_the_client_is_told() -> None:
+    """The client holds when ``agent_paused`` reaches it, not when the server decided: the listeners (the echo
+    canceller's reference) get the times the writer sent the messages, and nothing for a pause never told."""
+    head = playhead()
+    heard = pauses_heard(head)
     head.pause(100.0)
     assert heard == []
     assert head.paused_at == 100.0
@@ -231,13 +237,7 @@ def test_a_pause_decided_before_the_last_resume_was_told_is_told_in_its_turn() -
     """A slow socket: the writer is still sending when the agent resumes and pauses again. The client hears
     agent_resumed, then agent_paused (one per agent turn), in order; so do the listeners."""
     head = playhead()
-    heard: list[tuple[str, float, float]] = []
-    head.listen(
-        on_release=lambda _r: None,
-        on_cut=lambda _now: None,
-        on_pause=lambda at: heard.append(("pause", at, 0.0)),
-        on_resume=lambda at, gap: heard.append(("resume", at, gap)),
-    )
+    heard = pauses_heard(head)
     head.pause(100.0)
     head.told_paused(100.001)
     head.resume(100.4)
